@@ -1,0 +1,7 @@
+"""Subcommands of this component (see diehardlab.cli); each module is imported only when it runs."""
+
+from diehardlab.cli import Command
+
+COMMANDS: list[Command] = [
+    Command("logs", "analysis.inventory", "inventory a folder of libLogHelper logs: one row per file"),
+]

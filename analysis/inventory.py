@@ -1,0 +1,140 @@
+"""An inventory of a folder of libLogHelper logs (``diehard logs DIR``), one row per file.
+
+Pure standard library (the parser of :mod:`diehardlab.formats`), so it runs on any machine role.
+Large folders are read by a pool of processes; each worker returns only the row, not the records.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from datetime import tzinfo
+from pathlib import Path
+
+from diehardlab.cli import make_parser
+from diehardlab.errors import DataError
+from diehardlab.formats.parser import LogSummary, summarize
+from diehardlab.timezones import get_zone, to_utc
+
+COLUMNS = [
+    "path", "benchmark", "host", "ecc", "start_written", "start_source", "start_utc", "iterations",
+    "acc_time_s", "kernel_time_s", "sdc", "critical_sdc", "tolerable_sdc", "err_lines", "aborted", "ended",
+    "due_reason", "unparsed_lines",
+]  # fmt: skip
+
+
+def find_logs(root: Path, pattern: str = "*.log") -> list[Path]:
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder; give the folder that holds the .log files")
+    return sorted(p for p in root.rglob(pattern) if p.is_file())
+
+
+def row_of(s: LogSummary, root: Path, dut_zone: tzinfo | None) -> dict[str, object]:
+    if s.begin is not None:
+        start, source = s.begin, "#BEGIN"
+    elif s.server_begin is not None:
+        start, source = s.server_begin, "#SERVER_BEGIN"
+    elif s.name_time is not None:
+        start, source = s.name_time, "file name"
+    else:
+        start, source = s.first_stamp, "first timestamp" if s.first_stamp else ""
+    # Our writer states its clock; for anything else only the user knows the DUT's zone.
+    zone = get_zone("UTC") if s.clock == "UTC" else dut_zone
+    utc = to_utc(start, zone)
+    try:
+        rel = str(Path(s.path).relative_to(root))
+    except ValueError:
+        rel = s.path
+    return {
+        "path": rel,
+        "benchmark": s.benchmark or "",
+        "host": s.hostname or "",
+        "ecc": s.ecc or "",
+        "start_written": start.isoformat(sep=" ") if start else "",
+        "start_source": source,
+        "start_utc": utc.strftime("%Y-%m-%dT%H:%M:%SZ") if utc else "",
+        "iterations": s.iterations,
+        "acc_time_s": round(s.last_acc_time, 6) if s.last_acc_time is not None else "",
+        "kernel_time_s": round(s.kernel_time, 6),
+        "sdc": s.sdc_count,
+        "critical_sdc": s.critical_sdc,
+        "tolerable_sdc": s.tolerable_sdc,
+        "err_lines": s.err_lines,
+        "aborted": s.aborted or "",
+        "ended": s.ended,
+        "due_reason": s.due_reason or s.server_end or "",
+        "unparsed_lines": s.unparsed,
+    }
+
+
+def _work(args: tuple[str, str, tzinfo | None]) -> tuple[dict[str, object], list[str]]:
+    path, root, zone = args
+    s = summarize(path, max_examples=3)
+    notes = [f"{path}:{ln}: unparsed ({why}): {text}" for ln, why, text in s.unparsed_examples]
+    if s.unparsed > len(s.unparsed_examples):
+        notes.append(f"{path}: {s.unparsed - len(s.unparsed_examples)} more unparsed lines")
+    return row_of(s, Path(root), zone), notes
+
+
+def inventory(root: Path, zone: tzinfo | None = None, jobs: int = 0) -> tuple[list[dict[str, object]], list[str]]:
+    paths = find_logs(root)
+    tasks = [(str(p), str(root), zone) for p in paths]
+    jobs = jobs or (os.cpu_count() or 1)
+    if jobs > 1 and len(tasks) >= 32:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            results = list(pool.map(_work, tasks, chunksize=max(1, len(tasks) // (jobs * 8))))
+    else:
+        results = [_work(t) for t in tasks]
+    rows = [r for r, _ in results]
+    notes = [n for _, ns in results for n in ns]
+    return rows, notes
+
+
+def format_table(rows: list[dict[str, object]], columns: Sequence[str]) -> str:
+    cells = [[str(r[c]) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    out = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    out += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(line.rstrip() for line in out)
+
+
+SHOWN = [
+    "path", "host", "ecc", "start_written", "iterations", "acc_time_s", "sdc", "critical_sdc",
+    "tolerable_sdc", "err_lines", "aborted", "ended", "due_reason", "unparsed_lines",
+]  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = make_parser("logs", "An inventory of a folder of libLogHelper logs, one row per file.")
+    p.add_argument("folder", type=Path, help="folder of .log files (searched recursively), or one file")
+    p.add_argument("--csv", type=Path, help="also write every column to this CSV file")
+    p.add_argument("--tz", help="time zone of the DUT clocks for logs that do not state theirs (IANA name)")
+    p.add_argument("--jobs", type=int, default=0, help="worker processes (default: one per core)")
+    args = p.parse_args(argv)
+
+    zone = get_zone(args.tz) if args.tz else None
+    t0 = time.perf_counter()
+    rows, notes = inventory(args.folder, zone, args.jobs)
+    elapsed = time.perf_counter() - t0
+    for note in notes:
+        print(note, file=sys.stderr)
+    if not rows:
+        print(f"no .log files under {args.folder}", file=sys.stderr)
+        return 1
+    print(format_table(rows, SHOWN))
+    print(f"\n{len(rows)} logs, {sum(int(r['sdc']) for r in rows)} SDC records, "
+          f"{sum(int(r['unparsed_lines']) for r in rows)} unparsed lines, read in {elapsed:.2f} s")  # fmt: skip
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+        print(f"wrote {args.csv}")
+    return 0

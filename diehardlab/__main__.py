@@ -1,0 +1,3 @@
+from diehardlab.cli import main
+
+raise SystemExit(main())

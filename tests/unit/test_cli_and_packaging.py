@@ -1,0 +1,73 @@
+"""The one command, lazy component imports, and the names this distribution shares with PyPI packages."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from diehardlab.cli import COMPONENTS, registry
+from tests.conftest import ROOT, run_diehard
+
+
+@pytest.mark.parametrize("name", ["harness", "hardening", "watchdog", "analysis"])
+def test_component_packages_are_ours(name):
+    # watchdog, harness and analysis are also unrelated PyPI distributions: if one of them is
+    # installed into this environment it shadows (or is shadowed by) ours. Fail loudly.
+    mod = importlib.import_module(name)
+    assert Path(mod.__file__).resolve().is_relative_to(ROOT), f"{name} resolves to {mod.__file__}"
+    owners = importlib.metadata.packages_distributions().get(name, [])
+    assert set(owners) <= {"diehardlab"}, f"'import {name}' is also provided by {owners}: use a separate venv"
+
+
+def test_help_lists_every_registered_command():
+    out = run_diehard("--help")
+    assert out.returncode == 0, out.stderr
+    for name in registry():
+        assert f"  {name} " in out.stdout
+
+
+@pytest.mark.parametrize("name", sorted(registry()))
+def test_every_command_has_help(name):
+    out = run_diehard(name, "--help")
+    assert out.returncode == 0, out.stderr
+    assert f"usage: diehard {name}" in out.stdout
+
+
+def test_server_and_analysis_commands_start_without_torch():
+    # The beam-room server and the analysis laptop have no torch: their commands must not import it.
+    table = registry()
+    names = [n for n, (comp, _) in table.items() if comp in ("watchdog", "analysis")]
+    assert "logs" in names
+    for name in names:
+        out = run_diehard(name, "--help", block=("torch", "torchvision"))
+        assert out.returncode == 0, f"diehard {name} --help imports torch:\n{out.stderr}"
+
+
+def test_logs_runs_with_nothing_but_the_standard_library(beam_logs):
+    out = run_diehard("logs", str(beam_logs), block=("torch", "numpy", "pandas", "scipy", "paramiko"))
+    assert out.returncode == 0, out.stderr
+    assert "8 logs, 13 SDC records, 0 unparsed lines" in out.stdout
+
+
+@pytest.mark.parametrize("component", [c for c in COMPONENTS if c != "diehardlab"])
+def test_python_dash_m_component(component):
+    out = subprocess.run([sys.executable, "-m", component, "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert f"python -m {component}" in out.stdout
+
+
+def test_unknown_command_is_a_clear_error():
+    out = run_diehard("lgos")
+    assert out.returncode == 2 and "unknown command 'lgos'" in out.stderr and "logs" in out.stderr
+
+
+def test_missing_dependency_message_names_the_extra_to_install():
+    from diehardlab.cli import _missing_dependency
+
+    msg = _missing_dependency(ModuleNotFoundError("No module named 'paramiko'", name="paramiko"), "watchdog")
+    assert "pip install 'diehardlab[server]'" in msg

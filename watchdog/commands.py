@@ -1,0 +1,5 @@
+"""Subcommands of this component (see diehardlab.cli); each module is imported only when it runs."""
+
+from diehardlab.cli import Command
+
+COMMANDS: list[Command] = []
