@@ -99,6 +99,9 @@ class LogWriter:
 
         if version is None:
             from diehardlab import __version__ as version
+        # As libLogHelper's LocalAndUDPFile: tell the server which DUT file this stream mirrors, so its
+        # copy gets the same name and the file can be pulled afterwards. Sent, not written.
+        self._to_sinks(f"#LOGFILE {self.path}\n")
         self._write("#HEADER " + _ascii(header) + "\n")
         self._write(grammar.begin_line(started))
         self._write(f"#INF diehardlab version:{version} clock:UTC\n", sync=True)
@@ -195,6 +198,9 @@ class LogWriter:
                 self._dirty = False
             else:
                 self._dirty = True
+        self._to_sinks(line)
+
+    def _to_sinks(self, line: str) -> None:
         for sink in self.sinks:
             try:
                 sink(line)

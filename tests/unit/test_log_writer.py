@@ -213,8 +213,10 @@ def test_lines_stream_to_the_server_as_legacy_datagrams(tmp_path):
     w.start_iteration()
     w.end_iteration(0.5)
     w.end_log_file()
-    got = [rx.recvfrom(2048)[0] for _ in range(5)]
+    got = [rx.recvfrom(2048)[0] for _ in range(6)]
     assert all(d[0] == 0x0E for d in got)
-    assert "".join(decode(d).line for d in got) == w.path.read_text()
+    # First the path of the DUT's own file (libLogHelper's LocalAndUDPFile does the same), then every line.
+    assert decode(got[0]).line == f"#LOGFILE {w.path}\n"
+    assert "".join(decode(d).line for d in got[1:]) == w.path.read_text()
     rx.close()
     sender.close()

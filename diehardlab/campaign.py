@@ -1,0 +1,262 @@
+"""The campaign file: one TOML document read by the server (``diehard serve``) and by the analysis.
+
+The server reads ``[server]``, ``[escalation]``, ``[notify]``, ``[[switch]]`` and the control part of each
+``[[dut]]``; the analysis reads ``[facility]``, ``[analysis]`` and each DUT's position, clock and the
+hostname its logs carry. Keeping both in one file means the numbers in a paper come from the same file
+that ran the campaign. See ``setups/campaigns/`` for complete examples.
+
+No credentials in this file: switch passwords come from environment variables (``password_env``) or a
+secrets file with mode 0600 (``secret = "name"``); SSH uses keys or the agent.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from diehardlab.config import Strict, load
+from diehardlab.errors import ConfigError
+from diehardlab.timezones import get_zone
+
+NAME = r"^[A-Za-z0-9._-]{1,32}$"
+
+
+def _zone_name(v: str) -> str:
+    try:
+        get_zone(v, "timezone")
+    except ConfigError as exc:  # pydantic reports ValueErrors with the field's location
+        raise ValueError(str(exc).removeprefix("timezone: ")) from None
+    return v
+
+
+class Campaign(Strict):
+    name: str = Field(pattern=NAME)
+    description: str = ""
+
+
+class Server(Strict):
+    bind: str = "0.0.0.0"
+    udp_port: int = Field(1024, ge=1, le=65535)
+    log_dir: Path = Path("logs")  # server copies, pulled DUT logs, console logs (relative: to the campaign file)
+    journal: Path = Path("journal.jsonl")
+    secrets_file: Path | None = None  # TOML, mode 0600: switch passwords and datagram keys, by name
+    datagram_window_s: float = Field(30.0, gt=0)  # freshness window of extended datagrams
+    status_interval_s: float = Field(10.0, gt=0)
+
+
+class Escalation(Strict):
+    """What the software and hardware watchdogs do when a DUT stops answering, in this order."""
+
+    max_app_restarts: int = Field(3, ge=0)  # restart the benchmark (over SSH) this many times...
+    max_os_reboots: int = Field(2, ge=0)  # ...then soft-reboot the OS this many times...
+    power_off_s: float = Field(10.0, ge=0)  # ...then power-cycle, holding power off this long
+    max_power_cycles: int = Field(3, ge=1)  # consecutive power cycles before a cool-down
+    cool_down_s: float = Field(300.0, ge=0)  # power off for this long, then try again once
+    max_cool_downs: int = Field(1, ge=0)  # after this many cool-downs without progress: broken
+
+
+class Notify(Strict):
+    webhook_url: str
+    timeout_s: float = Field(5.0, gt=0)
+    events: list[Literal["power-cycle", "cool-down", "broken", "resumed"]] = ["power-cycle", "cool-down", "broken"]
+
+
+SwitchModel = Literal["lindy-ipower", "ip9258", "dli-legacy", "dli-rest", "netio", "snmp", "command", "simulated"]
+
+
+class Switch(Strict):
+    name: str = Field(pattern=NAME)
+    model: SwitchModel
+    host: str = ""
+    port: int | None = Field(None, ge=1, le=65535)
+    user: str = ""
+    password_env: str | None = None  # name of the environment variable holding the password
+    secret: str | None = None  # name of the entry in the secrets file holding the password
+    timeout_s: float = Field(5.0, gt=0)
+    settle_s: float = Field(2.0, ge=0)  # how long a switch may take to report its new state
+    outlets: int = Field(8, ge=1, le=64)
+    # SNMP PDUs: the outlet-control OID prefix (the outlet number is appended) and the values it takes.
+    snmp_oid: str | None = None
+    snmp_on: int = 1
+    snmp_off: int = 2
+    community_env: str | None = None
+    # External command: argv lists; "{outlet}" is replaced by the outlet number. state prints on/off.
+    on_command: list[str] | None = None
+    off_command: list[str] | None = None
+    state_command: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _needs_host(self) -> Switch:
+        if self.model not in ("command", "simulated") and not self.host:
+            raise ValueError(f"a '{self.model}' switch needs 'host'")
+        if self.model == "command" and not (self.on_command and self.off_command):
+            raise ValueError("a 'command' switch needs 'on_command' and 'off_command' (argv lists)")
+        return self
+
+
+class Ssh(Strict):
+    user: str
+    port: int = Field(22, ge=1, le=65535)
+    key: Path | None = None  # private key file; None: the SSH agent
+    known_hosts: Literal["strict", "tofu"] = "strict"  # tofu = trust on first use, then pin
+    known_hosts_file: Path | None = None  # default ~/.ssh/known_hosts
+    connect_timeout_s: float = Field(10.0, gt=0)
+    command_timeout_s: float = Field(30.0, gt=0)
+    keepalive_s: float = Field(15.0, gt=0)
+
+
+class Benchmark(Strict):
+    name: str = Field(pattern=NAME)  # the benchmark field of the log file name
+    argv: list[str] = Field(min_length=1)  # run on the DUT, detached, with a PID file
+    header: str = ""  # #SERVER_HEADER text (default: the argv)
+    window_s: float = Field(3600.0, gt=0)  # rotation: run this long, then the next benchmark in file order
+    model: str = ""  # model configuration, for grouping in the analysis (default: the name)
+
+
+class Dut(Strict):
+    name: str = Field(pattern=NAME)
+    host: str = "127.0.0.1"
+    hostname: str = ""  # the host field of its log names (default: name)
+    transport: Literal["ssh", "local"] = "ssh"
+    ssh: Ssh | None = None
+    switch: str | None = None
+    outlet: int | None = Field(None, ge=1)
+    console: str | None = None  # pyserial URL: /dev/ttyUSB0, rfc2217://host:port, socket://host:port
+    console_baud: int = 115200
+    boot_timeout_s: float = Field(180.0, gt=0)
+    liveness_timeout_s: float = Field(30.0, gt=0)
+    ecc: Literal["on", "off", "auto"] = "auto"
+    datagram: Literal["legacy", "extended"] = "legacy"
+    datagram_key: str | None = None  # name of the entry in the secrets file (extended form)
+    source_ip: str | None = None  # legacy datagrams carry no DUT id: match them by source address
+    reboot_command: list[str] = ["sudo", "/sbin/reboot"]
+    remote_log_dir: str = "/var/radiation-benchmarks/log"  # where the DUT writes its own log copy
+    remote_run_dir: str = "/tmp/diehardlab"  # PID files and stdout/stderr of benchmarks
+    benchmarks: list[Benchmark] = Field(min_length=1, alias="benchmark")
+    # Analysis: where the board sat and what its clock was.
+    distance_m: float | None = Field(None, ge=0)  # beyond the facility's reference distance (LANSCE)
+    attenuation: float | None = Field(None, gt=0, le=1)  # flux factor of this position (ChipIR)
+    timezone: str = "UTC"  # the DUT's clock, for logs that do not state theirs
+
+    model_config = Strict.model_config | {"populate_by_name": True}
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        return _zone_name(v)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Dut:
+        if self.transport == "ssh" and self.ssh is None:
+            raise ValueError("an SSH DUT needs an [dut.ssh] table (user, key or agent)")
+        if (self.switch is None) != (self.outlet is None):
+            raise ValueError("'switch' and 'outlet' go together")
+        if self.datagram == "extended" and self.datagram_key is None:
+            raise ValueError("the extended datagram form needs 'datagram_key' (a name in the secrets file)")
+        if not self.hostname:
+            self.hostname = self.name
+        return self
+
+
+class FluxFactor(Strict):
+    since: datetime  # facility clock
+    value: float = Field(gt=0)
+
+
+class BeamWindow(Strict):
+    start: datetime  # facility clock
+    end: datetime
+
+
+class Facility(Strict):
+    kind: Literal["chipir", "lansce", "simulated"]
+    # Counts-to-flux factor, n/cm^2/s per (count/s), from the facility's calibration (not public). One
+    # value, or a list by date when it changed during the campaign (LANSCE).
+    flux_factor: float | None = Field(None, gt=0)
+    flux_factors: list[FluxFactor] = []
+    timezone: str = "UTC"  # the facility log's clock
+    reference_distance_m: float = Field(20.0, gt=0)  # LANSCE: inverse-square from here
+    flux_logs: list[Path] = []  # relative paths: to the campaign file
+    beam_windows: list[BeamWindow] = []  # when set, only these periods count as beam time
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        return _zone_name(v)
+
+    @model_validator(mode="after")
+    def _factor(self) -> Facility:
+        if self.flux_factor is None and not self.flux_factors:
+            raise ValueError("give 'flux_factor' (or a dated list in 'flux_factors') from the facility's calibration")
+        return self
+
+
+class Analysis(Strict):
+    group_by: list[str] = ["board", "benchmark", "ecc"]
+    confidence: float = Field(0.95, gt=0, lt=1)
+    one_sided: bool = False
+    fluence: Literal["integrated", "mean-flux-x-acc-time"] = "integrated"
+    reference_group: str | None = None  # normalise to this group, as papers publish
+    sea_level_flux: float = 13.0  # n/(cm^2 h), JEDEC JESD89A
+
+
+class CampaignFile(Strict):
+    campaign: Campaign
+    server: Server = Server()
+    escalation: Escalation = Escalation()
+    notify: Notify | None = None
+    switches: list[Switch] = Field([], alias="switch")
+    duts: list[Dut] = Field(min_length=1, alias="dut")
+    facility: Facility | None = None
+    analysis: Analysis = Analysis()
+
+    model_config = Strict.model_config | {"populate_by_name": True}
+
+    @model_validator(mode="after")
+    def _references(self) -> CampaignFile:
+        names = [d.name for d in self.duts]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"DUT names must be unique: {', '.join(sorted(dup))}")
+        switches = {s.name: s for s in self.switches}
+        for d in self.duts:
+            if d.switch is not None:
+                if d.switch not in switches:
+                    raise ValueError(f"DUT {d.name!r} uses switch {d.switch!r}, which no [[switch]] table defines")
+                if d.outlet is not None and d.outlet > switches[d.switch].outlets:
+                    raise ValueError(f"DUT {d.name!r}: outlet {d.outlet} > switch {d.switch!r} outlets")
+        return self
+
+    def dut(self, name: str) -> Dut:
+        for d in self.duts:
+            if d.name == name:
+                return d
+        raise ConfigError(f"no DUT named {name!r} in the campaign (have: {', '.join(d.name for d in self.duts)})")
+
+    def switch(self, name: str) -> Switch:
+        for s in self.switches:
+            if s.name == name:
+                return s
+        raise ConfigError(f"no switch named {name!r} in the campaign")
+
+
+def load_campaign(path: str | Path) -> CampaignFile:
+    """Read and validate a campaign file; relative paths in it are resolved against its folder."""
+    path = Path(path)
+    c = load(CampaignFile, path)
+    base = path.resolve().parent
+
+    def rel(p: Path) -> Path:
+        p = p.expanduser()
+        return p if p.is_absolute() else base / p
+
+    c.server.log_dir = rel(c.server.log_dir)
+    c.server.journal = rel(c.server.journal)
+    if c.server.secrets_file is not None:
+        c.server.secrets_file = rel(c.server.secrets_file)
+    if c.facility is not None:
+        c.facility.flux_logs = [rel(p) for p in c.facility.flux_logs]
+    return c
