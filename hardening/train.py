@@ -511,8 +511,9 @@ def train(
         ckpt.save_last(out, _resume_state(state))
         _write_metrics(out / ckpt.METRICS, rows)
         log(
-            f"epoch {state.epoch:>3}/{cfg.epochs}  loss {stats['train_loss']:.4f}  train acc {stats['train_accuracy']:.4f}"
-            f"  val acc {clean['accuracy']:.4f}  injected {injected['accuracy']:.4f}  {elapsed:.1f}s"
+            f"epoch {state.epoch:>3}/{cfg.epochs}  loss {stats['train_loss']:.4f}"
+            f"  train acc {stats['train_accuracy']:.4f}  val acc {clean['accuracy']:.4f}"
+            f"  injected {injected['accuracy']:.4f}  {elapsed:.1f}s"
         )
     if state.injector:
         state.injector.detach()
