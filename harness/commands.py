@@ -2,4 +2,7 @@
 
 from diehardlab.cli import Command
 
-COMMANDS: list[Command] = []
+COMMANDS: list[Command] = [
+    Command("golden", "harness.golden", "make the golden outputs of a checkpoint on this device"),
+    Command("run", "harness.runner", "inference loop on the DUT: compare, log, stream (--simulate-beam, --once)"),
+]
