@@ -84,9 +84,13 @@ class BeamSpec(Strict):
     cross_section_cm2: CrossSections
     corrupt: CorruptModel = CorruptModel()
     nan: NanModel = NanModel()
-    # Base seed; each run draws from sha256(seed, run index, hostname, benchmark), recorded in the truth file.
-    # None: a fresh random seed per run.
+    # Base seed; each run draws from sha256(seed, run index[, hostname, benchmark]), recorded in the truth file.
+    # None: a fresh random seed per run. The run index counts the earlier truth files of the same DUT and
+    # benchmark in the log folder, so restarts after a crash see new events, reproducibly.
     seed: int | None = None
+    # Mix the DUT's hostname and benchmark into the seed (independent DUTs). False: every DUT sees the same
+    # event sequence in kernel time (a demo that must show the same things everywhere).
+    seed_per_dut: bool = True
     description: str = ""
 
     @model_validator(mode="after")
@@ -126,7 +130,8 @@ def run_seed(spec: BeamSpec, run_index: int, hostname: str, benchmark: str) -> i
     """The seed of one run: reproducible from the spec and the run's place in the sequence of restarts."""
     if spec.seed is None:
         return int.from_bytes(os.urandom(8), "big") >> 1
-    digest = hashlib.sha256(f"{spec.seed}:{run_index}:{hostname}:{benchmark}".encode()).digest()
+    key = f"{spec.seed}:{run_index}:{hostname}:{benchmark}" if spec.seed_per_dut else f"{spec.seed}:{run_index}"
+    digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
 
 
@@ -270,7 +275,7 @@ class ChipirLog:
         current = self.beam.proton_current_uA if beam_on(self.beam, t) else 0.0
         integrated = 2000.0 + on_s * self.beam.proton_current_uA / 3600.0
         when = datetime.fromtimestamp(t, timezone.utc)
-        ms = int(round(when.microsecond / 1000)) % 1000
+        ms = round(when.microsecond / 1000) % 1000
         return (
             f"{when:%d/%m/%Y %H:%M:%S} .{ms:03d}  {d40:011d} {d20:011d} {d30:011d} {fission:011d} "
             f"{integrated:.2f} {current:.2f}\n"

@@ -53,7 +53,7 @@ def make_golden(
     device: str = "auto",
     data_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Build the golden record (see the module docstring); raise ``ConfigError`` when the device is not deterministic."""
+    """Build the golden record (module docstring); ``ConfigError`` when the device is not deterministic."""
     from diehardlab import __version__
     from hardening.checkpoint import load_model
     from hardening.data import load_dataset
@@ -112,7 +112,7 @@ def make_golden(
         "model_hash": loaded.model_hash,
         "checkpoint": str(Path(ckpt_dir).resolve()),
         "model": dict(loaded.config.get("model", {})),
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "device": str(dev),
         "device_name": device_name(dev),
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
@@ -194,7 +194,8 @@ def main(argv: list[str]) -> int:
     out = save_golden(rec, a.out)
     acc = float((rec["topk"][:, 0] == rec["labels"]).float().mean()) if rec["labels"].numel() else math.nan
     print(
-        f"golden: {out} ({rec['inputs'].shape[0]} images of {rec['dataset']}/{rec['split']}, batch {rec['batch_size']}, "
+        f"golden: {out} ({rec['inputs'].shape[0]} images of {rec['dataset']}/{rec['split']}, "
+        f"batch {rec['batch_size']}, "
         f"top-1 accuracy {acc:.3f}, device {rec['device_name']}, run-to-run difference {rec['max_run_difference']:.2e} "
         f"<= threshold {rec['threshold']:g})"
     )

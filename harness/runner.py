@@ -31,7 +31,7 @@ from diehardlab.formats.datagram import DatagramSender
 from diehardlab.formats.writer import BenchmarkAborted, LogWriter
 from harness.compare import GoldenCompare, Mismatch
 from harness.device import detect_ecc, device_name, parse_ecc_flag, pick_device, synchronize
-from harness.golden import check_golden_matches, forward_batches, load_golden, split_batches
+from harness.golden import check_golden_matches, load_golden, split_batches
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9.-][A-Za-z0-9._-]{0,63}$")
 
@@ -72,7 +72,9 @@ def read_key(path: Path) -> bytes:
     except OSError as exc:
         raise ConfigError(f"--key-file {path}: cannot read it ({exc.strerror})") from exc
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"--key-file {path}: readable by others (mode {stat.S_IMODE(st.st_mode):o}); chmod 600 {path}")
+        raise ConfigError(
+            f"--key-file {path}: readable by others (mode {stat.S_IMODE(st.st_mode):o}); chmod 600 {path}"
+        )
     text = data.strip()
     if len(text) >= 32 and re.fullmatch(rb"[0-9a-fA-F]+", text) and len(text) % 2 == 0:
         return bytes.fromhex(text.decode())
@@ -132,7 +134,9 @@ class Runner:
         self.benchmark = o.benchmark or _default_benchmark(self.loaded, Path(o.ckpt_dir))
         for what, value in (("--hostname", self.hostname), ("--benchmark", self.benchmark)):
             if not _NAME_OK.match(value) or "_ECC_" in value:
-                raise ConfigError(f"{what} {value!r}: use letters, digits, '.', '-' and '_' (it goes in the log file name)")
+                raise ConfigError(
+                    f"{what} {value!r}: use letters, digits, '.', '-' and '_' (it goes in the log file name)"
+                )
         if "_" in self.hostname:
             raise ConfigError(f"--hostname {self.hostname!r}: no '_' (log file names split the host on it)")
         if o.server:
@@ -206,8 +210,10 @@ class Runner:
             sinks=[self.sender] if self.sender else [],
         )
         w = self.writer
-        w.log_info_detail(f"device:{self.dev} name:{device_name(self.dev)} ecc:{'ON' if self.ecc.enabled else 'OFF'} "
-                          f"ecc_source:{self.ecc.source} {self.ecc.detail}".rstrip())
+        w.log_info_detail(
+            f"device:{self.dev} name:{device_name(self.dev)} ecc:{'ON' if self.ecc.enabled else 'OFF'} "
+            f"ecc_source:{self.ecc.source} {self.ecc.detail}".rstrip()
+        )
         w.log_info_detail(
             f"golden:{Path(o.golden).resolve()} made_on:{self.golden_rec.get('device_name', '?')} "
             f"torch:{self.golden_rec.get('torch_version', '?')} reload_after_sdc:{'on' if o.reload else 'off'}"
@@ -217,7 +223,6 @@ class Runner:
         return w
 
     def run(self) -> int:
-        o = self.o
         handlers = {}
         if threading_main():
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -298,7 +303,9 @@ class Runner:
                     self.stop_reason = "duration"
                 if now >= next_status:
                     next_status = now + o.status_every_s
-                    w.log_info_detail(f"status Ite:{w.iteration} AccTime:{w.acc_time:.7f} WallTime:{now - self._t_start:.3f}")
+                    w.log_info_detail(
+                        f"status Ite:{w.iteration} AccTime:{w.acc_time:.7f} WallTime:{now - self._t_start:.3f}"
+                    )
                 if sim is not None:
                     sim.tick()
 
@@ -396,8 +403,11 @@ def build_parser():
     p.add_argument("--threshold", type=float, help="absolute tolerance (default: the golden file's)")
     p.add_argument("--no-reload", action="store_true", help="do not reload weights and inputs after an SDC")
     p.add_argument("--max-errors-per-iter", type=int, default=500, help="libLogHelper abort rule (default 500)")
-    p.add_argument("--no-double-error-kill", action="store_true",
-                   help="do not abort on the same error count in two consecutive iterations")
+    p.add_argument(
+        "--no-double-error-kill",
+        action="store_true",
+        help="do not abort on the same error count in two consecutive iterations",
+    )
     return p
 
 
@@ -449,4 +459,3 @@ def main(argv: list[str]) -> int:
     if runner.writer is not None:
         print(f"Log file path {runner.writer.path.resolve()}")
     return 0
-
