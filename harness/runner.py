@@ -31,7 +31,7 @@ from diehardlab.formats.datagram import DatagramSender
 from diehardlab.formats.writer import BenchmarkAborted, LogWriter
 from harness.compare import GoldenCompare, Mismatch
 from harness.device import detect_ecc, device_name, parse_ecc_flag, pick_device, synchronize
-from harness.golden import check_golden_matches, load_golden, split_batches
+from harness.golden import check_golden_matches, forward_batches, load_golden, split_batches
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9.-][A-Za-z0-9._-]{0,63}$")
 
@@ -129,6 +129,9 @@ class Runner:
         if not self.threshold >= 0:
             raise ConfigError(f"--threshold must be >= 0 (got {o.threshold})")
         self._load_tensors(self.golden_rec)
+        # One untimed forward: lazy initialisation (kernel selection, JIT, allocator) must not be KerTime.
+        forward_batches(self.model, self.batches)
+        synchronize(self.dev)
         self.ecc = detect_ecc(o.ecc, self.dev)
         self.hostname = o.hostname or socket.gethostname().split(".")[0]
         self.benchmark = o.benchmark or _default_benchmark(self.loaded, Path(o.ckpt_dir))
