@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -51,7 +52,7 @@ def test_clean_run_writes_a_parsable_log_and_streams_every_line(ckpt, golden, tm
     port = udp.getsockname()[1]
     proc = start_diehard(*base_args(ckpt, golden, tmp_path, "--iterations", "30", "--interval", "10",
                                     "--server", f"127.0.0.1:{port}"))  # fmt: skip
-    rc, out, err = finish(proc)
+    rc, _, err = finish(proc)
     assert rc == 0, err
     log = only_log(tmp_path)
     assert log.name.endswith("_smallnet-digits_ECC_OFF_dut1.log")
@@ -83,7 +84,7 @@ def test_extended_signed_datagrams_and_heartbeats(ckpt, golden, tmp_path, udp):
     dgs = [(t, verifier.verify(d)) for t, d in got]  # raises on a bad MAC, a replay or a stale datagram
     heartbeats = [t for t, dg in dgs if dg.heartbeat]
     assert len(heartbeats) >= 6  # ~2.5 s / 0.2 s, while only '#IT 0' was printed
-    gaps = [b - a for a, b in zip(heartbeats, heartbeats[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(heartbeats)]
     assert max(gaps) < 1.0
     assert all(dg.signed and dg.dut == "dut1" for _, dg in dgs)
     lines = "".join(dg.line for _, dg in dgs if dg.line)
