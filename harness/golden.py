@@ -1,0 +1,202 @@
+"""Golden outputs: a fixed, seeded input set and the fault-free outputs of one model on one device.
+
+``diehard golden CKPT_DIR --out golden.pt`` runs the model twice and refuses when the two runs differ by
+more than the threshold (the device is then not deterministic enough for that threshold, and every
+iteration in the beam would read as an SDC). The file holds tensors and plain values only, so it loads with
+``torch.load(weights_only=True)``:
+
+    format, version            "diehardlab-golden", 1
+    inputs, outputs            float32 (N, C, H, W) and (N, K), on the CPU
+    topk, labels, indices      int64 (N, k), (N,) ground truth, (N,) positions in the dataset split
+    dataset, split, seed, batch_size, threshold, max_run_difference
+    model_hash, checkpoint, model (ModelConfig fields), torch_version, device, device_name, created_utc,
+    diehardlab_version
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diehardlab.cli import make_parser
+from diehardlab.errors import ConfigError, DataError
+from harness.device import device_name, pick_device, synchronize
+
+FORMAT = "diehardlab-golden"
+VERSION = 1
+DEFAULT_THRESHOLD = 1e-3
+TOPK = 5
+
+
+def forward_batches(model: torch.nn.Module, batches: list[torch.Tensor]) -> list[torch.Tensor]:
+    with torch.inference_mode():
+        return [model(x) for x in batches]
+
+
+def split_batches(x: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    return [t.contiguous() for t in torch.split(x, batch_size)]
+
+
+def make_golden(
+    ckpt_dir: str | Path,
+    *,
+    dataset: str | None = None,
+    split: str = "test",
+    samples: int = 32,
+    batch_size: int = 32,
+    seed: int = 0,
+    threshold: float = DEFAULT_THRESHOLD,
+    device: str = "auto",
+    data_dir: str | None = None,
+) -> dict[str, Any]:
+    """Build the golden record (module docstring); ``ConfigError`` when the device is not deterministic."""
+    from diehardlab import __version__
+    from hardening.checkpoint import load_model
+    from hardening.data import load_dataset
+
+    if samples < 1 or batch_size < 1:
+        raise ConfigError("--samples and --batch-size must be >= 1")
+    if not threshold >= 0:
+        raise ConfigError(f"--threshold must be >= 0 (got {threshold})")
+    dev = pick_device(device)
+    loaded = load_model(ckpt_dir, dev)
+    name = dataset or loaded.dataset
+    data = load_dataset(name, split, data_dir)
+    if data.info.in_channels != loaded.in_channels or data.info.num_classes != loaded.num_classes:
+        raise ConfigError(
+            f"--dataset {name}: {data.info.in_channels} channels / {data.info.num_classes} classes, but the model "
+            f"in {ckpt_dir} takes {loaded.in_channels} / {loaded.num_classes}"
+        )
+    if samples > len(data):
+        raise ConfigError(f"--samples {samples}: the {split} split of {name} has only {len(data)} images")
+    gen = torch.Generator().manual_seed(seed)
+    indices = torch.randperm(len(data), generator=gen)[:samples].sort().values
+    inputs = data.x[indices].contiguous()
+    labels = data.y[indices].contiguous()
+
+    batches = [b.to(dev) for b in split_batches(inputs, batch_size)]
+    first = forward_batches(loaded.model, batches)
+    synchronize(dev)
+    second = forward_batches(loaded.model, batches)
+    synchronize(dev)
+    out1 = torch.cat(first).float().cpu()
+    out2 = torch.cat(second).float().cpu()
+    if not bool(torch.isfinite(out1).all()):
+        raise ConfigError(f"{ckpt_dir}: the model outputs NaN or Inf on the golden inputs; it cannot be a reference")
+    diff = float((out1 - out2).abs().max()) if out1.numel() else 0.0
+    if not diff <= threshold:
+        raise ConfigError(
+            f"device {device_name(dev)} is not deterministic at --threshold {threshold:g}: two fault-free runs "
+            f"differ by up to {diff:.3e}. Raise --threshold above that, or make the device deterministic "
+            "(torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG=:4096:8)"
+        )
+    k = min(TOPK, out1.shape[1])
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "inputs": inputs,
+        "outputs": out1,
+        "topk": torch.topk(out1, k, dim=1).indices,
+        "labels": labels,
+        "indices": indices,
+        "dataset": name,
+        "split": split,
+        "seed": seed,
+        "batch_size": batch_size,
+        "threshold": float(threshold),
+        "max_run_difference": diff,
+        "model_hash": loaded.model_hash,
+        "checkpoint": str(Path(ckpt_dir).resolve()),
+        "model": dict(loaded.config.get("model", {})),
+        "torch_version": str(torch.__version__),
+        "device": str(dev),
+        "device_name": device_name(dev),
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "diehardlab_version": __version__,
+    }
+
+
+def save_golden(record: dict[str, Any], out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(record, tmp)
+    tmp.replace(out)
+    return out
+
+
+_REQUIRED = ("inputs", "outputs", "topk", "labels", "model_hash", "batch_size", "threshold")
+
+
+def load_golden(path: str | Path) -> dict[str, Any]:
+    """Read and check a golden file; errors name the file and what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such golden file; make one with 'diehard golden CKPT_DIR --out {path}'")
+    try:
+        rec = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged or foreign file
+        raise DataError(f"{path}: not a golden file readable by torch.load(weights_only=True) ({exc})") from exc
+    if not isinstance(rec, dict) or rec.get("format") != FORMAT:
+        raise DataError(f"{path}: not a diehardlab golden file (make one with 'diehard golden')")
+    if rec.get("version") != VERSION:
+        raise DataError(f"{path}: golden format version {rec.get('version')!r}, this diehardlab reads {VERSION}")
+    missing = [k for k in _REQUIRED if k not in rec]
+    if missing:
+        raise DataError(f"{path}: golden file lacks {', '.join(missing)}")
+    n = rec["inputs"].shape[0]
+    if rec["outputs"].shape[0] != n or rec["labels"].shape[0] != n or n == 0:
+        raise DataError(f"{path}: inputs, outputs and labels disagree on the number of images")
+    return rec
+
+
+def check_golden_matches(rec: dict[str, Any], golden_path: str | Path, model_hash: str, ckpt_dir: str | Path) -> None:
+    """Refuse a golden made for another model: its comparison would report every iteration as an SDC."""
+    if rec["model_hash"] != model_hash:
+        raise ConfigError(
+            f"{golden_path} was made for another model (model.pt sha256 {rec['model_hash'][:16]}..., checkpoint "
+            f"{rec.get('checkpoint', '?')}), but {Path(ckpt_dir) / 'model.pt'} has sha256 {model_hash[:16]}...; "
+            f"make a golden for this checkpoint: diehard golden {ckpt_dir} --out GOLDEN"
+        )
+
+
+def main(argv: list[str]) -> int:
+    p = make_parser("golden", "Make the golden outputs of a checkpoint on this device (run it on the DUT).")
+    p.add_argument("ckpt_dir", help="checkpoint folder written by 'diehard train'")
+    p.add_argument("--out", required=True, help="golden file to write (e.g. golden.pt)")
+    p.add_argument("--dataset", help="dataset of the inputs (default: the checkpoint's)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--data-dir", help="where the dataset files are (see 'diehard train --help')")
+    p.add_argument("--samples", type=int, default=32, help="number of images (default 32)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the image choice (default 0)")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="absolute tolerance (default 1e-3)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    rec = make_golden(
+        a.ckpt_dir,
+        dataset=a.dataset,
+        split=a.split,
+        samples=a.samples,
+        batch_size=a.batch_size,
+        seed=a.seed,
+        threshold=a.threshold,
+        device=a.device,
+        data_dir=a.data_dir,
+    )
+    out = save_golden(rec, a.out)
+    acc = float((rec["topk"][:, 0] == rec["labels"]).float().mean()) if rec["labels"].numel() else math.nan
+    print(
+        f"golden: {out} ({rec['inputs'].shape[0]} images of {rec['dataset']}/{rec['split']}, "
+        f"batch {rec['batch_size']}, "
+        f"top-1 accuracy {acc:.3f}, device {rec['device_name']}, run-to-run difference {rec['max_run_difference']:.2e} "
+        f"<= threshold {rec['threshold']:g})"
+    )
+    return 0

@@ -1,0 +1,464 @@
+"""``diehard run``: the inference loop that runs on the device under test, in the beam, for days.
+
+Each iteration: forward every golden batch, synchronize (KerTime = forward + sync), compare with the golden
+outputs on the device (one bool crosses to the host), write ``#IT`` every ``interval`` iterations. A faulty
+iteration is explained on the host (``#ERR`` lines in the diehardnet form, one ``#SDC``), then the weights
+and the inputs are reloaded from disk so a corrupted parameter cannot turn one upset into an endless run of
+SDCs. Every line is streamed to the server when ``--server`` is given, and an extended heartbeat datagram
+goes out when nothing was sent for ``--heartbeat`` seconds. SIGTERM (or SIGINT) ends the run cleanly:
+``#INF STOP reason:...``, ``#END``, exit 0.
+
+With ``--simulate-beam SPEC`` the beam simulator (``harness.beam``) injects events; with ``--once`` one
+iteration runs and a deterministic summary is printed for NVBitFI (``harness.nvbitfi``).
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diehardlab.cli import make_parser
+from diehardlab.errors import ConfigError, DataError
+from diehardlab.formats.datagram import DatagramSender
+from diehardlab.formats.writer import BenchmarkAborted, LogWriter
+from harness.compare import GoldenCompare, Mismatch
+from harness.device import detect_ecc, device_name, parse_ecc_flag, pick_device, synchronize
+from harness.golden import check_golden_matches, forward_batches, load_golden, split_batches
+
+_NAME_OK = re.compile(r"^[A-Za-z0-9.-][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass
+class RunOptions:
+    ckpt_dir: Path
+    golden: Path
+    log_dir: Path
+    hostname: str | None = None
+    benchmark: str | None = None
+    server: str | None = None  # HOST:PORT
+    dut: str | None = None
+    key_file: Path | None = None
+    extended: bool = False  # extended datagrams even without a key (unsigned)
+    simulate_beam: Path | None = None
+    interval: int = 10
+    heartbeat_s: float = 5.0
+    duration_s: float | None = None
+    iterations: int | None = None
+    threads: int | None = None
+    ecc: str = "auto"
+    device: str = "auto"
+    threshold: float | None = None  # default: the golden file's
+    reload: bool = True
+    max_errors_per_iter: int = 500
+    double_error_kill: bool = True
+    once: bool = False
+    output: Path | None = None  # --once: raw float32 outputs
+    status_every_s: float = 60.0
+
+
+def read_key(path: Path) -> bytes:
+    """A datagram key file written for this DUT: hex (as the server writes it) or raw bytes; owner-only."""
+    try:
+        st = path.stat()
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"--key-file {path}: cannot read it ({exc.strerror})") from exc
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"--key-file {path}: readable by others (mode {stat.S_IMODE(st.st_mode):o}); chmod 600 {path}"
+        )
+    text = data.strip()
+    if len(text) >= 32 and re.fullmatch(rb"[0-9a-fA-F]+", text) and len(text) % 2 == 0:
+        return bytes.fromhex(text.decode())
+    if not text:
+        raise ConfigError(f"--key-file {path}: the file is empty")
+    return text
+
+
+def parse_server(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--server {value!r}: expected HOST:PORT, e.g. 192.168.1.10:1024")
+    return host.strip("[]"), int(port)
+
+
+class Runner:
+    """One run of the loop. ``prepare()`` loads everything; ``run()`` opens the log and iterates."""
+
+    def __init__(self, opts: RunOptions):
+        self.o = opts
+        self.stop_reason: str | None = None
+        self.writer: LogWriter | None = None
+        self.sender: DatagramSender | None = None
+        self.sim: Any = None  # harness.simulator.BeamSimulation when --simulate-beam
+        self.reloads = 0
+        self.sdc_iterations = 0
+        self.last_mismatch: Mismatch | None = None
+        self.last_outputs: list[torch.Tensor] = []
+
+    # -- setup ----------------------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        from hardening.checkpoint import load_model
+
+        o = self.o
+        if o.interval < 1:
+            raise ConfigError("--interval must be >= 1")
+        if o.heartbeat_s <= 0:
+            raise ConfigError("--heartbeat must be > 0 seconds")
+        if o.threads:
+            torch.set_num_threads(o.threads)
+        parse_ecc_flag(o.ecc)
+        self.dev = pick_device(o.device)
+        self.golden_rec = load_golden(o.golden)
+        self.loaded = load_model(o.ckpt_dir, self.dev)
+        check_golden_matches(self.golden_rec, o.golden, self.loaded.model_hash, o.ckpt_dir)
+        shape = tuple(self.golden_rec["inputs"].shape)
+        if shape[1] != self.loaded.in_channels or self.golden_rec["outputs"].shape[1] != self.loaded.num_classes:
+            raise ConfigError(f"{o.golden}: inputs {shape} / outputs do not fit the model in {o.ckpt_dir}")
+        self.model = self.loaded.model
+        self.threshold = float(self.golden_rec["threshold"] if o.threshold is None else o.threshold)
+        if not self.threshold >= 0:
+            raise ConfigError(f"--threshold must be >= 0 (got {o.threshold})")
+        self._load_tensors(self.golden_rec)
+        # One untimed forward: lazy initialisation (kernel selection, JIT, allocator) must not be KerTime.
+        forward_batches(self.model, self.batches)
+        synchronize(self.dev)
+        self.ecc = detect_ecc(o.ecc, self.dev)
+        self.hostname = o.hostname or socket.gethostname().split(".")[0]
+        self.benchmark = o.benchmark or _default_benchmark(self.loaded, Path(o.ckpt_dir))
+        for what, value in (("--hostname", self.hostname), ("--benchmark", self.benchmark)):
+            if not _NAME_OK.match(value) or "_ECC_" in value:
+                raise ConfigError(
+                    f"{what} {value!r}: use letters, digits, '.', '-' and '_' (it goes in the log file name)"
+                )
+        if "_" in self.hostname:
+            raise ConfigError(f"--hostname {self.hostname!r}: no '_' (log file names split the host on it)")
+        if o.server:
+            host, port = parse_server(o.server)
+            key = read_key(Path(o.key_file)) if o.key_file else None
+            dut = o.dut or self.hostname
+            extended = key is not None or o.extended
+            try:
+                self.sender = DatagramSender(host, port, self.ecc.enabled, dut if extended else None, key)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"--server {o.server}: {exc}") from exc
+        if o.simulate_beam:
+            from harness.simulator import BeamSimulation
+
+            self.sim = BeamSimulation.from_file(o.simulate_beam, self)
+
+    def _load_tensors(self, rec: dict[str, Any]) -> None:
+        bs = int(rec["batch_size"])
+        self.batches = [b.to(self.dev) for b in split_batches(rec["inputs"].float(), bs)]
+        golden = [g.to(self.dev) for g in split_batches(rec["outputs"].float(), bs)]
+        top1 = split_batches(rec["topk"][:, 0], bs)
+        labels = split_batches(rec["labels"], bs)
+        self.compare = GoldenCompare(golden, top1, labels, self.threshold)
+
+    def reload(self) -> float:
+        """Weights from model.pt and inputs/golden outputs from the golden file: device memory may be corrupted."""
+        t0 = time.perf_counter()
+        state = torch.load(Path(self.o.ckpt_dir) / "model.pt", map_location=self.dev, weights_only=True)
+        self.model.load_state_dict(state)
+        self._load_tensors(load_golden(self.o.golden))
+        synchronize(self.dev)
+        self.reloads += 1
+        return time.perf_counter() - t0
+
+    def header(self) -> str:
+        rec, cfg = self.golden_rec, self.loaded.config
+        model = cfg.get("model", {})
+        parts = [
+            f"checkpoint:{Path(self.o.ckpt_dir).resolve().name}",
+            f"arch:{model.get('arch', '?')}",
+            f"activation:{model.get('activation', '?')}",
+            f"order:{model.get('order', '?')}",
+            f"dataset:{rec.get('dataset', self.loaded.dataset)}",
+            f"images:{rec['inputs'].shape[0]}",
+            f"batch_size:{rec['batch_size']}",
+            f"threshold:{self.threshold:g}",
+            f"model_sha256:{self.loaded.model_hash[:16]}",
+            f"device:{device_name(self.dev).replace(' ', '-')}",
+            f"torch:{torch.__version__}",
+        ]
+        if self.sim is not None:
+            parts.append(f"SIMULATED-BEAM:{self.sim.spec_name}")
+        return " ".join(parts)
+
+    # -- the loop -------------------------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.stop_reason = signal.Signals(signum).name
+
+    def open_log(self) -> LogWriter:
+        o = self.o
+        self.writer = LogWriter(
+            o.log_dir,
+            self.benchmark,
+            self.header(),
+            ecc=self.ecc.enabled,
+            hostname=self.hostname,
+            interval=o.interval,
+            max_errors_per_iter=o.max_errors_per_iter,
+            double_error_kill=o.double_error_kill,
+            sinks=[self.sender] if self.sender else [],
+        )
+        w = self.writer
+        w.log_info_detail(
+            f"device:{self.dev} name:{device_name(self.dev)} ecc:{'ON' if self.ecc.enabled else 'OFF'} "
+            f"ecc_source:{self.ecc.source} {self.ecc.detail}".rstrip()
+        )
+        w.log_info_detail(
+            f"golden:{Path(o.golden).resolve()} made_on:{self.golden_rec.get('device_name', '?')} "
+            f"torch:{self.golden_rec.get('torch_version', '?')} reload_after_sdc:{'on' if o.reload else 'off'}"
+        )
+        if self.sim is not None:
+            self.sim.start(w)
+        return w
+
+    def run(self) -> int:
+        handlers = {}
+        if threading_main():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                handlers[sig] = signal.signal(sig, self._on_signal)
+        try:
+            w = self.open_log()
+            try:
+                self._loop(w)
+            except BenchmarkAborted:
+                if self.sim is not None:
+                    self.sim.finish()
+                raise
+            if self.sim is not None:
+                self.sim.finish()
+            self._summary(w)
+            if self.stop_reason and self.stop_reason not in ("iterations", "duration", "once"):
+                w.log_stop(self.stop_reason)
+            else:
+                w.end_log_file()
+        finally:
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
+            if self.writer is not None:
+                self.writer.close()
+            if self.sender is not None:
+                self.sender.close()
+        return 0
+
+    def _summary(self, w: LogWriter) -> None:
+        wall = time.monotonic() - self._t_start
+        w.log_info_detail(
+            f"summary iterations:{w.iteration} kernel_s:{w.acc_time:.6f} wall_s:{wall:.6f} "
+            f"sdc_iterations:{self.sdc_iterations} reloads:{self.reloads} stop:{self.stop_reason or 'end'}"
+        )
+
+    def _loop(self, w: LogWriter) -> None:
+        o = self.o
+        model, batches, compare, dev = self.model, self.batches, self.compare, self.dev
+        sender = self.sender if self.sender is not None and self.sender.dut is not None else None
+        sim = self.sim
+        max_iters = 1 if o.once else o.iterations
+        deadline = None if o.duration_s is None else time.monotonic() + o.duration_s
+        hb = o.heartbeat_s
+        self._t_start = next_status = time.monotonic()
+        next_status += o.status_every_s
+        cuda = dev.type == "cuda"
+        with torch.inference_mode():
+            while True:
+                if self.stop_reason is not None:
+                    break
+                if max_iters is not None and w.iteration >= max_iters:
+                    self.stop_reason = "once" if o.once else "iterations"
+                    break
+                t0 = time.perf_counter()
+                outs = [model(x) for x in batches]
+                if cuda:
+                    torch.cuda.synchronize(dev)
+                kt = time.perf_counter() - t0
+                if sim is not None:
+                    outs = sim.inject(outs, kt, w.iteration)
+                ok = compare.matches(outs)
+                it = w.iteration
+                w.end_iteration(kt)
+                if o.once:
+                    self.last_outputs = outs
+                if not ok:
+                    self._faulty(w, outs, it)
+                    model, batches, compare = self.model, self.batches, self.compare
+                elif sim is not None:
+                    sim.observed(it, None)
+                now = time.monotonic()
+                if sender is not None and now - sender.last_sent >= hb:
+                    try:
+                        sender.heartbeat()
+                    except OSError:
+                        w.sink_failures += 1
+                if deadline is not None and now >= deadline:
+                    self.stop_reason = "duration"
+                if now >= next_status:
+                    next_status = now + o.status_every_s
+                    w.log_info_detail(
+                        f"status Ite:{w.iteration} AccTime:{w.acc_time:.7f} WallTime:{now - self._t_start:.3f}"
+                    )
+                if sim is not None:
+                    sim.tick()
+
+    def _faulty(self, w: LogWriter, outs: list[torch.Tensor], it: int) -> None:
+        mm = self.compare.explain(outs)
+        self.last_mismatch = mm
+        if self.sim is not None:
+            self.sim.observed(it, mm)
+        if mm.errors == 0:  # the outputs changed back between the two reads: say so, count nothing
+            w.log_info_detail(f"transient mismatch Ite:{it} not reproducible on the host")
+            return
+        self.sdc_iterations += 1
+        for d in mm.images:
+            if d.critical:
+                w.log_critical(d.batch, d.img, 0, d.golden_label, d.output_label, d.ground_truth)
+            for i, g, out in d.elements:
+                w.log_element(d.batch, d.img, i, g, out)
+        try:
+            w.log_error_count(mm.errors)
+        finally:
+            if self.o.reload and not self.o.once:
+                took = self.reload()
+                if not w.ended:
+                    w.log_info_detail(f"reload weights and inputs after Ite:{it} took_s:{took:.4f}")
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _default_benchmark(loaded: Any, ckpt_dir: Path) -> str:
+    model = loaded.config.get("model", {})
+    name = f"diehard-{model.get('arch', 'model')}-{loaded.dataset}-{ckpt_dir.resolve().name}"
+    return re.sub(r"[^A-Za-z0-9.-]", "-", name)[:64]
+
+
+# -- --once (NVBitFI) ---------------------------------------------------------------------------------------
+
+
+def once_summary(runner: Runner) -> str:
+    """Deterministic for a fault-free run: no times, no paths (NVBitFI diffs it with the golden stdout)."""
+    outs = runner.last_outputs
+    top1 = torch.cat([o.detach().float().cpu() for o in outs]).argmax(dim=1).tolist() if outs else []
+    mm = runner.last_mismatch
+    verdict = "MASKED" if mm is None or mm.errors == 0 else "SDC"
+    errors = 0 if mm is None else mm.errors
+    crit = 0 if mm is None else mm.critical
+    tol = 0 if mm is None else mm.tolerable
+    return (
+        f"diehard run --once: model_sha256 {runner.loaded.model_hash[:16]} images {len(top1)} "
+        f"threshold {runner.threshold:g}\n"
+        f"top1: {' '.join(str(t) for t in top1)}\n"
+        f"result: {verdict} errors:{errors} critical:{crit} tolerable:{tol}\n"
+    )
+
+
+def write_outputs(outs: list[torch.Tensor], path: Path) -> None:
+    """Raw little-endian float32, image after image (``harness.outdiff`` compares two of these)."""
+    data = torch.cat([o.detach().float().cpu() for o in outs]).contiguous().numpy().astype("<f4").tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+# -- command line -------------------------------------------------------------------------------------------
+
+
+def build_parser():
+    p = make_parser(
+        "run",
+        "Run the inference loop on this device: compare with the golden outputs, write the libLogHelper log,\n"
+        "stream it to the server. SIGTERM ends the run cleanly (#INF STOP, #END, exit 0).",
+    )
+    p.add_argument("ckpt_dir", help="checkpoint folder (diehard train)")
+    p.add_argument("--golden", required=True, help="golden file made on this device (diehard golden)")
+    p.add_argument("--log-dir", required=True, help="folder of the DUT's log files")
+    p.add_argument("--hostname", help="host field of the log file name (default: this machine's name)")
+    p.add_argument("--benchmark", help="benchmark field of the log file name (default: from the model)")
+    p.add_argument("--server", help="HOST:PORT of the campaign server's UDP port (no stream when absent)")
+    p.add_argument("--dut", help="DUT name in the campaign file, for extended datagrams (default: hostname)")
+    p.add_argument("--key-file", help="file with the DUT's datagram key (hex or raw): extended, signed datagrams")
+    p.add_argument("--extended", action="store_true", help="extended datagrams without a key (unsigned)")
+    p.add_argument("--simulate-beam", metavar="SPEC", help="beam simulator spec (setups/beam/*.toml): a SIMULATION")
+    p.add_argument("--interval", type=int, default=10, help="#IT line every K iterations (default 10)")
+    p.add_argument("--heartbeat", type=float, default=5.0, help="heartbeat datagram after S quiet seconds (default 5)")
+    stop = p.add_mutually_exclusive_group()
+    stop.add_argument("--duration", type=float, help="stop after S seconds (default: run until SIGTERM)")
+    stop.add_argument("--iterations", type=int, help="stop after N iterations")
+    stop.add_argument("--once", action="store_true", help="one iteration, summary on stdout, exit 0 (NVBitFI)")
+    p.add_argument("--output", help="--once: write the raw float32 outputs here (default output.bin)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--ecc", default="auto", help="auto (nvidia-smi), on, off: the ECC field of the log name")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--threshold", type=float, help="absolute tolerance (default: the golden file's)")
+    p.add_argument("--no-reload", action="store_true", help="do not reload weights and inputs after an SDC")
+    p.add_argument("--max-errors-per-iter", type=int, default=500, help="libLogHelper abort rule (default 500)")
+    p.add_argument(
+        "--no-double-error-kill",
+        action="store_true",
+        help="do not abort on the same error count in two consecutive iterations",
+    )
+    return p
+
+
+def options_from_args(a) -> RunOptions:
+    return RunOptions(
+        ckpt_dir=Path(a.ckpt_dir),
+        golden=Path(a.golden),
+        log_dir=Path(a.log_dir),
+        hostname=a.hostname or None,
+        benchmark=a.benchmark or None,
+        server=a.server or None,
+        dut=a.dut or None,
+        key_file=Path(a.key_file) if a.key_file else None,  # "" from an empty {key_file} placeholder: none
+        extended=a.extended,
+        simulate_beam=Path(a.simulate_beam) if a.simulate_beam else None,
+        interval=a.interval,
+        heartbeat_s=a.heartbeat,
+        duration_s=a.duration,
+        iterations=a.iterations,
+        threads=a.threads,
+        ecc=a.ecc,
+        device=a.device,
+        threshold=a.threshold,
+        reload=not a.no_reload,
+        max_errors_per_iter=a.max_errors_per_iter,
+        double_error_kill=not a.no_double_error_kill,
+        once=a.once,
+        output=Path(a.output) if a.output else (Path("output.bin") if a.once else None),
+    )
+
+
+def main(argv: list[str]) -> int:
+    a = build_parser().parse_args(argv)
+    opts = options_from_args(a)
+    runner = Runner(opts)
+    if not opts.once:
+        runner.prepare()
+        return runner.run()
+    # NVBitFI mode: whatever happens, exit 0 and say what happened on stdout (its categories read it).
+    try:
+        runner.prepare()
+        runner.run()
+    except (ConfigError, DataError, BenchmarkAborted) as exc:
+        print(f"diehard run --once: error: {exc}")
+        return 0
+    if opts.output is not None and runner.last_outputs:
+        write_outputs(runner.last_outputs, opts.output)
+    print(once_summary(runner), end="")
+    if runner.writer is not None:
+        print(f"Log file path {runner.writer.path.resolve()}")
+    return 0

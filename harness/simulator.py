@@ -1,0 +1,159 @@
+"""The runner's side of the beam simulator: draws events, applies them, records the truth.
+
+See ``harness.beam`` for the physics (Poisson times in beam-on kernel time) and the files it writes. Here the
+events meet the real loop: ``corrupt``/``nan`` change one image's outputs of the iteration through
+``hardening.faults.corrupt`` before the comparison (which must catch them), ``crash`` kills the process with
+SIGKILL and ``hang`` stops the loop for good, deaf to SIGTERM. Nothing is written to the DUT log about an
+event: the log must show only what a real beam would leave in it. The truth file says what happened.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from diehardlab.formats.writer import LogWriter
+from harness.beam import BeamSpec, ChipirLog, PoissonSchedule, TruthFile, beam_on, iso_utc, load_spec, run_seed
+from harness.compare import Mismatch
+
+if TYPE_CHECKING:
+    from harness.runner import Runner
+
+
+@dataclass
+class _Pending:
+    rec: dict[str, Any]
+    batch: int
+    img: int
+    out: torch.Tensor
+    mask: torch.Tensor
+
+
+class BeamSimulation:
+    def __init__(self, spec: BeamSpec, spec_path: Path, runner: Runner):
+        from hardening.faults import FaultSpec
+
+        self.spec = spec
+        self.spec_path = spec_path
+        self.spec_name = spec.beam.name
+        self.runner = runner
+        c, n = spec.corrupt, spec.nan
+        self.corrupt_spec = FaultSpec(kind=c.kind, value="magnitude", magnitude=tuple(c.magnitude), p=c.p)
+        self.nan_spec = FaultSpec(kind=n.kind, value=n.value)
+        self.pending: list[_Pending] = []
+        self.beam_on_kt = 0.0
+        self.kt = 0.0
+
+    @classmethod
+    def from_file(cls, path: str | Path, runner: Runner) -> BeamSimulation:
+        return cls(load_spec(path), Path(path), runner)
+
+    def start(self, writer: LogWriter) -> None:
+        r = self.runner
+        self.writer = writer
+        self.t_start = time.time()
+        log_dir = writer.path.parent
+        pattern = f"*_{r.benchmark}_ECC_*_{r.hostname}.log.truth.json"
+        self.run_index = len([p for p in log_dir.glob(pattern) if p.name != writer.path.name + ".truth.json"])
+        self.seed = run_seed(self.spec, self.run_index, r.hostname, r.benchmark)
+        self.schedule = PoissonSchedule(self.spec.rates(), self.seed)
+        self.gen = torch.Generator().manual_seed(self.seed)
+        self.truth = TruthFile(writer.path, self.spec, str(self.spec_path), self.seed, self.run_index)
+        self.facility = ChipirLog(writer.path, self.spec.beam, self.t_start)
+        writer.log_info_detail(
+            f"SIMULATED BEAM (not a real beam) spec:{self.spec_path.name} name:{self.spec_name} "
+            f"flux:{self.spec.beam.flux_n_cm2_s:g} seed:{self.seed} run:{self.run_index} "
+            f"truth:{self.truth.path.name} facility:{self.facility.path.name}"
+        )
+
+    # -- per iteration ------------------------------------------------------------------------------------
+
+    def inject(self, outs: list[torch.Tensor], kt: float, iteration: int) -> list[torch.Tensor]:
+        now = time.time()
+        self.kt += kt
+        if not beam_on(self.spec.beam, now - kt):  # the beam state when the iteration started
+            return outs
+        self.beam_on_kt += kt
+        events = self.schedule.pop_until(self.beam_on_kt)
+        if not events:
+            return outs
+        outs = list(outs)
+        acc = self.writer.acc_time + kt  # the AccTime of this iteration's #IT/#SDC line
+        for ev in events:
+            rec: dict[str, Any] = {
+                "time_utc": iso_utc(now),
+                "kernel_time_s": round(ev.kernel_time_s, 9),
+                "acc_time_s": round(acc, 9),
+                "iteration": iteration,
+                "sdc_ite": iteration + 1,  # libLogHelper numbers an #SDC with the next iteration
+                "kind": ev.kind,
+            }
+            if ev.kind in ("corrupt", "nan"):
+                b = int(torch.randint(len(outs), (1,), generator=self.gen))
+                n = outs[b].shape[0]
+                img = int(torch.randint(n, (1,), generator=self.gen))
+                select = torch.zeros(n, dtype=torch.bool)
+                select[img] = True
+                spec = self.corrupt_spec if ev.kind == "corrupt" else self.nan_spec
+                from hardening.faults import corrupt
+
+                new, mask = corrupt(outs[b], spec, self.gen, select)
+                outs[b] = new
+                rec.update(batch=b, img=img, elements=int(mask.sum()))
+                self.pending.append(_Pending(rec, b, img, new, mask))
+            else:
+                self._due(rec, now)
+        return outs
+
+    def observed(self, iteration: int, mm: Mismatch | None) -> None:
+        """After the comparison: what the runner saw of this iteration's corrupt/nan events."""
+        if not self.pending:
+            return
+        golden, thr = self.runner.compare.golden, self.runner.compare.threshold
+        critical = {(d.batch, d.img) for d in mm.images if d.critical} if mm is not None else set()
+        for p in self.pending:
+            bad = ~(torch.abs(p.out - golden[p.batch]) <= thr) & p.mask
+            changed = bool(bad.any())
+            p.rec["observed"] = "sdc" if changed else "masked"
+            p.rec["critical"] = changed and (p.batch, p.img) in critical
+            self.truth.events.append(p.rec)
+        self.pending = []
+        self.truth.save(self.beam_on_kt, self.kt)
+
+    def tick(self) -> None:
+        if self.facility.advance(time.time()):
+            self.truth.save(self.beam_on_kt, self.kt)
+
+    def finish(self) -> None:
+        self.facility.close(time.time())
+        self.truth.doc["ended"] = self.runner.stop_reason or "abort"
+        self.truth.save(self.beam_on_kt, self.kt)
+
+    # -- crash and hang -----------------------------------------------------------------------------------
+
+    def _due(self, rec: dict[str, Any], now: float) -> None:
+        rec["observed"] = "due"
+        for p in self.pending:  # outputs of this iteration that nobody will ever compare
+            p.rec["observed"] = "due"
+            p.rec["critical"] = False
+            self.truth.events.append(p.rec)
+        self.pending = []
+        self.truth.events.append(rec)
+        self.truth.doc["ended"] = rec["kind"]
+        self.truth.save(self.beam_on_kt, self.kt)
+        self.facility.close(now)
+        if rec["kind"] == "crash":
+            # A real crash: no #END, no flush beyond what the kernel already has, exit by signal.
+            os.kill(os.getpid(), signal.SIGKILL)
+        # A real hang: no more iterations, lines or heartbeats, and SIGTERM does nothing (the watchdog must
+        # kill the process group).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        while True:
+            time.sleep(3600)
