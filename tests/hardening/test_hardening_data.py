@@ -1,0 +1,108 @@
+"""Datasets: deterministic splits, normalisation, the CIFAR pickle reader on files in the real format."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from diehardlab.errors import DataError
+from hardening.data import load_dataset
+
+
+def test_digits_splits_are_disjoint_deterministic_and_normalised():
+    tr, va, te = (load_dataset("digits", s) for s in ("train", "val", "test"))
+    assert len(tr) + len(va) + len(te) == 1797
+    assert tr.x.dtype == torch.float32 and tr.y.dtype == torch.int64 and tr.x.shape[1:] == (1, 8, 8)
+    assert tr.info.num_classes == 10 and tr.info.in_channels == 1 and tr.info.image_size == 8
+    assert abs(float(tr.x.mean())) < 1e-3 and abs(float(tr.x.std()) - 1) < 1e-2
+    assert tr.info == te.info  # one normalisation for every split
+    assert torch.equal(load_dataset("digits", "val").x, va.x)
+    rows = {tuple(r) for r in tr.x.flatten(1)[:, ::3].tolist()}
+    assert not any(tuple(r) in rows for r in te.x.flatten(1)[:, ::3].tolist()[:50])
+
+
+def _write_cifar(folder, n_per_batch: int, cifar100: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    # The real layout: a dict with bytes keys, b'data' (N, 3072) uint8 row-major R, G, B planes, labels list.
+    rng = np.random.default_rng(0)
+    names = ["train", "test"] if cifar100 else [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]
+    label_key = b"fine_labels" if cifar100 else b"labels"
+    folder.mkdir(parents=True)
+    first = None
+    for name in names:
+        data = rng.integers(0, 256, size=(n_per_batch, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 100 if cifar100 else 10, size=n_per_batch).tolist()
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"batch_label": name.encode(), label_key: labels, b"data": data}, f, protocol=2)
+        if first is None:
+            first = (data, np.array(labels))
+    return first
+
+
+@pytest.mark.parametrize("cifar100", [False, True])
+def test_cifar_pickle_batches(tmp_path, cifar100):
+    sub = "cifar-100-python" if cifar100 else "cifar-10-batches-py"
+    data, labels = _write_cifar(tmp_path / sub, 20, cifar100)
+    name = "cifar100" if cifar100 else "cifar10"
+    tr, va, te = (load_dataset(name, s, tmp_path) for s in ("train", "val", "test"))
+    n_train = 20 if cifar100 else 100
+    assert len(tr) + len(va) == n_train and len(te) == 20
+    assert tr.x.shape[1:] == (3, 32, 32) and tr.info.num_classes == (100 if cifar100 else 10)
+    # Pixel layout: the first 1024 bytes are the red plane, row-major; undo the normalisation to compare.
+    full = torch.cat([tr.x, va.x])
+    full_y = torch.cat([tr.y, va.y])
+    mean = torch.tensor(tr.info.mean).view(1, 3, 1, 1)
+    std = torch.tensor(tr.info.std).view(1, 3, 1, 1)
+    pixels = torch.round((full * std + mean) * 255).to(torch.uint8)
+    expected = torch.from_numpy(data.reshape(-1, 3, 32, 32))
+    idx_val = len(tr)
+    found = [i for i in range(len(full)) if torch.equal(pixels[i], expected[0])]
+    assert found, "first image of the first batch not found"
+    assert int(full_y[found[0]]) == int(labels[0])
+    assert idx_val > 0
+
+
+def test_cifar_reader_refuses_code_in_pickles(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_cifar(folder, 4)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0], b"x": print}, f)
+    with pytest.raises(DataError, match="not allowed"):
+        load_dataset("cifar10", "test", tmp_path)
+
+
+def test_missing_datasets_say_how_to_get_them(tmp_path):
+    with pytest.raises(DataError, match=r"cifar-10-python.tar.gz"):
+        load_dataset("cifar10", "train", tmp_path)
+    with pytest.raises(DataError, match="--data-dir"):
+        load_dataset("cifar100", "train")
+    with pytest.raises(DataError, match="idx files not found"):
+        load_dataset("mnist", "train", tmp_path)
+    with pytest.raises(DataError, match="unknown dataset"):
+        load_dataset("imagenet")
+
+
+def _idx(path, arr: np.ndarray) -> None:
+    header = bytes([0, 0, 8, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + arr.astype(np.uint8).tobytes())
+
+
+def test_idx_reader(tmp_path):
+    rng = np.random.default_rng(1)
+    for prefix, n in (("train", 50), ("t10k", 10)):
+        _idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        _idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
+    tr, va, te = (load_dataset("mnist", s, tmp_path) for s in ("train", "val", "test"))
+    assert (len(tr), len(va), len(te)) == (45, 5, 10)
+    assert tr.x.shape[1:] == (1, 28, 28)
+    (tmp_path / "bad").mkdir()
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte"):
+        (tmp_path / "bad" / stem).write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x09abc")
+    (tmp_path / "bad" / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x03abc")
+    with pytest.raises(DataError, match="truncated"):
+        load_dataset("mnist", "train", tmp_path / "bad")
