@@ -3,3 +3,5 @@
 from diehardlab.cli import Command
 
 COMMANDS: list[Command] = []
+COMMANDS.append(Command("sfi", "hardening.sfi.cli", "statistical fault injection: sample sizes, runs, curves"))
+COMMANDS.append(Command("select", "hardening.selection", "rank test images by difficulty (el2n, deepgini, ce)"))

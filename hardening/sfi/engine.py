@@ -97,9 +97,7 @@ class Injector:
         self.params = dict(self.model.named_parameters())
         self.modules = dict(self.model.named_modules())
         self.engine = engine
-        self.batches = [
-            images.x[i : i + batch_size].to(self.device) for i in range(0, images.x.shape[0], batch_size)
-        ]
+        self.batches = [images.x[i : i + batch_size].to(self.device) for i in range(0, images.x.shape[0], batch_size)]
         self.cache_bytes = cache_bytes
         self._caches: dict[int, dict] = {}
         self._cached_total = 0

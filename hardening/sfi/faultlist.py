@@ -98,7 +98,15 @@ def write_csv(faults: list[Fault], path: Path) -> None:
         w.writerow(HEADER)
         for f in faults:
             w.writerow(
-                [f.injection, f.tensor, str(f.index), f.bit, f.model, "" if f.value is None else repr(f.value), f.stratum]
+                [
+                    f.injection,
+                    f.tensor,
+                    str(f.index),
+                    f.bit,
+                    f.model,
+                    "" if f.value is None else repr(f.value),
+                    f.stratum,
+                ]
             )
 
 

@@ -59,7 +59,7 @@ class CachedGraph:
             elif node.op == "call_method" and isinstance(node.target, str) and node.target.endswith("_"):
                 if node.target not in ("size_", "view_") and hasattr(torch.Tensor, node.target[:-1]):
                     node.target = node.target[:-1]
-            if "inplace" in node.kwargs and node.kwargs["inplace"]:
+            if node.kwargs.get("inplace"):
                 node.kwargs = {**node.kwargs, "inplace": False}
         gm.recompile()
         self.gm = gm

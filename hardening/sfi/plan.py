@@ -105,7 +105,9 @@ class Plan:
 
     @classmethod
     def from_json(cls, d: dict) -> Plan:
-        layers = [Layer(x["module"], x["kind"], list(x["tensors"]), [tuple(s) for s in x["shapes"]]) for x in d["layers"]]
+        layers = [
+            Layer(x["module"], x["kind"], list(x["tensors"]), [tuple(s) for s in x["shapes"]]) for x in d["layers"]
+        ]
         strata = [Stratum(**s) for s in d["strata"]]
         return cls(
             method=d["method"],
@@ -260,7 +262,9 @@ def write_plan_csv(plan: Plan, path: Path) -> None:
         w = csv.writer(fh)
         w.writerow(["layer", "bit", "population", "p", "n", "margin_p05"])
         for s in plan.strata:
-            w.writerow([s.layer, s.bit if s.bit >= 0 else "all", s.population, f"{s.p:.6g}", s.n, f"{s.margin(plan.t):.6g}"])
+            w.writerow(
+                [s.layer, s.bit if s.bit >= 0 else "all", s.population, f"{s.p:.6g}", s.n, f"{s.margin(plan.t):.6g}"]
+            )
 
 
 def save_plan(plan: Plan, path: Path) -> None:

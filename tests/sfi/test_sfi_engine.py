@@ -84,9 +84,11 @@ def test_cached_engine_identical_to_naive_full_forward(tiny_resnet, tiny_images,
     plan = make_plan(tiny_resnet, "network", error=0.05, fault_model=fault_model)
     faults = draw(plan, seed=11)
     # every bit position of every layer, including the sign and exponent bits that make inf/NaN
-    faults = faults[:150] + [
-        Fault(1000 + b, "layer2.conv1.weight", (3, 1, 0, 2), b, "bitflip") for b in range(32)
-    ] + [Fault(2000 + b, "fc.bias", (b % 10,), b, "bitflip") for b in range(32)]
+    faults = (
+        faults[:150]
+        + [Fault(1000 + b, "layer2.conv1.weight", (3, 1, 0, 2), b, "bitflip") for b in range(32)]
+        + [Fault(2000 + b, "fc.bias", (b % 10,), b, "bitflip") for b in range(32)]
+    )
     want = naive_outcomes(tiny_resnet, x, faults)
     inj = Injector(tiny_resnet, Images(x, y, [str(i) for i in range(len(y))]), batch_size=5)
     got = inj.run(faults)
