@@ -43,25 +43,33 @@ class Fault:
         return self.tensor.rsplit(".", 1)[0] if "." in self.tensor else ""
 
 
-def _unravel(flat: int, shapes: list[tuple[int, ...]], names: list[str]) -> tuple[str, tuple[int, ...]]:
-    for name, shape in zip(names, shapes):
+def _faults_in_layer(layer, elems: np.ndarray, bits: np.ndarray, vals: np.ndarray, models, label: str, start: int):
+    """Fault objects for flat element indices of one layer (weight then bias), vectorised unravel."""
+    out = []
+    offset = 0
+    pos = np.arange(len(elems))
+    order = []
+    for name, shape in zip(layer.tensors, layer.shapes):
         size = math.prod(shape)
-        if flat < size:
-            return name, tuple(int(i) for i in np.unravel_index(flat, shape))
-        flat -= size
-    raise IndexError("flat index beyond the layer")
+        sel = (elems >= offset) & (elems < offset + size)
+        if sel.any():
+            idx = np.stack(np.unravel_index(elems[sel] - offset, shape), axis=1).tolist()
+            for p, ix, b, v in zip(pos[sel].tolist(), idx, bits[sel].tolist(), vals[sel].tolist()):
+                order.append((p, name, tuple(ix), b, models[v]))
+        offset += size
+    order.sort()
+    for k, (_p, name, ix, b, m) in enumerate(order):
+        out.append(Fault(start + k, name, ix, b, m, None, label))
+    return out
 
 
 def draw(plan: Plan, seed: int) -> list[Fault]:
     """Draw each stratum's sample without replacement, seeded; identical for identical (plan, seed)."""
     rng = np.random.default_rng(seed)
     vals = plan.values_per_bit
+    models = ("stuck-at-0", "stuck-at-1") if plan.fault_model == "stuck-at" else ("bitflip",)
     by_module = {x.module: x for x in plan.layers}
     faults: list[Fault] = []
-
-    def model_of(v: int) -> str:
-        return ("stuck-at-0", "stuck-at-1")[v] if plan.fault_model == "stuck-at" else "bitflip"
-
     for s in plan.strata:
         if s.n <= 0:
             continue
@@ -69,26 +77,24 @@ def draw(plan: Plan, seed: int) -> list[Fault]:
         label = f"{s.layer}/{s.bit if s.bit >= 0 else 'all'}"
         if s.layer == "*":
             # network-wise: the population is every (layer element, bit, value) of the whole network
-            bounds = np.cumsum([x.numel * FLOAT_BITS * vals for x in plan.layers])
-            for flat in picks.tolist():
-                li = int(np.searchsorted(bounds, flat, side="right"))
-                layer = plan.layers[li]
-                rest = flat - (int(bounds[li - 1]) if li else 0)
-                elem, rest = divmod(rest, FLOAT_BITS * vals)
-                bit, v = divmod(rest, vals)
-                name, idx = _unravel(elem, layer.shapes, layer.tensors)
-                faults.append(Fault(len(faults), name, idx, bit, model_of(v), None, label))
+            sizes = np.array([x.numel * FLOAT_BITS * vals for x in plan.layers], dtype=np.int64)
+            bounds = np.cumsum(sizes)
+            which = np.searchsorted(bounds, picks, side="right")
+            for li, layer in enumerate(plan.layers):
+                rest = picks[which == li] - (bounds[li - 1] if li else 0)
+                if rest.size:
+                    elems, r = np.divmod(rest, FLOAT_BITS * vals)
+                    bits, v = np.divmod(r, vals)
+                    faults += _faults_in_layer(layer, elems, bits, v, models, label, len(faults))
             continue
         layer = by_module[s.layer]
-        for flat in picks.tolist():
-            if s.bit >= 0:
-                elem, v = divmod(flat, vals)
-                bit = s.bit
-            else:
-                elem, rest = divmod(flat, FLOAT_BITS * vals)
-                bit, v = divmod(rest, vals)
-            name, idx = _unravel(elem, layer.shapes, layer.tensors)
-            faults.append(Fault(len(faults), name, idx, bit, model_of(v), None, label))
+        if s.bit >= 0:
+            elems, v = np.divmod(picks, vals)
+            bits = np.full_like(elems, s.bit)
+        else:
+            elems, r = np.divmod(picks, FLOAT_BITS * vals)
+            bits, v = np.divmod(r, vals)
+        faults += _faults_in_layer(layer, elems, bits, v, models, label, len(faults))
     return faults
 
 

@@ -56,9 +56,13 @@ class CachedGraph:
         for node in gm.graph.nodes:
             if node.op == "call_function" and node.target in _INPLACE_FUNCS:
                 node.target = _INPLACE_FUNCS[node.target]
-            elif node.op == "call_method" and isinstance(node.target, str) and node.target.endswith("_"):
-                if node.target not in ("size_", "view_") and hasattr(torch.Tensor, node.target[:-1]):
-                    node.target = node.target[:-1]
+            elif (
+                node.op == "call_method"
+                and isinstance(node.target, str)
+                and node.target.endswith("_")
+                and hasattr(torch.Tensor, node.target[:-1])
+            ):
+                node.target = node.target[:-1]
             if node.kwargs.get("inplace"):
                 node.kwargs = {**node.kwargs, "inplace": False}
         gm.recompile()
