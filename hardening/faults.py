@@ -38,7 +38,7 @@ BASE_KINDS = ("single", "line", "block", "channel")
 class FaultSpec:
     kind: str = "block"
     value: str = "magnitude"
-    magnitude: tuple[float, float] = (1.0, 100.0)
+    magnitude: tuple[float, float] = (1.0, 1000.0)
     # Probability that an image of the batch is corrupted (training); evaluation uses 1.0.
     p: float = 0.75
     block_channel_p: float = 0.5

@@ -7,6 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Small models: one thread is as fast and does not fight the other test processes on a shared CI machine.
+torch.set_num_threads(1)
+
 
 class Block(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
