@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from diehardlab.errors import ConfigError
@@ -69,6 +70,21 @@ def weight_fault(params: dict[str, torch.Tensor], fault: Fault) -> Iterator[bool
                 p[idx] = orig
 
 
+def _sliceable(mod: nn.Module) -> bool:
+    if isinstance(mod, nn.Linear):
+        return True
+    return isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and mod.groups == 1
+
+
+def _slice_forward(mod: nn.Module, x: torch.Tensor, k: int) -> torch.Tensor:
+    """Output channel (or feature) ``k`` of a conv or linear layer alone: [N, 1, ...]."""
+    w = mod.weight[k : k + 1]
+    b = mod.bias[k : k + 1] if mod.bias is not None else None
+    if isinstance(mod, nn.Linear):
+        return F.linear(x, w, b)
+    return mod._conv_forward(x, w, b)
+
+
 @dataclass
 class Images:
     x: torch.Tensor  # float32 NCHW (normalised as the model expects)
@@ -102,6 +118,8 @@ class Injector:
         self._caches: dict[int, dict] = {}
         self._cached_total = 0
         self._current: tuple[int, dict] | None = None
+        # (module name, input shape) -> whether one output channel alone computes bit-identically
+        self._slice_ok: dict[tuple[str, tuple[int, ...]], bool] = {}
         self.graph = None
         if engine == "cached":
             from hardening.sfi.graph import CachedGraph
@@ -137,12 +155,46 @@ class Injector:
             override[n] = value
         return override
 
+    def _slice_verified(self, node, cache: dict) -> bool:
+        """A weight fault changes one output channel of its layer; computing that channel alone is exact when
+        the library computes each channel the same way alone as in the full layer. Checked once per layer and
+        input shape against the golden output, channel by channel (about the cost of one layer forward)."""
+        mod = self.modules[node.target]
+        x = cache[node.args[0]]
+        key = (str(node.target), tuple(x.shape))
+        if key not in self._slice_ok:
+            golden = cache[node]
+            self._slice_ok[key] = all(
+                bits_equal(_slice_forward(mod, x, k)[:, 0], golden[:, k]) for k in range(golden.shape[1])
+            )
+        return self._slice_ok[key]
+
+    def _weight_compute(self, cache: dict, fault: Fault, nodes: list) -> dict:
+        compute = {}
+        for n in nodes:
+            if n.op != "call_module" or len(n.args) != 1 or n.kwargs or not isinstance(n.args[0], type(n)):
+                continue
+            mod = self.modules[n.target]
+            owner = fault.tensor.rpartition(".")[0]
+            if owner != n.target or not _sliceable(mod) or not self._slice_verified(n, cache):
+                continue
+            k = fault.index[0]
+
+            def channel(lookup, n=n, mod=mod, k=k):
+                value = cache[n].clone()
+                value[:, k : k + 1] = _slice_forward(mod, lookup(n.args[0]), k)
+                return value
+
+            compute[n] = channel
+        return compute
+
     def _run_cached(self, fault: Fault, b: int) -> torch.Tensor | None:
         cache = self._cache(b)
         if fault.is_activation:
             override = self._activation_override(cache, fault)
             return self.graph.rerun(cache, list(override), override)
-        return self.graph.rerun(cache, self.graph.readers(fault.tensor))
+        nodes = self.graph.readers(fault.tensor)
+        return self.graph.rerun(cache, nodes, compute=self._weight_compute(cache, fault, nodes))
 
     def _run_naive(self, fault: Fault, b: int) -> torch.Tensor:
         x = self.batches[b]
@@ -165,6 +217,7 @@ class Injector:
             h.remove()
 
     def _one(self, fault: Fault, b: int) -> torch.Tensor | None:
+        """The faulty output of batch ``b``; None when it is bit-identical to the golden (all masked)."""
         if fault.is_activation:
             return self._run_cached(fault, b) if self.graph is not None else self._run_naive(fault, b)
         with weight_fault(self.params, fault) as changed:
