@@ -1,0 +1,249 @@
+"""The injection campaign: every fault of a list on every image, outcome per (fault, image).
+
+Outcomes (FORMATS.md section 6): 0 Masked (output bit-identical to the golden), 1 Non-critical (output differs,
+same top-1), 2 SDC-1 (top-1 changed, or a non-finite output). A weight fault is written into the live parameter
+in place and restored after each use (no model copies); an activation fault replaces the cached output of its
+layer for every image of the batch. The ``cached`` engine recomputes only what the fault reaches (graph.py);
+the ``naive`` engine runs the full forward pass with the same in-place fault and is the reference the cached
+engine must match bit for bit (and the fallback for models torch.fx cannot trace).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diehardlab.errors import ConfigError
+from hardening.sfi.bits import apply_model, bits_equal
+from hardening.sfi.faultlist import Fault
+
+MASKED, NON_CRITICAL, SDC1 = 0, 1, 2
+OUTCOME_NAMES = ("masked", "non-critical", "sdc-1")
+ENGINES = ("cached", "naive")
+
+
+def classify(out: torch.Tensor, golden: torch.Tensor) -> torch.Tensor:
+    """Outcome per image (int8, on the device) of a faulty output against the golden one."""
+    o = out.reshape(out.shape[0], -1)
+    g = golden.reshape(golden.shape[0], -1)
+    if o.dtype == torch.float32 and g.dtype == torch.float32:
+        same = (o.view(torch.int32) == g.view(torch.int32)).all(dim=1)
+    else:
+        same = (o == g).all(dim=1)
+    critical = (o.argmax(dim=1) != g.argmax(dim=1)) | ~torch.isfinite(o).all(dim=1)
+    codes = torch.where(critical, SDC1, NON_CRITICAL).to(torch.int8)
+    return torch.where(same, torch.zeros_like(codes), codes)
+
+
+def _element(t: torch.Tensor, fault: Fault, where: str) -> tuple:
+    idx = tuple(fault.index)
+    if len(idx) != t.dim() or any(not 0 <= i < s for i, s in zip(idx, t.shape)):
+        raise ConfigError(
+            f"fault {fault.injection}: index {idx} is outside {where} {fault.tensor} of shape {tuple(t.shape)}"
+        )
+    return idx
+
+
+@contextmanager
+def weight_fault(params: dict[str, torch.Tensor], fault: Fault) -> Iterator[bool]:
+    """Write the fault into the parameter in place; yields whether the value changed; restores on exit."""
+    if fault.tensor not in params:
+        raise ConfigError(f"fault {fault.injection}: the model has no parameter {fault.tensor!r}")
+    p = params[fault.tensor]
+    idx = _element(p, fault, "parameter")
+    with torch.no_grad():
+        orig = p[idx].clone()
+        new = apply_model(orig, fault.model, fault.bit, fault.value)
+        changed = not bits_equal(orig, new)
+        if changed:
+            p[idx] = new
+        try:
+            yield changed
+        finally:
+            if changed:
+                p[idx] = orig
+
+
+def _sliceable(mod: nn.Module) -> bool:
+    if isinstance(mod, nn.Linear):
+        return True
+    return isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and mod.groups == 1
+
+
+def _slice_forward(mod: nn.Module, x: torch.Tensor, k: int) -> torch.Tensor:
+    """Output channel (or feature) ``k`` of a conv or linear layer alone: [N, 1, ...]."""
+    w = mod.weight[k : k + 1]
+    b = mod.bias[k : k + 1] if mod.bias is not None else None
+    if isinstance(mod, nn.Linear):
+        return F.linear(x, w, b)
+    return mod._conv_forward(x, w, b)
+
+
+@dataclass
+class Images:
+    x: torch.Tensor  # float32 NCHW (normalised as the model expects)
+    y: torch.Tensor  # int64 labels (-1 when unknown)
+    ids: list[str]  # dataset index or file name of each image
+
+
+class Injector:
+    """Runs faults on batches of images with one engine; keeps golden caches while they fit in ``cache_bytes``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        images: Images,
+        batch_size: int = 32,
+        engine: str = "cached",
+        device: str | torch.device = "cpu",
+        cache_bytes: int = 2 << 30,
+    ):
+        if engine not in ENGINES:
+            raise ConfigError(f"--engine: unknown engine {engine!r}; choose one of {', '.join(ENGINES)} or ray")
+        if batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.params = dict(self.model.named_parameters())
+        self.modules = dict(self.model.named_modules())
+        self.engine = engine
+        self.batches = [images.x[i : i + batch_size].to(self.device) for i in range(0, images.x.shape[0], batch_size)]
+        self.cache_bytes = cache_bytes
+        self._caches: dict[int, dict] = {}
+        self._cached_total = 0
+        self._current: tuple[int, dict] | None = None
+        # (module name, input shape) -> whether one output channel alone computes bit-identically
+        self._slice_ok: dict[tuple[str, tuple[int, ...]], bool] = {}
+        self.graph = None
+        if engine == "cached":
+            from hardening.sfi.graph import CachedGraph
+
+            self.graph = CachedGraph(self.model)
+        with torch.no_grad():
+            self.golden = [self.model(x) for x in self.batches]
+
+    # -- golden caches -------------------------------------------------------------------------------------
+    def _cache(self, b: int) -> dict:
+        if b in self._caches:
+            return self._caches[b]
+        if self._current is not None and self._current[0] == b:
+            return self._current[1]
+        cache = self.graph.golden(self.batches[b])
+        self._current = (b, cache)
+        size = sum(v.numel() * v.element_size() for v in cache.values() if isinstance(v, torch.Tensor))
+        if self._cached_total + size <= self.cache_bytes:
+            self._caches[b] = cache
+            self._cached_total += size
+        return cache
+
+    # -- one fault on one batch ----------------------------------------------------------------------------
+    def _activation_override(self, cache: dict, fault: Fault) -> dict:
+        nodes = self.graph.readers(fault.tensor)
+        override = {}
+        for n in nodes:
+            if n.op != "call_module":
+                continue
+            value = cache[n].clone()
+            idx = (slice(None), *_element(value[0], fault, "output"))
+            value[idx] = apply_model(value[idx], fault.model, fault.bit, fault.value)
+            override[n] = value
+        return override
+
+    def _slice_verified(self, node, cache: dict) -> bool:
+        """A weight fault changes one output channel of its layer; computing that channel alone is exact when
+        the library computes each channel the same way alone as in the full layer. Checked once per layer and
+        input shape against the golden output, channel by channel (about the cost of one layer forward)."""
+        mod = self.modules[node.target]
+        x = cache[node.args[0]]
+        key = (str(node.target), tuple(x.shape))
+        if key not in self._slice_ok:
+            golden = cache[node]
+            self._slice_ok[key] = all(
+                bits_equal(_slice_forward(mod, x, k)[:, 0], golden[:, k]) for k in range(golden.shape[1])
+            )
+        return self._slice_ok[key]
+
+    def _weight_compute(self, cache: dict, fault: Fault, nodes: list) -> dict:
+        compute = {}
+        for n in nodes:
+            if n.op != "call_module" or len(n.args) != 1 or n.kwargs or not isinstance(n.args[0], type(n)):
+                continue
+            mod = self.modules[n.target]
+            owner = fault.tensor.rpartition(".")[0]
+            if owner != n.target or not _sliceable(mod) or not self._slice_verified(n, cache):
+                continue
+            k = fault.index[0]
+
+            def channel(lookup, n=n, mod=mod, k=k):
+                value = cache[n].clone()
+                value[:, k : k + 1] = _slice_forward(mod, lookup(n.args[0]), k)
+                return value
+
+            compute[n] = channel
+        return compute
+
+    def _run_cached(self, fault: Fault, b: int) -> torch.Tensor | None:
+        cache = self._cache(b)
+        if fault.is_activation:
+            override = self._activation_override(cache, fault)
+            return self.graph.rerun(cache, list(override), override)
+        nodes = self.graph.readers(fault.tensor)
+        return self.graph.rerun(cache, nodes, compute=self._weight_compute(cache, fault, nodes))
+
+    def _run_naive(self, fault: Fault, b: int) -> torch.Tensor:
+        x = self.batches[b]
+        if not fault.is_activation:
+            return self.model(x)
+        mod = self.modules.get(fault.module)
+        if mod is None:
+            raise ConfigError(f"fault {fault.injection}: the model has no layer {fault.module!r}")
+
+        def hook(_m, _i, out):
+            out = out.clone()
+            idx = (slice(None), *_element(out[0], fault, "output"))
+            out[idx] = apply_model(out[idx], fault.model, fault.bit, fault.value)
+            return out
+
+        h = mod.register_forward_hook(hook)
+        try:
+            return self.model(x)
+        finally:
+            h.remove()
+
+    def _one(self, fault: Fault, b: int) -> torch.Tensor | None:
+        """The faulty output of batch ``b``; None when it is bit-identical to the golden (all masked)."""
+        if fault.is_activation:
+            return self._run_cached(fault, b) if self.graph is not None else self._run_naive(fault, b)
+        with weight_fault(self.params, fault) as changed:
+            if not changed:
+                return None
+            return self._run_cached(fault, b) if self.graph is not None else self._run_naive(fault, b)
+
+    @torch.no_grad()
+    def run(self, faults: list[Fault], on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+        """Outcome matrix [faults, images] (int8) for ``faults``.
+
+        Batches outside, faults inside: one golden cache alive at a time when they do not all fit.
+        ``on_batch(k)`` is called after each image batch with the number of (fault, batch) runs done.
+        """
+        n_img = sum(x.shape[0] for x in self.batches)
+        out = torch.zeros((len(faults), n_img), dtype=torch.int8, device=self.device)
+        col = 0
+        for b, x in enumerate(self.batches):
+            n = x.shape[0]
+            if self.graph is not None:
+                self._cache(b)  # the golden pass runs before any fault is written
+            for fi, fault in enumerate(faults):
+                y = self._one(fault, b)
+                if y is not None:
+                    out[fi, col : col + n] = classify(y, self.golden[b])
+            col += n
+            if on_batch is not None:
+                on_batch(len(faults))
+        return out.cpu().numpy()

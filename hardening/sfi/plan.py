@@ -1,0 +1,281 @@
+"""Fault populations and statistical sample sizes per network, layer and bit (Ruospo et al., DATE 2023).
+
+A *layer* is a convolution or linear module; its weight population is every element of its weight and bias
+(ResNet-20 for CIFAR-10 then has the published 268,346 weights). Each population element can take
+``32 bits x values`` faults: 2 values (stuck-at-0, stuck-at-1) for the stuck-at model, 1 for bit flips.
+
+Methods (FORMATS.md section 6):
+- ``network``: one population, n = sample_size(N);
+- ``layer``: one population per layer;
+- ``data-unaware``: one per (layer, bit), p = 0.5;
+- ``data-aware``: one per (layer, bit), p(i) from the weights (see :func:`data_aware_p`).
+Activation targets (a layer's output, per image) use the same methods, except ``data-aware``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from diehardlab.errors import ConfigError
+from diehardlab.sampling import achieved_error, sample_size, t_value
+from hardening.sfi.bits import FLOAT_BITS
+
+METHODS = ("network", "layer", "data-unaware", "data-aware")
+FAULT_MODELS = ("stuck-at", "bitflip")
+TARGETS = ("weights", "activations")
+
+
+@dataclass
+class Layer:
+    """One injectable layer: its module name and the tensors a fault can hit (parameter names or 'output')."""
+
+    module: str
+    kind: str  # "conv" or "linear"
+    tensors: list[str]  # full parameter names ("fc.weight", "fc.bias") or ["<module>.output"]
+    shapes: list[tuple[int, ...]]
+
+    @property
+    def numel(self) -> int:
+        return sum(math.prod(s) for s in self.shapes)
+
+
+@dataclass
+class Stratum:
+    """One population of the plan and how many faults to draw from it."""
+
+    layer: str  # module name, or "*" for the whole network
+    bit: int  # bit position, or -1 for every bit
+    population: int
+    p: float
+    n: int
+
+    def margin(self, t: float) -> float:
+        return achieved_error(self.population, self.n, t=t, p=0.5)
+
+
+@dataclass
+class Plan:
+    method: str
+    error: float
+    confidence: float
+    t: float
+    fault_model: str
+    target: str
+    layers: list[Layer]
+    strata: list[Stratum]
+    p_table: dict[str, list[float]] = field(default_factory=dict)  # data-aware p(i) per layer, bits 0..31
+
+    @property
+    def values_per_bit(self) -> int:
+        return 2 if self.fault_model == "stuck-at" else 1
+
+    @property
+    def population(self) -> int:
+        return sum(layer.numel for layer in self.layers) * FLOAT_BITS * self.values_per_bit
+
+    @property
+    def total(self) -> int:
+        return sum(s.n for s in self.strata)
+
+    def per_layer(self) -> list[tuple[str, int, int]]:
+        """(layer, population, sample) per layer; for the network method the sample is the expected share."""
+        out = []
+        for layer in self.layers:
+            pop = layer.numel * FLOAT_BITS * self.values_per_bit
+            if self.method == "network":
+                n = self.total * pop / self.population if self.population else 0
+                out.append((layer.module, pop, round(n)))
+            else:
+                out.append((layer.module, pop, sum(s.n for s in self.strata if s.layer == layer.module)))
+        return out
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["population"] = self.population
+        d["total"] = self.total
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> Plan:
+        layers = [
+            Layer(x["module"], x["kind"], list(x["tensors"]), [tuple(s) for s in x["shapes"]]) for x in d["layers"]
+        ]
+        strata = [Stratum(**s) for s in d["strata"]]
+        return cls(
+            method=d["method"],
+            error=d["error"],
+            confidence=d["confidence"],
+            t=d["t"],
+            fault_model=d["fault_model"],
+            target=d["target"],
+            layers=layers,
+            strata=strata,
+            p_table=d.get("p_table", {}),
+        )
+
+
+def injectable_layers(model: nn.Module) -> list[Layer]:
+    """Convolution and linear modules in registration order, with their weight and bias tensors."""
+    layers = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            tensors, shapes = [], []
+            for pname, param in mod.named_parameters(recurse=False):
+                tensors.append(f"{name}.{pname}" if name else pname)
+                shapes.append(tuple(param.shape))
+            layers.append(Layer(name, "linear" if isinstance(mod, nn.Linear) else "conv", tensors, shapes))
+    if not layers:
+        raise ConfigError("the model has no convolution or linear layer to inject faults into")
+    return layers
+
+
+def activation_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
+    """The same layers with their output (one image) as the fault target; shapes from one forward pass."""
+    layers = injectable_layers(model)
+    shapes: dict[str, tuple[int, ...]] = {}
+    modules = dict(model.named_modules())
+
+    def recorder(name: str):
+        def hook(_m, _i, out) -> None:
+            shapes.setdefault(name, tuple(out.shape[1:]))
+
+        return hook
+
+    hooks = [modules[layer.module].register_forward_hook(recorder(layer.module)) for layer in layers]
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return [Layer(x.module, x.kind, [f"{x.module}.output"], [shapes[x.module]]) for x in layers if x.module in shapes]
+
+
+def layer_values(model: nn.Module, layer: Layer) -> torch.Tensor:
+    """All weights of a layer (weight and bias) as one flat float32 CPU tensor."""
+    params = dict(model.named_parameters())
+    return torch.cat([params[t].detach().reshape(-1).float().cpu() for t in layer.tensors])
+
+
+def bit_change_stats(w: torch.Tensor) -> np.ndarray:
+    """D_avg(i) per bit: mean |w - flip_i(w)| of 0->1 flips times f_0(i) plus that of 1->0 flips times f_1(i)."""
+    w = w.reshape(-1).float().contiguous()
+    wi = w.view(torch.int32)
+    w64 = w.double()
+    out = np.zeros(FLOAT_BITS)
+    for bit in range(FLOAT_BITS):
+        mask = torch.tensor(-(1 << 31) if bit == 31 else 1 << bit, dtype=torch.int32)
+        flipped = (wi ^ mask).view(torch.float32).double()
+        d = (w64 - flipped).abs()
+        d[~torch.isfinite(d)] = math.inf  # a flip to inf/NaN is an unbounded change
+        ones = ((wi >> bit) & 1).bool()
+        f1 = ones.double().mean().item()
+        f0 = 1.0 - f1
+        d01 = d[~ones].mean().item() if (~ones).any() else 0.0
+        d10 = d[ones].mean().item() if ones.any() else 0.0
+        out[bit] = d01 * f0 + d10 * f1
+    return out
+
+
+def data_aware_p(d_avg: np.ndarray) -> np.ndarray:
+    """p(i): D_avg min-max normalised into [0, 0.5]; outliers get 0.5.
+
+    Outliers are non-finite values and values above the upper Tukey fence (Q3 + 1.5 IQR) of the finite
+    D_avg of the layer: the high exponent bits, whose flips change a weight by orders of magnitude more than
+    any mantissa bit and would otherwise squash every other bit to p = 0.
+    """
+    d = np.asarray(d_avg, dtype=float)
+    finite = np.isfinite(d)
+    p = np.full(d.shape, 0.5)
+    if not finite.any():
+        return p
+    q1, q3 = np.percentile(d[finite], [25, 75])
+    inlier = finite & (d <= q3 + 1.5 * (q3 - q1))
+    lo, hi = d[inlier].min(), d[inlier].max()
+    p[inlier] = 0.5 * (d[inlier] - lo) / (hi - lo) if hi > lo else 0.5
+    return p
+
+
+def make_plan(
+    model: nn.Module,
+    method: str,
+    error: float = 0.01,
+    confidence: float = 0.99,
+    fault_model: str = "stuck-at",
+    target: str = "weights",
+    example: torch.Tensor | None = None,
+) -> Plan:
+    """Populations and sample sizes for ``model`` under ``method`` (see the module docstring)."""
+    if method not in METHODS:
+        raise ConfigError(f"--method: unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if fault_model not in FAULT_MODELS:
+        raise ConfigError(f"--fault-model: unknown fault model {fault_model!r}; choose {' or '.join(FAULT_MODELS)}")
+    if target not in TARGETS:
+        raise ConfigError(f"--target: unknown target {target!r}; choose {' or '.join(TARGETS)}")
+    if not 0 < error < 1:
+        raise ConfigError(f"--error: the error margin must be in (0, 1), got {error}")
+    if not 0 < confidence < 1:
+        raise ConfigError(f"--confidence: must be in (0, 1), got {confidence}")
+    if target == "activations":
+        if method == "data-aware":
+            raise ConfigError("--method data-aware estimates p(i) from weights; use it with --target weights")
+        if example is None:
+            raise ConfigError("activation targets need an example input to size the layer outputs")
+        layers = activation_layers(model, example)
+    else:
+        layers = injectable_layers(model)
+    t = t_value(confidence)
+    vals = 2 if fault_model == "stuck-at" else 1
+    strata: list[Stratum] = []
+    p_table: dict[str, list[float]] = {}
+    if method == "network":
+        pop = sum(x.numel for x in layers) * FLOAT_BITS * vals
+        strata.append(Stratum("*", -1, pop, 0.5, sample_size(pop, error, t, 0.5)))
+    elif method == "layer":
+        for x in layers:
+            pop = x.numel * FLOAT_BITS * vals
+            strata.append(Stratum(x.module, -1, pop, 0.5, sample_size(pop, error, t, 0.5)))
+    else:
+        for x in layers:
+            pop = x.numel * vals
+            if method == "data-aware":
+                p = data_aware_p(bit_change_stats(layer_values(model, x)))
+                p_table[x.module] = [float(v) for v in p]
+            else:
+                p = np.full(FLOAT_BITS, 0.5)
+            for bit in range(FLOAT_BITS):
+                strata.append(Stratum(x.module, bit, pop, float(p[bit]), sample_size(pop, error, t, float(p[bit]))))
+    return Plan(method, error, confidence, t, fault_model, target, layers, strata, p_table)
+
+
+def write_plan_csv(plan: Plan, path: Path) -> None:
+    """One row per stratum: layer, bit, population, p, sample size, worst-case margin it achieves."""
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["layer", "bit", "population", "p", "n", "margin_p05"])
+        for s in plan.strata:
+            w.writerow(
+                [s.layer, s.bit if s.bit >= 0 else "all", s.population, f"{s.p:.6g}", s.n, f"{s.margin(plan.t):.6g}"]
+            )
+
+
+def save_plan(plan: Plan, path: Path) -> None:
+    path.write_text(json.dumps(plan.to_json(), indent=1))
+
+
+def load_plan(path: Path) -> Plan:
+    try:
+        d = json.loads(Path(path).read_text())
+        return Plan.from_json(d)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"--plan: {path} does not exist; write one with 'diehard sfi plan ... --out {path}'") from exc
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(f"--plan: {path} is not a plan written by 'diehard sfi plan' ({exc})") from exc

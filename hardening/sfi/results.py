@@ -1,0 +1,157 @@
+"""Tables of a fault-injection run: per fault, per (layer, bit) and per layer, with the achieved error margin.
+
+A fault's outcome is its worst over the images (SDC-1 > Non-critical > Masked). In each (layer, bit) cell the
+faults are a simple random sample of that cell's population (true of every plan method), so the margin
+achieved at the chosen confidence is the Leveque formula solved for e: at p = 0.5 (the guaranteed bound) and at
+the observed SDC-1 proportion (``margin_observed``, finite-population corrected).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+
+from diehardlab.sampling import achieved_error
+from hardening.sfi.bits import FLOAT_BITS
+from hardening.sfi.engine import OUTCOME_NAMES
+from hardening.sfi.faultlist import Fault
+from hardening.sfi.plan import Layer
+
+
+def worst(outcomes: np.ndarray) -> np.ndarray:
+    """Worst outcome of every fault over the images (0 masked, 1 non-critical, 2 SDC-1)."""
+    return outcomes.max(axis=1) if outcomes.shape[1] else np.zeros(outcomes.shape[0], dtype=np.int8)
+
+
+def _margin_observed(pop: int, n: int, k: int, t: float) -> float:
+    if n <= 0:
+        return math.inf
+    if n >= pop:
+        return 0.0
+    p = k / n
+    return t * math.sqrt(p * (1 - p) / n * (pop - n) / max(pop - 1, 1))
+
+
+def cell_population(layer: Layer, fault_model: str) -> int:
+    """Population of one (layer, bit) cell: elements x fault values per bit."""
+    return layer.numel * (2 if fault_model.startswith("stuck-at") else 1)
+
+
+def per_fault_rows(faults: list[Fault], outcomes: np.ndarray) -> list[list]:
+    w = worst(outcomes)
+    counts = [(outcomes == k).sum(axis=1) for k in range(3)]
+    return [
+        [
+            f.injection,
+            f.tensor,
+            str(f.index),
+            f.bit,
+            f.model,
+            f.stratum,
+            *(int(c[i]) for c in counts),
+            OUTCOME_NAMES[w[i]],
+        ]
+        for i, f in enumerate(faults)
+    ]
+
+
+def cell_rows(faults: list[Fault], outcomes: np.ndarray, layers: list[Layer], t: float) -> list[list]:
+    """One row per (layer, bit) with faults: population, n, faults by worst outcome, p(SDC-1), margins."""
+    by_module = {x.module: x for x in layers}
+    w = worst(outcomes)
+    cells: dict[tuple[str, int, str], list[int]] = {}
+    for i, f in enumerate(faults):
+        kind = "stuck-at" if f.model.startswith("stuck-at") else f.model
+        cells.setdefault((f.module, f.bit, kind), []).append(i)
+    order = {x.module: k for k, x in enumerate(layers)}
+    rows = []
+    for (module, bit, kind), idx in sorted(cells.items(), key=lambda kv: (order.get(kv[0][0], 1 << 30), kv[0][1])):
+        layer = by_module.get(module)
+        pop = cell_population(layer, kind) if layer and kind != "value" else 0
+        n = len(idx)
+        ks = [int((w[idx] == k).sum()) for k in range(3)]
+        rows.append(
+            [
+                module,
+                bit,
+                kind,
+                pop or "",
+                n,
+                *ks,
+                f"{ks[2] / n:.6g}",
+                f"{achieved_error(pop, n, t=t, p=0.5):.6g}" if pop else "",
+                f"{_margin_observed(pop, n, ks[2], t):.6g}" if pop else "",
+            ]
+        )
+    return rows
+
+
+CELL_HEADER = [
+    "layer",
+    "bit",
+    "fault_model",
+    "population",
+    "faults",
+    "masked",
+    "non_critical",
+    "sdc1",
+    "p_sdc1",
+    "margin_p05",
+    "margin_observed",
+]
+FAULT_HEADER = [
+    "Injection",
+    "Layer",
+    "TensorIndex",
+    "Bit",
+    "Model",
+    "Stratum",
+    "masked_images",
+    "non_critical_images",
+    "sdc1_images",
+    "worst",
+]
+
+
+def write_tables(out: Path, faults: list[Fault], outcomes: np.ndarray, layers: list[Layer], t: float) -> dict:
+    """Write per_fault.csv, per_layer_bit.csv, per_layer.csv; return the network summary."""
+    with open(out / "per_fault.csv", "w", newline="") as fh:
+        wr = csv.writer(fh)
+        wr.writerow(FAULT_HEADER)
+        wr.writerows(per_fault_rows(faults, outcomes))
+    cells = cell_rows(faults, outcomes, layers, t)
+    with open(out / "per_layer_bit.csv", "w", newline="") as fh:
+        wr = csv.writer(fh)
+        wr.writerow(CELL_HEADER)
+        wr.writerows(cells)
+    w = worst(outcomes)
+    layer_rows = []
+    for layer in layers:
+        idx = [i for i, f in enumerate(faults) if f.module == layer.module]
+        if not idx:
+            continue
+        kinds = {("stuck-at" if faults[i].model.startswith("stuck-at") else faults[i].model) for i in idx}
+        pop = cell_population(layer, next(iter(kinds))) * FLOAT_BITS if len(kinds) == 1 and "value" not in kinds else 0
+        ks = [int((w[idx] == k).sum()) for k in range(3)]
+        n = len(idx)
+        layer_rows.append(
+            [layer.module, pop or "", n, *ks, f"{ks[2] / n:.6g}", f"{achieved_error(pop, n, t=t):.6g}" if pop else ""]
+        )
+    with open(out / "per_layer.csv", "w", newline="") as fh:
+        wr = csv.writer(fh)
+        wr.writerow(["layer", "population", "faults", "masked", "non_critical", "sdc1", "p_sdc1", "margin_p05"])
+        wr.writerows(layer_rows)
+    n = len(faults)
+    ks = [int((w == k).sum()) for k in range(3)]
+    return {
+        "faults": n,
+        "images": int(outcomes.shape[1]),
+        "masked": ks[0],
+        "non_critical": ks[1],
+        "sdc1": ks[2],
+        "p_sdc1": ks[2] / n if n else math.nan,
+        "fault_image_pairs": {name: int((outcomes == k).sum()) for k, name in enumerate(OUTCOME_NAMES)},
+    }

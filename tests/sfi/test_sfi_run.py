@@ -1,0 +1,175 @@
+"""Campaigns on disk: interruption and resume, fault-list reuse, the CLI with a real checkpoint, Ray."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from diehardlab.cli import main
+from diehardlab.errors import ConfigError
+from hardening.checkpoint import save_config, save_model
+from hardening.models import ModelConfig, build_model
+from hardening.sfi.engine import Images
+from hardening.sfi.faultlist import draw
+from hardening.sfi.plan import injectable_layers, make_plan
+from hardening.sfi.runner import run_campaign
+
+
+class Result:
+    def __init__(self, returncode: int, out: str, err: str):
+        self.returncode, self.stdout, self.stderr = returncode, out, err
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """``diehard ARGS`` in this process (the subprocess path is covered by test_sfi_plan)."""
+
+    def run(*args: str) -> Result:
+        code = main(list(args))
+        cap = capsys.readouterr()
+        return Result(code, cap.out, cap.err)
+
+    return run
+
+
+def _rows(path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _same_outcomes(a, b) -> None:
+    np.testing.assert_array_equal(np.load(a / "outcomes.npy"), np.load(b / "outcomes.npy"))
+
+
+def _campaign(model, x, y, out, faults, **kw):
+    imgs = Images(x, y, [str(i) for i in range(len(y))])
+    return run_campaign(model, imgs, faults, out, injectable_layers(model), 2.58, {"seed": 1}, "h", **kw)
+
+
+def test_resume_after_interrupt_gives_the_uninterrupted_result(tiny_resnet, tiny_images, tmp_path):
+    x, y = tiny_images
+    faults = draw(make_plan(tiny_resnet, "network", error=0.1, fault_model="bitflip"), seed=5)
+    assert len(faults) > 100
+    full = _campaign(tiny_resnet, x, y, tmp_path / "full", faults, chunk=16)
+
+    def interrupt(k):
+        if k == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _campaign(tiny_resnet, x, y, tmp_path / "cut", faults, chunk=16, on_chunk=interrupt)
+    done = np.load(tmp_path / "cut" / "done.npy")
+    assert done.sum() == 48 and not done.all()  # three chunks were saved before the interruption
+    with pytest.raises(ConfigError, match="--resume"):
+        _campaign(tiny_resnet, x, y, tmp_path / "cut", faults, chunk=16)
+    with pytest.raises(ConfigError, match="faults_sha256"):
+        _campaign(tiny_resnet, x, y, tmp_path / "cut", faults[:-1], chunk=16, resume=True)
+    resumed = _campaign(tiny_resnet, x, y, tmp_path / "cut", faults, chunk=16, resume=True)
+    assert resumed["resumed_from"] == 48
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "cut" / "outcomes.npy"), np.load(tmp_path / "full" / "outcomes.npy")
+    )
+    for name in ("per_fault.csv", "per_layer_bit.csv", "per_layer.csv"):
+        assert (tmp_path / "cut" / name).read_text() == (tmp_path / "full" / name).read_text()
+    assert {k: full[k] for k in ("masked", "non_critical", "sdc1")} == {
+        k: resumed[k] for k in ("masked", "non_critical", "sdc1")
+    }
+
+
+def test_tables_count_and_margin(tiny_resnet, tiny_images, tmp_path):
+    x, y = tiny_images
+    plan = make_plan(tiny_resnet, "data-unaware", error=0.3, fault_model="stuck-at")
+    faults = draw(plan, seed=2)
+    s = _campaign(tiny_resnet, x, y, tmp_path / "r", faults)
+    rows = _rows(tmp_path / "r" / "per_layer_bit.csv")
+    strata = {(st.layer, st.bit): st for st in plan.strata}
+    assert sum(int(r["faults"]) for r in rows) == len(faults) == s["faults"]
+    for r in rows:
+        st = strata[r["layer"], int(r["bit"])]
+        assert int(r["population"]) == st.population and int(r["faults"]) == st.n
+        assert int(r["masked"]) + int(r["non_critical"]) + int(r["sdc1"]) == st.n
+        # the margin achieved at p = 0.5 is the requested one (up to sizes rounded to the nearest integer)
+        assert 0.25 < float(r["margin_p05"]) <= 0.3 * 1.05
+    # stuck-at faults that leave the bit unchanged are masked without running anything
+    per_fault = _rows(tmp_path / "r" / "per_fault.csv")
+    assert {r["worst"] for r in per_fault} >= {"masked", "sdc-1"}
+
+
+@pytest.fixture(scope="module")
+def digits_ckpt(tmp_path_factory):
+    """A real checkpoint folder (digits smallnet), trained for a few steps so outcomes are not trivial."""
+    from hardening.data import load_dataset
+
+    torch.manual_seed(0)
+    ds = load_dataset("digits", "train")
+    cfg = ModelConfig(arch="smallnet", width=4)
+    model = build_model(cfg, 1, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(60):
+        idx = torch.randint(0, len(ds), (64,))
+        loss = torch.nn.functional.cross_entropy(model(ds.x[idx]), ds.y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    d = tmp_path_factory.mktemp("ckpt")
+    save_config(d, {"model": cfg.to_dict(), "dataset": "digits", "in_channels": 1, "num_classes": 10, "seed": 0})
+    save_model(d, model.eval())
+    return d
+
+
+def test_cli_run_select_curve_on_a_checkpoint(digits_ckpt, tmp_path, run_cli):
+    sel = tmp_path / "sel.csv"
+    r = run_cli("select", str(digits_ckpt), "--metric", "el2n", "--images", "40", "--out", str(sel))
+    assert r.returncode == 0, r.stderr
+    ranking = _rows(sel)
+    assert len(ranking) == 40 and [float(x["score"]) for x in ranking] == sorted(
+        (float(x["score"]) for x in ranking), reverse=True
+    )
+    out = tmp_path / "run"
+    args = ["--selection", str(sel), "--images", "12", "--batch-size", "5"]
+    r = run_cli("sfi", "run", str(digits_ckpt), "--method", "layer", "--error", "0.2", *args, "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "faults/s" in r.stdout
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["image_ids"] == [x["image"] for x in ranking[:12]]
+    assert meta["versions"]["torch"] == torch.__version__ and meta["seed"] == 0
+    # the saved list replays to the same outcomes
+    again = tmp_path / "again"
+    r = run_cli("sfi", "run", str(digits_ckpt), "--faults", str(out / "faults.csv"), *args, "--out", str(again))
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(np.load(out / "outcomes.npy"), np.load(again / "outcomes.npy"))
+    r = run_cli("sfi", "curve", "--run", str(out), "--out", str(tmp_path / "curve"))
+    assert r.returncode == 0, r.stderr
+    rows = _rows(tmp_path / "curve.csv")
+    assert len(rows) == 12 and (tmp_path / "curve.png").stat().st_size > 1000
+    crit = [int(x["ranked_critical"]) for x in rows]
+    assert crit == sorted(crit)  # cumulative
+    assert float(rows[-1]["random_mean_critical"]) == crit[-1]  # all orders end with every image used
+    # an existing run is never overwritten
+    r = run_cli("sfi", "run", str(digits_ckpt), "--faults", str(out / "faults.csv"), *args, "--out", str(again))
+    assert r.returncode == 2 and "--resume" in r.stderr
+
+
+def test_cli_errors_name_the_option(digits_ckpt, tmp_path, run_cli):
+    r = run_cli("sfi", "run", str(digits_ckpt), "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "--plan" in r.stderr
+    bad = tmp_path / "bad.csv"
+    bad.write_text('Injection,Layer,TensorIndex,Bit\n0,stem.conv.weight,"(99, 0, 0, 0)",3\n')
+    r = run_cli("sfi", "run", str(digits_ckpt), "--faults", str(bad), "--images", "3", "--out", str(tmp_path / "y"))
+    assert r.returncode == 2 and "outside parameter stem.conv.weight" in r.stderr
+
+
+def test_ray_engine_matches_in_process(tiny_resnet, tiny_images, tmp_path):
+    pytest.importorskip("ray")
+    x, y = tiny_images
+    faults = draw(make_plan(tiny_resnet, "network", error=0.15, fault_model="bitflip"), seed=9)[:60]
+    _campaign(tiny_resnet, x, y, tmp_path / "local", faults)
+    s = _campaign(tiny_resnet, x, y, tmp_path / "ray", faults, engine="ray", shards=3)
+    assert s["engine"] == "ray"
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "ray" / "outcomes.npy"), np.load(tmp_path / "local" / "outcomes.npy")
+    )
