@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 import textwrap
@@ -124,3 +125,99 @@ def events(path: Path, name: str, dut: str | None = None) -> list[dict]:
 @pytest.fixture
 def campaign_dir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+class Sshd:
+    """A real OpenSSH server on 127.0.0.1 with a generated host key and a generated user key (for root)."""
+
+    def __init__(self, root: Path):
+        import subprocess
+
+        self.dir = root
+        self.port = free_port(socket.SOCK_STREAM)
+        for name in ("host_key", "user_key"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)], check=True)
+        (root / "authorized_keys").write_text((root / "user_key.pub").read_text())
+        (root / "authorized_keys").chmod(0o600)
+        self.host_pub = (root / "host_key.pub").read_text().split()
+        self.config = root / "sshd_config"
+        self.config.write_text(
+            textwrap.dedent(f"""
+            Port {self.port}
+            ListenAddress 127.0.0.1
+            HostKey {root / "host_key"}
+            PidFile {root / "sshd.pid"}
+            AuthorizedKeysFile {root / "authorized_keys"}
+            StrictModes no
+            UsePAM no
+            PasswordAuthentication no
+            KbdInteractiveAuthentication no
+            PermitRootLogin prohibit-password
+            Subsystem sftp internal-sftp
+            MaxStartups 100
+            LogLevel ERROR
+            """)
+        )
+        Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+        self.proc = None
+
+    def known_hosts(self, path: Path) -> Path:
+        path.write_text(f"[127.0.0.1]:{self.port} {self.host_pub[0]} {self.host_pub[1]}\n")
+        return path
+
+    def start(self) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(self.config)], stderr=subprocess.DEVNULL)
+        wait_for(lambda: _connectable(self.port), timeout=10)
+
+    def kill_all(self) -> None:
+        """The host is gone: the listener and every session it forked die at once."""
+        import os
+        import signal
+
+        if self.proc is None:
+            return
+        for pid in [*_descendants(self.proc.pid), self.proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait(timeout=5)
+        self.proc = None
+
+
+def _connectable(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def _descendants(pid: int) -> list[int]:
+    import os
+
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rpartition(")")[2].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+@pytest.fixture
+def sshd(tmp_path: Path):
+    d = tmp_path / "sshd"
+    d.mkdir()
+    s = Sshd(d)
+    s.start()
+    yield s
+    s.kill_all()
