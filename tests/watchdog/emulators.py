@@ -185,3 +185,66 @@ class DeadSwitch:
         for c in self.conns:
             c.close()
         self.sock.close()
+
+
+class Ip9258Emulator(_Emulator):
+    """IP Power 9258: POST /tgi/iocontrol.tgi form P6<n-1>=On|Off; GET /set.cmd?cmd=getpower (p61=..)."""
+
+    outlets_n = 4
+
+    def _handle(self, h, method: str) -> None:
+        if not h._auth_ok():
+            return
+        u = urlsplit(h.path)
+        if method == "POST" and u.path == "/tgi/iocontrol.tgi":
+            length = int(h.headers.get("Content-Length", 0))
+            form = parse_qs(h.rfile.read(length).decode())
+            self.requests.append((method, u.path, form))
+            for key, (value, *_) in form.items():
+                m = re.fullmatch(r"P6(\d)", key)
+                if m and value in ("On", "Off"):
+                    self.switch(int(m.group(1)) + 1, value == "On")
+            h._reply(200, "<html><title>I/O Control</title><td>Power1</td></html>")
+        elif method == "GET" and u.path == "/set.cmd" and u.query.lower() == "cmd=getpower":
+            body = ",".join(f"p6{i}={int(self.reported(i))}" for i in range(1, self.outlets_n + 1))
+            h._reply(200, f"<html>{body}</html>")
+        else:
+            h._reply(404, "not found")
+
+
+class DliRestEmulator(_Emulator):
+    """Digital Loggers REST: PUT /restapi/relay/outlets/=<i>/state/ value=true|false; GET .../<i>/state/.
+    Digest authentication is what the device uses; the emulator checks the X-CSRF header and that an
+    Authorization header of the digest kind is present after the 401 challenge."""
+
+    outlets_n = 8
+
+    def _handle(self, h, method: str) -> None:
+        auth = h.headers.get("Authorization", "")
+        if not auth.startswith("Digest ") or f'username="{self.user}"' not in auth:
+            h.send_response(401)
+            h.send_header("WWW-Authenticate", 'Digest realm="DLI", nonce="abc123", qop="auth", algorithm=MD5')
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+            return
+        if h.headers.get("X-CSRF") != "x":
+            h._reply(403, "CSRF")
+            return
+        m = re.fullmatch(r"/restapi/relay/outlets/(=?)(\d+)/state/", urlsplit(h.path).path)
+        if not m:
+            h._reply(404, "not found")
+            return
+        outlet = int(m.group(2)) + 1
+        if method == "PUT":
+            length = int(h.headers.get("Content-Length", 0))
+            form = parse_qs(h.rfile.read(length).decode())
+            self.requests.append((method, h.path, form))
+            self.switch(outlet, form.get("value", [""])[0] == "true")
+            h._reply(204, "")
+        else:
+            h._reply(200, json.dumps(self.reported(outlet)), "application/json")
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        handler = self.httpd.RequestHandlerClass
+        handler.do_PUT = lambda h: self._handle(h, "PUT")

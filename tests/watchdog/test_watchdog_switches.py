@@ -105,3 +105,27 @@ def test_command_switch(tmp_path):
     assert (tmp_path / "outlet.1").read_text().strip() == "off"
     sw.on(1)
     assert sw.state(1) is True
+
+
+def test_ip9258_form_and_getpower():
+    from tests.watchdog.emulators import Ip9258Emulator
+    from watchdog.switches.ip9258 import parse_getpower
+
+    with Ip9258Emulator() as emu:
+        sw = make_switch(_cfg("ip9258", emu.port, outlets=4, timeout_s=2))
+        sw.off(4)
+        assert emu.state[4] is False and sw.state(4) is False and sw.state(1) is True
+        assert emu.requests[0][2] == {"P63": ["Off"], "Apply": ["Apply"]}
+    assert parse_getpower("<html>P60=0,P61=1</html>") == {1: False, 2: True}
+
+
+def test_dli_rest_with_digest_auth():
+    from tests.watchdog.emulators import DliRestEmulator
+
+    with DliRestEmulator() as emu:
+        sw = make_switch(_cfg("dli-rest", emu.port, timeout_s=2))
+        sw.off(6)
+        assert emu.state[6] is False and sw.state(6) is False
+        sw.on(6)
+        assert emu.requests[0][1] == "/restapi/relay/outlets/=5/state/"
+        assert emu.requests[-1][2] == {"value": ["true"]}

@@ -52,4 +52,12 @@ def make_switch(cfg: Switch, secrets: dict[str, str] | None = None, state_dir: P
         from watchdog.switches.netio import Netio
 
         return Netio(cfg.name, url, cfg.user, _password(cfg, secrets), **common)
+    if cfg.model == "ip9258":
+        from watchdog.switches.ip9258 import IpPower9258
+
+        return IpPower9258(cfg.name, url, cfg.user or "admin", _password(cfg, secrets), **common)
+    if cfg.model == "dli-rest":
+        from watchdog.switches.dli import DliRest
+
+        return DliRest(cfg.name, url, cfg.user or "admin", _password(cfg, secrets), **common)
     raise ConfigError(f"switch {cfg.name!r}: model {cfg.model!r} has no driver in this version (see docs/watchdog.md)")
