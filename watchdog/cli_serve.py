@@ -14,12 +14,15 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--check", action="store_true", help="validate the file and print the plan; start nothing")
     a = p.parse_args(list(argv))
     from diehardlab.campaign import load_campaign
-    from watchdog.server import datagram_keys, plan, serve
+    from watchdog.server import plan, problems, serve
 
     if a.check:
         c = load_campaign(a.campaign)
-        datagram_keys(c)  # a missing key is a configuration error, before anything starts
         print(plan(c, a.campaign))
+        found = problems(c)
+        for msg in found:
+            print(f"  to fix before serving: {msg}")
+        print("the file is valid" + (f"; {len(found)} thing(s) to fix on this machine" if found else ""))
         return 0
     if a.duration is not None and a.duration <= 0:
         p.error("--duration must be > 0")

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import time
 import traceback
 from dataclasses import asdict
@@ -42,6 +43,10 @@ def server_host(c: CampaignFile) -> str:
     if c.server.public_host:
         return c.server.public_host
     return "127.0.0.1" if c.server.bind in ("0.0.0.0", "::", "") else c.server.bind
+
+
+def campaign_dir(source: str | Path) -> Path:
+    return Path(source).resolve().parent if source else Path.cwd()
 
 
 def status_path(c: CampaignFile) -> Path:
@@ -81,6 +86,22 @@ def make_transport(c: CampaignFile, dut: Dut) -> Any:
     from watchdog.transport.ssh import SshTransport
 
     return SshTransport(dut)
+
+
+def problems(c: CampaignFile) -> list[str]:
+    """What would stop ``serve`` that the file itself cannot show: missing secrets, unset variables, keys."""
+    out = []
+    try:
+        datagram_keys(c)
+    except ConfigError as exc:
+        out.append(str(exc))
+    for sw in c.switches:
+        if sw.password_env and sw.password_env not in os.environ:
+            out.append(f"switch {sw.name!r}: environment variable {sw.password_env} is not set (its password)")
+    for d in c.duts:
+        if d.ssh is not None and d.ssh.key is not None and not d.ssh.key.expanduser().exists():
+            out.append(f"dut {d.name!r}: SSH key {d.ssh.key} does not exist")
+    return out
 
 
 def plan(c: CampaignFile, source: str) -> str:
@@ -134,6 +155,8 @@ def plan(c: CampaignFile, source: str) -> str:
             "run_dir": str(root / "run") if d.transport == "local" else d.remote_run_dir,
             "ecc": d.ecc,
             "key_file": str(root / "run" / "datagram.key") if d.datagram == "extended" else "",
+            "campaign_dir": str(campaign_dir(source)),
+            "python": sys.executable,
         }
         for b in d.benchmarks:
             argv = substitute(b.argv, {**values, "benchmark": b.name})
@@ -163,7 +186,10 @@ class Server:
         c = self.c
         secrets = read_secrets(c.server.secrets_file) if c.server.secrets_file else None
         snaps = last_snapshots(read_journal(c.server.journal))
-        ctx = Context(self.journal, c.server.log_dir, server_host(c), c.server.udp_port, c.server.poll_s, self.notifier)
+        ctx = Context(
+            self.journal, c.server.log_dir, server_host(c), c.server.udp_port, c.server.poll_s,
+            campaign_dir(self.source), self.notifier,
+        )  # fmt: skip
         for d in c.duts:
             switch = make_switch(c.switch(d.switch), secrets, c.server.journal.parent) if d.switch else None
             transport = make_transport(c, d)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -28,7 +29,9 @@ from watchdog.journal import Journal
 from watchdog.servercopy import ServerCopy
 from watchdog.switches.base import Driver, SwitchError
 
-PLACEHOLDER = re.compile(r"\{(server_host|server_port|dut|hostname|benchmark|log_dir|run_dir|ecc|key_file)\}")
+PLACEHOLDER = re.compile(
+    r"\{(server_host|server_port|dut|hostname|benchmark|log_dir|run_dir|ecc|key_file|campaign_dir|python)\}"
+)
 
 
 def substitute(argv: list[str], values: dict[str, str]) -> list[str]:
@@ -74,6 +77,7 @@ class Context:
     server_host: str
     server_port: int
     poll_s: float = 1.0
+    campaign_dir: Path = Path(".")
     notify: Any = None  # watchdog.notify.Notifier | None
 
 
@@ -222,6 +226,8 @@ class Supervisor:
             "run_dir": str(self.transport.run_dir),
             "ecc": self.dut.ecc,
             "key_file": str(self.key_file) if self.key_file else "",
+            "campaign_dir": str(self.ctx.campaign_dir),
+            "python": sys.executable,
         }
 
     async def _start(self) -> None:

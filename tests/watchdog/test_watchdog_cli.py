@@ -150,3 +150,12 @@ def test_webhook_on_power_cycle_never_blocks(tmp_path):
     assert [g["event"] for g in got] == ["power-cycle", "cool-down", "broken"]
     assert all(g["dut"] == "d1" and g["campaign"] == "test" for g in got)
     assert len(events(j, "notified", "d1")) == 3
+
+
+def test_example_campaigns_are_valid():
+    files = sorted((ROOT / "setups" / "campaigns").glob("*.toml"))
+    assert {f.name for f in files} >= {"chipir-lindy.toml", "lab-netio.toml", "local-demo.toml"}
+    for f in files:
+        r = run_diehard("serve", "--check", str(f))
+        assert r.returncode == 0, (f, r.stderr)
+        assert "the file is valid" in r.stdout

@@ -37,10 +37,13 @@ def test_socket_console_reconnects_when_the_port_drops(tmp_path):
     con.start()
     try:
         c, _ = srv.accept()
+        # pyserial discards what is already waiting when it opens a socket:// port: send after the open
+        wait_for(lambda: con.path.exists() and con.path.read_text().count("#CONSOLE opened") == 1)
         c.sendall(b"first boot\n")
         wait_for(lambda: "first boot" in con.path.read_text())
         c.close()  # the console server drops the connection
         c2, _ = srv.accept()
+        wait_for(lambda: con.path.read_text().count("#CONSOLE opened") == 2)
         c2.sendall(b"second boot\n")
         wait_for(lambda: "second boot" in con.path.read_text())
         c2.close()
