@@ -171,7 +171,7 @@ def test_server_restart_resumes_counters_and_rotation(tmp_path):
     with ServerThread(path) as srv:
         j = srv.c.server.journal
         wait_for(lambda: events(j, "rotate", "d1"))
-        pid = _pid(j)
+        pid = wait_for(lambda: events(j, "benchmark-start", "d1")[1:])[-1]["pid"]
         wait_for(lambda: srv.server.supervisors["d1"].snap.last_iteration >= 1)
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: events(j, "app-restart", "d1"))
