@@ -9,11 +9,16 @@ from diehardlab.cli import make_parser
 
 def main(argv: Sequence[str]) -> int:
     p = make_parser("power", "Switch a DUT's power outlet through its network power switch.")
-    p.add_argument("campaign", help="campaign file (TOML)")
-    p.add_argument("dut", help="DUT name in the campaign")
-    p.add_argument("action", choices=["on", "off", "cycle", "state", "status"])
+    p.add_argument("args", nargs="+", metavar="[FILE] DUT ACTION", help="campaign file, DUT name, on|off|cycle|state")
+    p.add_argument("--campaign", help="campaign file (instead of the first argument)")
     p.add_argument("--off-time", type=float, default=None, help="cycle: seconds off (default: escalation power_off_s)")
     a = p.parse_args(list(argv))
+    args = ([a.campaign] if a.campaign else []) + a.args
+    if len(args) != 3:
+        p.error("give FILE DUT ACTION (or DUT ACTION --campaign FILE)")
+    a.campaign, a.dut, a.action = args
+    if a.action not in ("on", "off", "cycle", "state", "status"):
+        p.error(f"action must be on, off, cycle or state (got {a.action!r})")
     from diehardlab.campaign import load_campaign
     from diehardlab.config import read_secrets
     from diehardlab.errors import ConfigError

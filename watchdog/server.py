@@ -29,6 +29,7 @@ from watchdog.supervisor import Context, Snap, Supervisor, substitute
 from watchdog.switches import make_switch
 
 RESTART_PAUSE_S = 5.0
+DRIVERS = ("lindy-ipower", "ip9258", "dli-rest", "netio", "command", "simulated")
 
 
 def escalation_of(c: CampaignFile, dut: Dut) -> Escalation:
@@ -98,6 +99,11 @@ def problems(c: CampaignFile) -> list[str]:
     for sw in c.switches:
         if sw.password_env and sw.password_env not in os.environ:
             out.append(f"switch {sw.name!r}: environment variable {sw.password_env} is not set (its password)")
+    for sw in c.switches:
+        if sw.model not in DRIVERS:
+            out.append(
+                f"switch {sw.name!r}: model {sw.model!r} has no driver in this version (have: {', '.join(DRIVERS)})"
+            )
     for d in c.duts:
         if d.ssh is not None and d.ssh.key is not None and not d.ssh.key.expanduser().exists():
             out.append(f"dut {d.name!r}: SSH key {d.ssh.key} does not exist")

@@ -116,7 +116,7 @@ def test_power_command_with_the_simulated_switch(tmp_path):
     assert r.stdout.strip().endswith("outlet 2: off")
     r = run_diehard("power", str(path), "d1", "state")
     assert r.stdout.strip().endswith("off")
-    r = run_diehard("power", str(path), "d1", "cycle", "--off-time", "0")
+    r = run_diehard("power", "d1", "cycle", "--campaign", str(path), "--off-time", "0")
     assert r.stdout.strip().endswith("on")
     r = run_diehard("power", str(path), "nope", "on")
     assert r.returncode == 2 and "no DUT named 'nope'" in r.stderr

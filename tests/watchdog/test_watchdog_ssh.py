@@ -177,3 +177,19 @@ def test_known_hosts_strict_refuses_unknown_and_tofu_pins(tmp_path, sshd):
         SshTransport(_dut(sshd, tmp_path, "tofu", kh))._exec("true")
     for t in (tofu, strict2):
         asyncio.run(t.close())
+
+
+def test_ssh_os_reboot_runs_the_reboot_command_and_reconnects(tmp_path, sshd):
+    marker = tmp_path / "rebooted"
+    extra = f'reboot_command = ["touch", "{marker}"]\n[dut.escalation]\nmax_app_restarts = 0\nmax_os_reboots = 1\n'
+    path = local_campaign(tmp_path, ssh_dut(sshd, tmp_path, extra=extra))
+    with ServerThread(path) as srv:
+        j = srv.c.server.journal
+        pid = _pid(j)
+        wait_for(lambda: srv.server.supervisors["board1"].snap.last_iteration >= 1, timeout=20)
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: len(events(j, "benchmark-start", "board1")) >= 2, timeout=20)
+    assert events(j, "os-reboot", "board1")[0]["cause"] == "app-crash"
+    assert marker.exists()
+    copy = next(p for p in srv.c.server.log_dir.glob("*.log") if "#SERVER_DUE" in p.read_text())
+    assert "#SERVER_DUE:soft OS reboot" in copy.read_text()
