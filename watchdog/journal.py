@@ -71,10 +71,8 @@ def read_journal(path: str | Path) -> list[dict[str, Any]]:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
-            if lineno == len(lines) and not line.endswith("\n"):
-                break  # torn last line: the server died while writing it
-            if not line.endswith("\n"):
-                continue  # a torn line that a later server start terminated
+            if not line.rstrip().endswith("}"):
+                continue  # a torn line: the server died while writing it (a later start ended the line)
             raise DataError(f"{path}:{lineno}: not a JSON journal line ({exc}); fix or move the line away") from exc
         if isinstance(rec, dict):
             out.append(rec)

@@ -43,7 +43,7 @@ class Receiver(asyncio.DatagramProtocol):
                 self.rejected["unknown-source" if not sups else "ambiguous-source"] += 1
                 return
             sup = sups[0]
-        sup.on_datagram(dg.line)
+        sup.on_datagram(dg.line, dg.ecc)
 
 
 def resolve(host: str) -> str | None:

@@ -157,7 +157,7 @@ def plan(c: CampaignFile, source: str) -> str:
             "server_port": str(s.udp_port),
             "dut": d.name,
             "hostname": d.hostname,
-            "log_dir": str(root / "log") if d.transport == "local" else d.remote_log_dir,
+            "log_dir": str(root) if d.transport == "local" else d.remote_log_dir,
             "run_dir": str(root / "run") if d.transport == "local" else d.remote_run_dir,
             "ecc": d.ecc,
             "key_file": str(root / "run" / "datagram.key") if d.datagram == "extended" else "",
@@ -214,21 +214,25 @@ class Server:
                 sup.log("resume", from_state=snap.state)
 
     async def _supervise(self, sup: Supervisor) -> None:
-        """Run one DUT's supervisor forever: an exception is journaled and the supervisor starts again."""
+        """Run one DUT's supervisor forever: an exception is journaled and the supervisor starts again,
+        after a pause that doubles while it keeps failing quickly (up to a minute)."""
+        failures = 0
         while True:
+            began = time.monotonic()
             try:
                 await sup.run()
                 return  # broken: nothing more to do for this DUT
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                failures = 1 if time.monotonic() - began > 120 else failures + 1
                 sup.log(
                     "supervisor-error",
                     error=f"{type(exc).__name__}: {exc}"[:500],
                     traceback=traceback.format_exc()[-2000:],
                 )
                 sup._close_copy("broken", "unknown")
-                await asyncio.sleep(RESTART_PAUSE_S)
+                await asyncio.sleep(min(60.0, RESTART_PAUSE_S * 2 ** (failures - 1)))
 
     async def _status_loop(self) -> None:
         path = status_path(self.c)

@@ -106,6 +106,7 @@ class Supervisor:
         self._ended = False  # the benchmark wrote #END (or #ABORT): its exit is not a crash
         self._accepting = False  # lines are copied only while a benchmark runs
         self.pulled_dir = ctx.log_dir / "pulled" / dut.name
+        self.ecc_seen: bool | None = None  # the ECC flag of the DUT's datagrams (for ecc = "auto")
 
     # -- journal ---------------------------------------------------------------------------------------------
 
@@ -125,7 +126,9 @@ class Supervisor:
 
     # -- datagrams -------------------------------------------------------------------------------------------
 
-    def on_datagram(self, line: str | None) -> None:
+    def on_datagram(self, line: str | None, ecc: bool | None = None) -> None:
+        if ecc is not None:
+            self.ecc_seen = ecc
         self.last_heard = time.monotonic()
         self.last_heard_wall = time.time()
         self.datagrams += 1
@@ -159,7 +162,7 @@ class Supervisor:
             self.log("progress", iteration=self.snap.last_iteration)
 
     def _open_copy(self, dut_path: str | None) -> None:
-        ecc = self.dut.ecc == "on"
+        ecc = self.dut.ecc == "on" if self.dut.ecc != "auto" else bool(self.ecc_seen)
         name = Path(dut_path).name if dut_path else ""
         if not name.endswith(".log") or "/" in name:
             name = format_log_name(

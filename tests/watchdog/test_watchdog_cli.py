@@ -87,7 +87,7 @@ def test_check_prints_the_plan_and_refuses_passwords(tmp_path):
     r = run_diehard("serve", "--check", str(path))
     assert r.returncode == 0, r.stderr
     assert "dut d1" in r.stdout and "switch sim: simulated" in r.stdout
-    assert "--server 127.0.0.1:" in r.stdout and "local-duts/d1/log" in r.stdout
+    assert "--server 127.0.0.1:" in r.stdout and "local-duts/d1 " in r.stdout
     assert "2 app restarts -> 1 OS reboots -> 1 power cycles" in r.stdout
     bad = tmp_path / "bad.toml"
     bad.write_text(path.read_text().replace('model = "simulated"', 'model = "simulated"\npassword = "1234"'))
@@ -159,3 +159,30 @@ def test_example_campaigns_are_valid():
         r = run_diehard("serve", "--check", str(f))
         assert r.returncode == 0, (f, r.stderr)
         assert "the file is valid" in r.stdout
+
+
+def test_server_commands_never_import_torch(tmp_path):
+    path = local_campaign(tmp_path, SWITCH + dut("d1", app_argv(), extra='switch = "sim"\noutlet = 1'))
+    for args in (("serve", "--check", str(path)), ("status", str(path)), ("power", str(path), "d1", "state")):
+        r = run_diehard(*args, block=("torch", "numpy", "pandas", "scipy"))
+        assert r.returncode == 0, (args, r.stderr)
+    r = run_diehard("serve", str(path), "--duration", "1.5", block=("torch", "numpy"))
+    assert r.returncode == 0, r.stderr
+    assert events(tmp_path / "journal.jsonl", "server-stop")
+
+
+def test_journal_survives_a_torn_last_line(tmp_path):
+    from watchdog.journal import Journal, last_snapshots, read_journal
+
+    j = Journal(tmp_path / "j.jsonl")
+    j.write("benchmark-start", "d1", snap={"due": 2})
+    j.close()
+    with open(tmp_path / "j.jsonl", "a") as f:
+        f.write('{"time": "2026-11-30T10:00:00Z", "event": "app-rest')  # the server died mid-write
+    assert last_snapshots(read_journal(tmp_path / "j.jsonl")) == {"d1": {"due": 2}}
+    j = Journal(tmp_path / "j.jsonl")  # a new server terminates the torn line and appends after it
+    j.write("resume", "d1", snap={"due": 3})
+    j.close()
+    recs = read_journal(tmp_path / "j.jsonl")
+    assert [r["event"] for r in recs] == ["benchmark-start", "resume"]
+    assert last_snapshots(recs)["d1"] == {"due": 3}

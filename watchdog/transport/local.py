@@ -1,7 +1,8 @@
 """Local transport: the DUT's benchmarks are subprocesses of this machine, each in its own process group.
 
 "Power off" kills the group (SIGKILL), "OS reboot" kills it and the host then stays unreachable for
-``local_boot_s`` (a simulated boot). The DUT's own log folder is ``<local_dir>/log`` and is "pulled" into the
+``local_boot_s`` (a simulated boot). The DUT writes its own logs into ``<local_dir>`` (default
+``<server log_dir>/../local-duts/<dut>``); they are "pulled" into the
 server's log folder by copying, as SFTP would. A PID file in ``<local_dir>/run`` lets a restarted server find
 and stop a benchmark its previous run left behind.
 """
@@ -54,8 +55,8 @@ class LocalTransport:
     def __init__(self, dut: Dut, root: Path):
         self.dut = dut
         self.root = root
-        self.log_dir = root / "log"
-        self.run_dir = root / "run"
+        self.log_dir = root  # the DUT's own log files, as the campaign contract names it
+        self.run_dir = root / "run"  # PID file, stdout/stderr, datagram key
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._proc: subprocess.Popen | None = None
