@@ -45,6 +45,10 @@ class Server(Strict):
     secrets_file: Path | None = None  # TOML, mode 0600: switch passwords and datagram keys, by name
     datagram_window_s: float = Field(30.0, gt=0)  # freshness window of extended datagrams
     status_interval_s: float = Field(10.0, gt=0)
+    # The address DUTs send their datagrams to ({server_host} in benchmark argv); default: bind, or
+    # 127.0.0.1 when bind is the wildcard.
+    public_host: str = ""
+    poll_s: float = Field(1.0, gt=0)  # how often each supervisor checks its benchmark and its liveness
 
 
 class Escalation(Strict):
@@ -87,6 +91,9 @@ class Switch(Strict):
     on_command: list[str] | None = None
     off_command: list[str] | None = None
     state_command: list[str] | None = None
+    # Simulated switch: where the outlet states are kept, so 'diehard power' and the server agree
+    # (default: simulated-switch-<name>.json beside the journal).
+    state_file: Path | None = None
 
     @model_validator(mode="after")
     def _needs_host(self) -> Switch:
@@ -132,6 +139,13 @@ class Dut(Strict):
     datagram: Literal["legacy", "extended"] = "legacy"
     datagram_key: str | None = None  # name of the entry in the secrets file (extended form)
     source_ip: str | None = None  # legacy datagrams carry no DUT id: match them by source address
+    escalation: Escalation | None = None  # per-DUT override of the campaign's [escalation]
+    probe: Literal["tcp", "ping", "none"] = "tcp"  # host liveness: TCP connect to the SSH port, or ICMP ping
+    stop_grace_s: float = Field(5.0, ge=0)  # SIGTERM, then this long, then SIGKILL of the process group
+    # Local transport: where the DUT's own logs and run files live (default <log_dir>/../local-duts/<name>),
+    # and how long a simulated OS reboot or power-on takes before the "host" answers again.
+    local_dir: Path | None = None
+    local_boot_s: float = Field(1.0, ge=0)
     reboot_command: list[str] = ["sudo", "/sbin/reboot"]
     remote_log_dir: str = "/var/radiation-benchmarks/log"  # where the DUT writes its own log copy
     remote_run_dir: str = "/tmp/diehardlab"  # PID files and stdout/stderr of benchmarks
@@ -156,6 +170,8 @@ class Dut(Strict):
             raise ValueError("'switch' and 'outlet' go together")
         if self.datagram == "extended" and self.datagram_key is None:
             raise ValueError("the extended datagram form needs 'datagram_key' (a name in the secrets file)")
+        if self.datagram_key == "generate" and self.transport != "local":
+            raise ValueError("datagram_key = 'generate' (a fresh key per server start) is for the local transport only")
         if not self.hostname:
             self.hostname = self.name
         return self
@@ -257,6 +273,17 @@ def load_campaign(path: str | Path) -> CampaignFile:
     c.server.journal = rel(c.server.journal)
     if c.server.secrets_file is not None:
         c.server.secrets_file = rel(c.server.secrets_file)
+    for sw in c.switches:
+        if sw.state_file is not None:
+            sw.state_file = rel(sw.state_file)
+    for d in c.duts:
+        if d.local_dir is not None:
+            d.local_dir = rel(d.local_dir)
+        if d.ssh is not None:
+            if d.ssh.key is not None:
+                d.ssh.key = rel(d.ssh.key)
+            if d.ssh.known_hosts_file is not None:
+                d.ssh.known_hosts_file = rel(d.ssh.known_hosts_file)
     if c.facility is not None:
         c.facility.flux_logs = [rel(p) for p in c.facility.flux_logs]
     return c

@@ -1,0 +1,277 @@
+"""Benchmark of the campaign server: CPU cost of supervising 50 DUTs that stream datagrams, and how fast a
+silent benchmark is detected and restarted.
+
+1. CPU: the real server (``diehard serve``, local transport, 50 DUTs whose benchmarks are idle processes,
+   extended signed datagrams) against a plain UDP receiver that only counts datagrams, fed the same stream
+   of libLogHelper lines by the same sender, side by side, alternating, ``--repeats`` times. Printed: CPU
+   seconds per 1000 datagrams (median), the server's CPU share of one core, and the ratio server / plain.
+2. Detection latency: while the 50 DUTs stream, one of them runs a real benchmark (tests/watchdog/dut_app.py)
+   that the script SIGSTOPs again and again. From the journal (monotonic clock): silence -> hang-detected
+   beyond the configured liveness timeout, and silence -> app-restart -> benchmark-start; median and p99.
+
+Run: PYTHONPATH=. python tests/bench/bench_watchdog_server.py [--duts 50] [--rate 20] [--seconds 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from diehardlab.formats.datagram import encode_extended  # noqa: E402
+
+APP = ROOT / "tests" / "watchdog" / "dut_app.py"
+PLAIN = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+print("ready", flush=True)
+n = 0
+s.settimeout(0.5)
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    try:
+        s.recvfrom(2048)
+        n += 1
+    except socket.timeout:
+        pass
+print(n, flush=True)
+"""
+
+
+def free_port() -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def campaign(tmp: Path, n: int, port: int, app_liveness: float | None) -> Path:
+    text = textwrap.dedent(f"""
+        [campaign]
+        name = "bench"
+        [server]
+        bind = "127.0.0.1"
+        udp_port = {port}
+        log_dir = "logs"
+        journal = "journal.jsonl"
+        poll_s = 0.2
+        [escalation]
+        max_app_restarts = 1000000
+        """)
+    for i in range(n):
+        real = app_liveness is not None and i == 0
+        argv = (
+            [sys.executable, str(APP), "--server", "{server_host}:{server_port}", "--log-dir", "{log_dir}",
+             "--bench", "{benchmark}", "--hostname", "{hostname}", "--dut", "{dut}", "--key-file", "{key_file}",
+             "--period", "0.05"]
+            if real else ["sleep", "100000"]
+        )  # fmt: skip
+        text += textwrap.dedent(f"""
+            [[dut]]
+            name = "b{i:02d}"
+            transport = "local"
+            datagram = "extended"
+            datagram_key = "generate"
+            liveness_timeout_s = {app_liveness if real else 3600}
+            stop_grace_s = 0
+            local_boot_s = 0
+            [[dut.benchmark]]
+            name = "bench"
+            argv = {json.dumps(argv)}
+            """)
+    path = tmp / "campaign.toml"
+    path.write_text(text)
+    return path
+
+
+def start_server(path: Path, seconds: float) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "watchdog", "serve", str(path), "--duration", str(seconds)], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def wait_keys(tmp: Path, n: int, first: int = 0) -> dict[str, bytes]:
+    keys: dict[str, bytes] = {}
+    deadline = time.monotonic() + 60
+    while len(keys) < n - first and time.monotonic() < deadline:
+        for i in range(first, n):
+            f = tmp / "local-duts" / f"b{i:02d}" / "run" / "datagram.key"
+            if f.exists() and f.stat().st_size > 10:
+                keys[f"b{i:02d}"] = bytes.fromhex(f.read_text().strip())
+        time.sleep(0.1)
+    return keys
+
+
+def stream(port: int, keys: dict[str, bytes], rate: float, seconds: float) -> int:
+    """Every DUT sends ``rate`` lines per second: mostly #IT, an #ERR + #SDC now and then."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    addr = ("127.0.0.1", port)
+    names = sorted(keys)
+    seq = dict.fromkeys(names, 0)
+    sessions = {n: os.urandom(4).hex() for n in names}
+    interval = 1.0 / rate
+    start = time.monotonic()
+    sent = 0
+    tick = 0
+    while time.monotonic() - start < seconds:
+        for n in names:
+            it = seq[n]
+            line = f"#IT {it} KerTime:0.0500000 AccTime:{it * 0.05:.7f}\n"
+            if it % 50 == 49:
+                line = f"#SDC Ite:{it} KerTime:0.0500000 AccTime:{it * 0.05:.7f} KerErr:1 AccErr:{it // 50 + 1}\n"
+            sock.sendto(encode_extended(line, False, n, sessions[n], it, keys[n]), addr)
+            seq[n] += 1
+            sent += 1
+        tick += 1
+        delay = start + tick * interval - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    sock.close()
+    return sent
+
+
+def cpu_run(n: int, rate: float, seconds: float) -> tuple[float, float, int, float, float]:
+    """One server run and one plain-receiver run on the same stream; CPU seconds during the stream."""
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        port = free_port()
+        srv = start_server(campaign(tmp, n, port, None), seconds + 60)
+        keys = wait_keys(tmp, n)
+        time.sleep(1.0)  # let the supervisors settle after starting their benchmarks
+        c0 = cpu_s(srv.pid)
+        sent = stream(port, keys, rate, seconds)
+        time.sleep(0.3)
+        server_cpu = cpu_s(srv.pid) - c0
+        srv.send_signal(signal.SIGINT)
+        srv.wait(timeout=60)
+        journal = [json.loads(x) for x in (tmp / "journal.jsonl").read_text().splitlines() if x.strip()]
+        stop = next(r for r in journal if r["event"] == "server-stop")
+        accepted = stop["datagrams"] - sum(stop["rejected"].values())
+    port = free_port()
+    plain = subprocess.Popen(
+        [sys.executable, "-c", PLAIN, str(port), str(seconds + 2)], stdout=subprocess.PIPE, text=True
+    )
+    plain.stdout.readline()
+    c0 = cpu_s(plain.pid)
+    stream(port, keys, rate, seconds)
+    time.sleep(0.3)
+    plain_cpu = cpu_s(plain.pid) - c0
+    got = int(plain.communicate(timeout=30)[0].split()[-1])
+    return server_cpu, plain_cpu, sent, accepted / max(sent, 1), got / max(sent, 1)
+
+
+def latency_run(n: int, rate: float, trials: int, liveness: float) -> list[dict]:
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        port = free_port()
+        srv = start_server(campaign(tmp, n, port, liveness), 3600)
+        keys = wait_keys(tmp, n, first=1)
+        journal = tmp / "journal.jsonl"
+
+        def events(name: str) -> list[dict]:
+            return [json.loads(x) for x in journal.read_text().splitlines() if f'"event":"{name}"' in x]
+
+        out = []
+        stop = threading.Event()
+
+        def feeder():
+            while not stop.is_set():
+                stream(port, keys, rate, 2.0)
+
+        t = threading.Thread(target=feeder, daemon=True)
+        t.start()
+        try:
+            for _ in range(trials):
+                mine = [s for s in events("benchmark-start") if s["dut"] == "b00"]
+                while not mine:
+                    time.sleep(0.05)
+                    mine = [s for s in events("benchmark-start") if s["dut"] == "b00"]
+                time.sleep(0.8)  # the benchmark runs and streams
+                n_before = len(mine)
+                silent_at = time.monotonic()
+                os.kill(mine[-1]["pid"], signal.SIGSTOP)
+                deadline = time.monotonic() + liveness + 30
+                while time.monotonic() < deadline:
+                    mine = [s for s in events("benchmark-start") if s["dut"] == "b00"]
+                    if len(mine) > n_before:
+                        break
+                    time.sleep(0.02)
+                hang = [r for r in events("hang-detected") if r["dut"] == "b00"][-1]
+                restart = [r for r in events("app-restart") if r["dut"] == "b00"][-1]
+                out.append(
+                    {
+                        "detect_beyond_timeout_s": hang["mono"] - silent_at - liveness,
+                        "silence_to_restart_s": restart["mono"] - silent_at,
+                        "silence_to_new_start_s": mine[-1]["mono"] - silent_at,
+                    }
+                )
+        finally:
+            stop.set()
+            t.join(timeout=5)
+            srv.send_signal(signal.SIGINT)
+            srv.wait(timeout=60)
+        return out
+
+
+def p99(xs: list[float]) -> float:
+    return statistics.quantiles(xs, n=100, method="inclusive")[98] if len(xs) > 1 else xs[0]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--duts", type=int, default=50)
+    p.add_argument("--rate", type=float, default=20.0, help="lines per second per DUT")
+    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--trials", type=int, default=15)
+    p.add_argument("--liveness", type=float, default=1.0)
+    a = p.parse_args()
+
+    runs = [cpu_run(a.duts, a.rate, a.seconds) for _ in range(a.repeats)]
+    srv = statistics.median(r[0] for r in runs)
+    plain = statistics.median(r[1] for r in runs)
+    sent = statistics.median(r[2] for r in runs)
+    print(f"watchdog bench: {a.duts} DUTs x {a.rate:g} lines/s (extended, signed) for {a.seconds:g} s, "
+          f"{a.repeats} runs; {sent:.0f} datagrams per run")  # fmt: skip
+    print(f"server accepted {statistics.median(r[3] for r in runs):.1%} of datagrams, plain receiver got "
+          f"{statistics.median(r[4] for r in runs):.1%}")  # fmt: skip
+    print(f"server CPU  : median {srv:.3f} s = {srv / sent * 1000 * 1000:.1f} ms per 1000 datagrams, "
+          f"{srv / a.seconds:.1%} of one core")  # fmt: skip
+    print(f"plain UDP   : median {plain:.3f} s = {plain / sent * 1000 * 1000:.1f} ms per 1000 datagrams, "
+          f"{plain / a.seconds:.1%} of one core")  # fmt: skip
+    print(f"ratio server/plain CPU: {srv / max(plain, 1e-9):.1f}x")
+
+    lat = latency_run(a.duts, a.rate, a.trials, a.liveness)
+    for key in ("detect_beyond_timeout_s", "silence_to_restart_s", "silence_to_new_start_s"):
+        xs = [x[key] for x in lat]
+        print(f"latency {key:<24}: median {statistics.median(xs):.3f} s, p99 {p99(xs):.3f} s "
+              f"(n={len(xs)}, liveness timeout {a.liveness:g} s, poll 0.2 s, {a.duts} DUTs streaming)")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

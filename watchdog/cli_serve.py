@@ -1,0 +1,29 @@
+"""``diehard serve FILE [--duration S] [--check]``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from diehardlab.cli import make_parser
+
+
+def main(argv: Sequence[str]) -> int:
+    p = make_parser("serve", "Run the campaign server (software and hardware watchdogs) for a campaign file.")
+    p.add_argument("campaign", help="campaign file (TOML), e.g. setups/campaigns/local-demo.toml")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: until SIGINT)")
+    p.add_argument("--check", action="store_true", help="validate the file and print the plan; start nothing")
+    a = p.parse_args(list(argv))
+    from diehardlab.campaign import load_campaign
+    from watchdog.server import plan, problems, serve
+
+    if a.check:
+        c = load_campaign(a.campaign)
+        print(plan(c, a.campaign))
+        found = problems(c)
+        for msg in found:
+            print(f"  to fix before serving: {msg}")
+        print("the file is valid" + (f"; {len(found)} thing(s) to fix on this machine" if found else ""))
+        return 0
+    if a.duration is not None and a.duration <= 0:
+        p.error("--duration must be > 0")
+    return serve(a.campaign, a.duration)

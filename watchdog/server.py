@@ -1,0 +1,334 @@
+"""``diehard serve``: the campaign server. One asyncio loop, one UDP receiver, one supervisor task per DUT.
+
+A supervisor that raises is journaled (``supervisor-error`` with the exception) and started again after a
+pause; the others never notice. SIGINT/SIGTERM stop every benchmark on the DUTs, pull their logs and journal
+``server-stop``. A restarted server reads the journal and resumes each DUT from its last snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from diehardlab.campaign import CampaignFile, Dut, Escalation, load_campaign
+from diehardlab.config import read_secrets
+from diehardlab.errors import ConfigError
+from diehardlab.formats.datagram import DatagramVerifier
+from watchdog.journal import Journal, last_snapshots, read_journal, utc_now_iso
+from watchdog.receiver import Receiver, resolve
+from watchdog.supervisor import Context, Snap, Supervisor, substitute
+from watchdog.switches import make_switch
+
+RESTART_PAUSE_S = 5.0
+DRIVERS = ("lindy-ipower", "ip9258", "dli-rest", "netio", "command", "simulated")
+
+
+def escalation_of(c: CampaignFile, dut: Dut) -> Escalation:
+    return dut.escalation or c.escalation
+
+
+def local_root(c: CampaignFile, dut: Dut) -> Path:
+    return dut.local_dir or (c.server.log_dir.parent / "local-duts" / dut.name)
+
+
+def server_host(c: CampaignFile) -> str:
+    if c.server.public_host:
+        return c.server.public_host
+    return "127.0.0.1" if c.server.bind in ("0.0.0.0", "::", "") else c.server.bind
+
+
+def campaign_dir(source: str | Path) -> Path:
+    return Path(source).resolve().parent if source else Path.cwd()
+
+
+def status_path(c: CampaignFile) -> Path:
+    return c.server.journal.with_name(c.server.journal.stem + ".status.json")
+
+
+def decode_key(value: str) -> bytes:
+    """A datagram key from the secrets file: hex when it is valid hex, else its UTF-8 bytes."""
+    try:
+        return bytes.fromhex(value) if len(value) >= 32 else value.encode()
+    except ValueError:
+        return value.encode()
+
+
+def datagram_keys(c: CampaignFile) -> dict[str, bytes | None]:
+    secrets = read_secrets(c.server.secrets_file) if c.server.secrets_file else None
+    keys: dict[str, bytes | None] = {}
+    for d in c.duts:
+        if d.datagram != "extended":
+            keys[d.name] = None
+        elif d.datagram_key == "generate":
+            keys[d.name] = os.urandom(32)
+        elif secrets is None or d.datagram_key not in secrets:
+            raise ConfigError(
+                f"dut {d.name!r}: datagram_key {d.datagram_key!r} is not in the secrets file ([server] secrets_file)"
+            )
+        else:
+            keys[d.name] = decode_key(secrets[d.datagram_key])
+    return keys
+
+
+def make_transport(c: CampaignFile, dut: Dut) -> Any:
+    if dut.transport == "local":
+        from watchdog.transport.local import LocalTransport
+
+        return LocalTransport(dut, local_root(c, dut))
+    from watchdog.transport.ssh import SshTransport
+
+    return SshTransport(dut)
+
+
+def problems(c: CampaignFile) -> list[str]:
+    """What would stop ``serve`` that the file itself cannot show: missing secrets, unset variables, keys."""
+    out = []
+    try:
+        datagram_keys(c)
+    except ConfigError as exc:
+        out.append(str(exc))
+    for sw in c.switches:
+        if sw.password_env and sw.password_env not in os.environ:
+            out.append(f"switch {sw.name!r}: environment variable {sw.password_env} is not set (its password)")
+    for sw in c.switches:
+        if sw.model not in DRIVERS:
+            out.append(
+                f"switch {sw.name!r}: model {sw.model!r} has no driver in this version (have: {', '.join(DRIVERS)})"
+            )
+    for d in c.duts:
+        if d.ssh is not None and d.ssh.key is not None and not d.ssh.key.expanduser().exists():
+            out.append(f"dut {d.name!r}: SSH key {d.ssh.key} does not exist")
+    return out
+
+
+def plan(c: CampaignFile, source: str) -> str:
+    """What ``diehard serve --check`` prints: everything the server would do, with argv substituted."""
+    s = c.server
+    out = [
+        f"campaign {c.campaign.name} ({source})",
+        f"  server: udp {s.bind}:{s.udp_port} (DUTs send to {server_host(c)}), logs {s.log_dir}, journal {s.journal}",
+    ]
+    if c.notify:
+        out.append(
+            f"  notify: {c.notify.webhook_url} on {', '.join(c.notify.events)} (timeout {c.notify.timeout_s:g} s)"
+        )
+    for sw in c.switches:
+        where = sw.host + (f":{sw.port}" if sw.port else "") if sw.host else "-"
+        cred = (
+            f"password from ${sw.password_env}"
+            if sw.password_env
+            else (f"secret {sw.secret!r}" if sw.secret else "no password")
+        )
+        out.append(
+            f"  switch {sw.name}: {sw.model} at {where}, {sw.outlets} outlets, timeout {sw.timeout_s:g} s, {cred}"
+        )
+    for d in c.duts:
+        e = escalation_of(c, d)
+        out.append(f"  dut {d.name} (host {d.host}, log hostname {d.hostname}, transport {d.transport}):")
+        if d.transport == "ssh" and d.ssh:
+            out.append(
+                f"    ssh {d.ssh.user}@{d.host}:{d.ssh.port} key {d.ssh.key or 'agent'}, "
+                f"known_hosts {d.ssh.known_hosts}"
+            )
+        else:
+            out.append(f"    local folder {local_root(c, d)} (boot {d.local_boot_s:g} s)")
+        power = f"switch {d.switch} outlet {d.outlet}" if d.switch else "no switch (no hardware watchdog)"
+        out.append(
+            f"    power: {power}; console: {d.console or '-'}; datagrams: {d.datagram}; ecc {d.ecc}; "
+            f"liveness {d.liveness_timeout_s:g} s, boot {d.boot_timeout_s:g} s"
+        )
+        out.append(
+            f"    escalation{' (DUT override)' if d.escalation else ''}: {e.max_app_restarts} app restarts -> "
+            f"{e.max_os_reboots} OS reboots -> {e.max_power_cycles} power cycles ({e.power_off_s:g} s off) -> "
+            f"{e.max_cool_downs} cool-downs ({e.cool_down_s:g} s) -> broken"
+        )
+        root = local_root(c, d)
+        values = {
+            "server_host": server_host(c),
+            "server_port": str(s.udp_port),
+            "dut": d.name,
+            "hostname": d.hostname,
+            "log_dir": str(root) if d.transport == "local" else d.remote_log_dir,
+            "run_dir": str(root / "run") if d.transport == "local" else d.remote_run_dir,
+            "ecc": d.ecc,
+            "key_file": str(root / "run" / "datagram.key") if d.datagram == "extended" else "",
+            "campaign_dir": str(campaign_dir(source)),
+            "python": sys.executable,
+        }
+        for b in d.benchmarks:
+            argv = substitute(b.argv, {**values, "benchmark": b.name})
+            out.append(f"    benchmark {b.name} (window {b.window_s:g} s): {' '.join(argv)}")
+    return "\n".join(out)
+
+
+class Server:
+    def __init__(self, campaign: CampaignFile, source: str = ""):
+        self.c = campaign
+        self.source = source
+        self.journal = Journal(campaign.server.journal)
+        self.keys = datagram_keys(campaign)
+        self.verifier = DatagramVerifier(dict(self.keys), window_s=campaign.server.datagram_window_s)
+        self.supervisors: dict[str, Supervisor] = {}
+        self.tasks: dict[str, asyncio.Task] = {}
+        self.receiver: Receiver | None = None
+        self._stop = asyncio.Event()
+        self.consoles: list[Any] = []
+        self.notifier = None
+        if campaign.notify is not None:
+            from watchdog.notify import Notifier
+
+            self.notifier = Notifier(campaign.notify, campaign.campaign.name, self.journal)
+
+    def _build(self) -> None:
+        c = self.c
+        secrets = read_secrets(c.server.secrets_file) if c.server.secrets_file else None
+        snaps = last_snapshots(read_journal(c.server.journal))
+        ctx = Context(
+            self.journal, c.server.log_dir, server_host(c), c.server.udp_port, c.server.poll_s,
+            campaign_dir(self.source), self.notifier,
+        )  # fmt: skip
+        for d in c.duts:
+            switch = make_switch(c.switch(d.switch), secrets, c.server.journal.parent) if d.switch else None
+            transport = make_transport(c, d)
+            key_file = None
+            key = self.keys.get(d.name)
+            if d.transport == "local" and key is not None:
+                key_file = transport.run_dir / "datagram.key"
+                fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.write(fd, key.hex().encode() + b"\n")
+                os.close(fd)
+                os.chmod(key_file, 0o600)
+            snap = Snap.from_dict(snaps[d.name]) if d.name in snaps else None
+            sup = Supervisor(d, escalation_of(c, d), transport, switch, ctx, snap, key_file)
+            self.supervisors[d.name] = sup
+            if snap is not None:
+                sup.log("resume", from_state=snap.state)
+
+    async def _supervise(self, sup: Supervisor) -> None:
+        """Run one DUT's supervisor forever: an exception is journaled and the supervisor starts again,
+        after a pause that doubles while it keeps failing quickly (up to a minute)."""
+        failures = 0
+        while True:
+            began = time.monotonic()
+            try:
+                await sup.run()
+                return  # broken: nothing more to do for this DUT
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures = 1 if time.monotonic() - began > 120 else failures + 1
+                sup.log(
+                    "supervisor-error",
+                    error=f"{type(exc).__name__}: {exc}"[:500],
+                    traceback=traceback.format_exc()[-2000:],
+                )
+                sup._close_copy("broken", "unknown")
+                await asyncio.sleep(min(60.0, RESTART_PAUSE_S * 2 ** (failures - 1)))
+
+    async def _status_loop(self) -> None:
+        path = status_path(self.c)
+        while True:
+            self.write_status(path)
+            await asyncio.sleep(self.c.server.status_interval_s)
+
+    def write_status(self, path: Path) -> None:
+        now = time.time()
+        doc = {
+            "time": utc_now_iso(),
+            "pid": os.getpid(),
+            "datagrams": self.receiver.received if self.receiver else 0,
+            "rejected": dict(self.receiver.rejected) if self.receiver else {},
+            "duts": {
+                name: {
+                    **asdict(s.snap),
+                    "benchmark": s.bench.name,
+                    "heartbeat_age_s": round(now - s.last_heard_wall, 1) if s.last_heard_wall else None,
+                    "datagrams": s.datagrams,
+                }
+                for name, s in self.supervisors.items()
+            },
+        }
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        os.replace(tmp, path)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, duration_s: float | None = None) -> int:
+        loop = asyncio.get_running_loop()
+        self._build()
+        by_name = dict(self.supervisors)
+        legacy_by_ip: dict[str, list[Supervisor]] = {}
+        for d in self.c.duts:
+            if d.datagram == "legacy":
+                ip = d.source_ip or resolve(d.host)
+                if ip:
+                    legacy_by_ip.setdefault(ip, []).append(self.supervisors[d.name])
+        self.receiver = Receiver(self.verifier, by_name, legacy_by_ip)
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: self.receiver, local_addr=(self.c.server.bind, self.c.server.udp_port)
+        )
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+        self.journal.write(
+            "server-start", None, campaign=self.c.campaign.name, pid=os.getpid(), udp=self.c.server.udp_port,
+            duts=[d.name for d in self.c.duts],
+        )  # fmt: skip
+        self._start_consoles()
+        for name, sup in self.supervisors.items():
+            self.tasks[name] = loop.create_task(self._supervise(sup), name=f"dut-{name}")
+        status = loop.create_task(self._status_loop())
+        try:
+            if duration_s is not None:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=duration_s)
+            else:
+                await self._stop.wait()
+        finally:
+            for t in self.tasks.values():
+                t.cancel()
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+            await asyncio.gather(*(s.stop_for_shutdown() for s in self.supervisors.values()), return_exceptions=True)
+            for s in self.supervisors.values():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(s.transport.close(), timeout=10)
+            for con in self.consoles:
+                con.stop()
+            status.cancel()
+            transport.close()
+            self.write_status(status_path(self.c))
+            self.journal.write(
+                "server-stop", None, datagrams=self.receiver.received, rejected=dict(self.receiver.rejected)
+            )
+            self.journal.close()
+        return 0
+
+    def _start_consoles(self) -> None:
+        duts = [d for d in self.c.duts if d.console]
+        if not duts:
+            return
+        from watchdog.console import ConsoleCapture
+
+        for d in duts:
+            con = ConsoleCapture(
+                d.name, d.console or "", d.console_baud, self.c.server.log_dir / "console", self.journal
+            )
+            con.start()
+            self.consoles.append(con)
+
+
+def serve(path: str | Path, duration_s: float | None = None) -> int:
+    c = load_campaign(path)
+    c.server.log_dir.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(Server(c, str(path)).run(duration_s))

@@ -1,0 +1,392 @@
+"""One DUT's software and hardware watchdog: an asyncio task with its own state machine.
+
+States: off -> booting -> ready -> running (a benchmark) -> recovering (app restart | OS reboot | power cycle)
+-> cool-down -> broken. Escalation, in order, with the DUT's limits (``[escalation]`` or ``[dut.escalation]``):
+restart the benchmark ``max_app_restarts`` times, soft-reboot the OS ``max_os_reboots`` times (only when the
+host still answers), power-cycle through the switch ``max_power_cycles`` times, then a cool-down (power off for
+``cool_down_s``) at most ``max_cool_downs`` times, then the DUT is marked broken. All these counters go back
+to zero as soon as the benchmark makes progress again (an ``#IT`` line).
+
+Blocking work (SSH, HTTP switch calls) runs in worker threads with timeouts, so a dead switch or a hung
+connection delays only this DUT, never the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from diehardlab.campaign import Benchmark, Dut, Escalation
+from diehardlab.formats.filename import format_log_name
+from watchdog.journal import Journal
+from watchdog.servercopy import ServerCopy
+from watchdog.switches.base import Driver, SwitchError
+
+PLACEHOLDER = re.compile(
+    r"\{(server_host|server_port|dut|hostname|benchmark|log_dir|run_dir|ecc|key_file|campaign_dir|python)\}"
+)
+
+
+def substitute(argv: list[str], values: dict[str, str]) -> list[str]:
+    """Replace the known ``{name}`` placeholders; any other braces are left as they are."""
+    return [PLACEHOLDER.sub(lambda m: values[m.group(1)], a) for a in argv]
+
+
+@dataclass
+class Snap:
+    """What the journal stores of a DUT, and what a restarted server resumes from."""
+
+    state: str = "off"
+    bench: int = 0  # index into the DUT's benchmarks (rotation position)
+    window_used_s: float = 0.0  # running time of the current benchmark in its rotation window
+    app_restarts: int = 0  # consecutive, since the last progress
+    os_reboots: int = 0
+    power_cycles: int = 0
+    cool_downs: int = 0
+    total_app_restarts: int = 0
+    total_os_reboots: int = 0
+    total_power_cycles: int = 0
+    sdc: int = 0
+    due: int = 0
+    last_iteration: int = -1
+    broken: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Snap:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+class Broken(Exception):
+    """The DUT has exhausted its escalation: it stays off until an operator looks at it."""
+
+
+@dataclass
+class Context:
+    """What every supervisor shares with the server."""
+
+    journal: Journal
+    log_dir: Path
+    server_host: str
+    server_port: int
+    poll_s: float = 1.0
+    campaign_dir: Path = Path(".")
+    notify: Any = None  # watchdog.notify.Notifier | None
+
+
+class Supervisor:
+    def __init__(
+        self,
+        dut: Dut,
+        escalation: Escalation,
+        transport: Any,
+        switch: Driver | None,
+        ctx: Context,
+        snap: Snap | None = None,
+        key_file: Path | None = None,
+    ):
+        self.dut = dut
+        self.esc = escalation
+        self.transport = transport
+        self.switch = switch
+        self.ctx = ctx
+        self.snap = snap or Snap()
+        self.key_file = key_file
+        self.last_heard = time.monotonic()
+        self.last_heard_wall: float | None = None
+        self.datagrams = 0
+        self.copy: ServerCopy | None = None
+        self._ended = False  # the benchmark wrote #END (or #ABORT): its exit is not a crash
+        self._accepting = False  # lines are copied only while a benchmark runs
+        self.pulled_dir = ctx.log_dir / "pulled" / dut.name
+        self.ecc_seen: bool | None = None  # the ECC flag of the DUT's datagrams (for ecc = "auto")
+
+    # -- journal ---------------------------------------------------------------------------------------------
+
+    @property
+    def bench(self) -> Benchmark:
+        return self.dut.benchmarks[self.snap.bench % len(self.dut.benchmarks)]
+
+    def _set_state(self, state: str) -> None:
+        self.snap.state = state
+
+    def log(self, event: str, **fields: Any) -> None:
+        self.ctx.journal.write(event, self.dut.name, benchmark=self.bench.name, snap=asdict(self.snap), **fields)
+
+    def _notify(self, event: str, **fields: Any) -> None:
+        if self.ctx.notify is not None and event in self.ctx.notify.events:
+            self.ctx.notify.send(event, self.dut.name, **fields)
+
+    # -- datagrams -------------------------------------------------------------------------------------------
+
+    def on_datagram(self, line: str | None, ecc: bool | None = None) -> None:
+        if ecc is not None:
+            self.ecc_seen = ecc
+        self.last_heard = time.monotonic()
+        self.last_heard_wall = time.time()
+        self.datagrams += 1
+        if line is None or not self._accepting:
+            return
+        if line.startswith("#LOGFILE "):
+            if self.copy is not None and self.copy.lines:
+                self.copy.close("broken", "unknown")  # a new run began without the old one ending: #SERVER_UNKNOWN
+                self.copy = None
+            if self.copy is None:
+                self._open_copy(line[len("#LOGFILE ") :].strip())
+            return
+        if self.copy is None:
+            self._open_copy(None)
+        assert self.copy is not None
+        self.copy.line(line)
+        marker = line.split(" ", 1)[0].rstrip("\n")
+        if marker == "#IT":
+            self._progress(line)
+        elif marker == "#SDC":
+            self.snap.sdc += 1
+        elif marker in ("#END", "#ABORT"):
+            self._ended = True
+
+    def _progress(self, line: str) -> None:
+        parts = line.split()
+        with contextlib.suppress(IndexError, ValueError):
+            self.snap.last_iteration = int(parts[1].removeprefix("Ite:"))
+        if self.snap.app_restarts or self.snap.os_reboots or self.snap.power_cycles or self.snap.cool_downs:
+            self.snap.app_restarts = self.snap.os_reboots = self.snap.power_cycles = self.snap.cool_downs = 0
+            self.log("progress", iteration=self.snap.last_iteration)
+
+    def _open_copy(self, dut_path: str | None) -> None:
+        ecc = self.dut.ecc == "on" if self.dut.ecc != "auto" else bool(self.ecc_seen)
+        name = Path(dut_path).name if dut_path else ""
+        if not name.endswith(".log") or "/" in name:
+            name = format_log_name(
+                datetime.now(timezone.utc).replace(tzinfo=None), self.bench.name, ecc, self.dut.hostname
+            )
+        header = {
+            "dut": self.dut.name,
+            "host": self.dut.host,
+            "benchmark": self.bench.name,
+            "argv": self.bench.header or " ".join(self.bench.argv),
+            "dut_log": dut_path,
+        }
+        self.copy = ServerCopy(self.ctx.log_dir, name, header)
+
+    def _close_copy(self, action: str | None = None, cause: str | None = None) -> None:
+        if self.copy is not None:
+            self.copy.close(action, cause)
+            self.copy = None
+
+    # -- the loop --------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        if self.snap.broken:
+            self._set_state("broken")
+            return
+        while True:
+            try:
+                await self._ensure_host()
+                await self._start()
+                outcome = await self._watch()
+                if outcome == "rotate":
+                    await self._stop("rotation")
+                    self.snap.bench = (self.snap.bench + 1) % len(self.dut.benchmarks)
+                    self.snap.window_used_s = 0.0
+                    self.log("rotate", next=self.bench.name)
+                elif outcome == "ended":
+                    self._accepting = False
+                    self._close_copy()
+                    self.log("benchmark-stop", reason="ended")
+                    await self._pull()
+                else:
+                    await self._recover(outcome)
+            except Broken:
+                self._set_state("broken")
+                return
+
+    async def _ensure_host(self) -> None:
+        while not await self.transport.reachable():
+            self._set_state("booting")
+            self.log("booting")
+            if await self.transport.wait_up(self.dut.boot_timeout_s):
+                break
+            await self._recover("os-hang", detected=True)
+        self._set_state("ready")
+
+    def argv_values(self) -> dict[str, str]:
+        return {
+            "server_host": self.ctx.server_host,
+            "server_port": str(self.ctx.server_port),
+            "dut": self.dut.name,
+            "hostname": self.dut.hostname,
+            "benchmark": self.bench.name,
+            "log_dir": str(self.transport.log_dir),
+            "run_dir": str(self.transport.run_dir),
+            "ecc": self.dut.ecc,
+            "key_file": str(self.key_file) if self.key_file else "",
+            "campaign_dir": str(self.ctx.campaign_dir),
+            "python": sys.executable,
+        }
+
+    async def _start(self) -> None:
+        argv = substitute(self.bench.argv, self.argv_values())
+        self._ended = False
+        self._close_copy(None)
+        self._accepting = True
+        pid = await self.transport.start(self.bench.name, argv)
+        self.last_heard = time.monotonic()
+        self._set_state("running")
+        self.log("benchmark-start", pid=pid, argv=argv)
+
+    async def _watch(self) -> str:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(self.ctx.poll_s)
+            now = time.monotonic()
+            self.snap.window_used_s += now - last
+            last = now
+            if len(self.dut.benchmarks) > 1 and self.snap.window_used_s >= self.bench.window_s:
+                return "rotate"
+            running = await self.transport.is_running()
+            if running is False:
+                return "ended" if self._ended else "app-crash"
+            if running is None or time.monotonic() - self.last_heard > self.dut.liveness_timeout_s:
+                if not await self.transport.reachable():
+                    return "os-hang"
+                if running is None:
+                    continue  # the control channel broke but the host answers: reconnect next poll
+                return "app-hang"
+
+    async def _stop(self, reason: str) -> None:
+        self._accepting = False
+        await self.transport.stop(self.dut.stop_grace_s)
+        self._close_copy(None)
+        self.log("benchmark-stop", reason=reason)
+        await self._pull()
+
+    async def stop_for_shutdown(self) -> None:
+        """SIGINT/SIGTERM of the server: stop the benchmark on the DUT (never leave it running unwatched)."""
+        if self.snap.state == "running":
+            try:
+                await asyncio.wait_for(self._stop("server-stop"), timeout=self.dut.stop_grace_s + 30)
+            except Exception as exc:  # the server stops anyway; say what was left behind
+                self.log("stop-failed", error=repr(exc))
+        self._close_copy(None)
+
+    async def _pull(self) -> None:
+        try:
+            got = await asyncio.wait_for(self.transport.pull_logs(self.pulled_dir), timeout=120)
+        except Exception as exc:
+            self.log("pull-failed", error=repr(exc))
+            return
+        if got:
+            self.log("log-pulled", files=[str(p) for p in got])
+
+    # -- escalation ------------------------------------------------------------------------------------------
+
+    async def _next_action(self, cause: str) -> str:
+        s, e = self.snap, self.esc
+        if cause in ("app-crash", "app-hang") and s.app_restarts < e.max_app_restarts:
+            return "app-restart"
+        if s.os_reboots < e.max_os_reboots and await self.transport.reachable():
+            return "os-reboot"
+        if self.switch is None:
+            return "broken"
+        if s.power_cycles < e.max_power_cycles:
+            return "power-cycle"
+        if s.cool_downs < e.max_cool_downs:
+            return "cool-down"
+        return "broken"
+
+    async def _recover(self, cause: str, detected: bool = False) -> None:
+        """Act on a failure until the host is back (the main loop then restarts the benchmark)."""
+        self._accepting = False
+        event = "crash-detected" if cause == "app-crash" else "hang-detected"
+        self.snap.due += 1
+        self._set_state("recovering")
+        self.log(event, cause=cause, silent_s=round(time.monotonic() - self.last_heard, 3))
+        while True:
+            action = await self._next_action(cause)
+            self._close_copy(action, cause)
+            if action == "app-restart":
+                self.snap.app_restarts += 1
+                self.snap.total_app_restarts += 1
+                await self.transport.stop(0.0 if cause == "app-hang" else self.dut.stop_grace_s)
+                self.log("app-restart", cause=cause)
+                await self._pull()
+                return
+            if action == "os-reboot":
+                self.snap.os_reboots += 1
+                self.snap.total_os_reboots += 1
+                self.log("os-reboot", cause=cause)
+                try:
+                    await self.transport.reboot()
+                except Exception as exc:
+                    self.log("os-reboot-failed", error=repr(exc))
+                if await self._wait_up():
+                    await self._pull()
+                    return
+                cause = "os-hang"
+                continue
+            if action == "power-cycle":
+                self.snap.power_cycles += 1
+                self.snap.total_power_cycles += 1
+                self.log("power-cycle", cause=cause, switch=self.dut.switch, outlet=self.dut.outlet)
+                self._notify("power-cycle", cause=cause)
+                await self._power(False)
+                await asyncio.sleep(self.esc.power_off_s)
+                await self._power(True)
+                if await self._wait_up():
+                    await self._pull()
+                    return
+                cause = "os-hang"
+                continue
+            if action == "cool-down":
+                self.snap.cool_downs += 1
+                self._set_state("cool-down")
+                self.log("cool-down", cause=cause, seconds=self.esc.cool_down_s)
+                self._notify("cool-down", cause=cause, seconds=self.esc.cool_down_s)
+                await self._power(False)
+                await asyncio.sleep(self.esc.cool_down_s)
+                await self._power(True)
+                self._set_state("recovering")
+                if await self._wait_up():
+                    return
+                cause = "os-hang"
+                continue
+            # broken
+            self.snap.broken = True
+            self._set_state("broken")
+            try:
+                await asyncio.wait_for(self.transport.stop(0.0), timeout=30)
+            except Exception as exc:
+                self.log("stop-failed", error=repr(exc))
+            self.log("broken", cause=cause)
+            self._notify("broken", cause=cause)
+            raise Broken(self.dut.name)
+
+    async def _wait_up(self) -> bool:
+        self._set_state("booting")
+        up = await self.transport.wait_up(self.dut.boot_timeout_s)
+        self._set_state("recovering")
+        return up
+
+    async def _power(self, on: bool) -> None:
+        """Switch the DUT's outlet; a switch that fails is journaled and the escalation goes on."""
+        assert self.switch is not None and self.dut.outlet is not None
+        if not on:
+            self.transport.power_lost()
+        deadline = self.switch.timeout_s * 3 + self.switch.settle_s + 5
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.switch.set, self.dut.outlet, on), timeout=deadline)
+            self.log("power-on" if on else "power-off", switch=self.switch.name, outlet=self.dut.outlet)
+        except (SwitchError, asyncio.TimeoutError, OSError) as exc:
+            msg = str(exc) or f"no answer within {deadline:g} s"
+            self.log("switch-error", switch=self.switch.name, outlet=self.dut.outlet, on=on, error=msg)
+        if on:
+            self.transport.power_restored()
