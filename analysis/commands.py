@@ -4,4 +4,5 @@ from diehardlab.cli import Command
 
 COMMANDS: list[Command] = [
     Command("logs", "analysis.inventory", "inventory a folder of libLogHelper logs: one row per file"),
+    Command("fit", "analysis.fit", "cross sections and FIT per group with exact Poisson intervals"),
 ]
