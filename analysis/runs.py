@@ -202,10 +202,14 @@ def build_run(primary: Scan, server: Scan | None, copies: int, campaign, clocks:
         events=events,
         first_acc_time=first,
     )
-    if start is None:
+    if start is None and dut_zone is None and (s.begin or s.name_time):
+        run.excluded = True
+        run.exclude_reason = (
+            f"host {host!r} is not in the campaign: its clock zone is unknown (add a [[dut]] with hostname "
+            f"{host!r} and timezone, or give --dut-timezone)"
+        )
+    elif start is None:
         run.excluded, run.exclude_reason = True, "no start time (no #BEGIN, server marker or dated file name)"
-    elif dut_zone is None:
-        run.excluded, run.exclude_reason = True, f"host {host!r} is not in the campaign: its clock zone is unknown"
     return run
 
 

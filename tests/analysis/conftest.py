@@ -23,7 +23,7 @@ def chipir_rows(
     t = 0.0
     while t <= seconds:
         on = t if off is None else (t if t <= off[0] else off[0] + max(0.0, t - off[1]))
-        counts = int(round(rate * on))
+        counts = round(rate * on)
         if gap is None or not gap[0] < t < gap[1]:
             when = start + timedelta(seconds=t)
             fields = [when.strftime("%d/%m/%Y"), when.strftime("%H:%M:%S"), f".{when.microsecond // 1000:03d}",

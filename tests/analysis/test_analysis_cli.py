@@ -1,0 +1,33 @@
+"""The analysis commands as subprocesses, on a machine without torch (it is blocked)."""
+
+from __future__ import annotations
+
+import json
+
+from tests.analysis.conftest import T0, campaign_file, chipir_rows, write
+from tests.analysis.logs import dut_log
+from tests.conftest import run_diehard
+
+
+def test_fit_command_without_torch(tmp_path):
+    write(tmp_path / "flux.txt", chipir_rows(3600, 10.0))
+    dut_log(tmp_path / "logs", T0.replace(minute=2), sdc_at={5: True})
+    cfile = campaign_file(tmp_path)
+    r = run_diehard("fit", "--campaign", str(cfile), "--logs", str(tmp_path / "logs"), "--flux",
+                    str(tmp_path / "flux.txt"), "--out", str(tmp_path / "out"), block=("torch",))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "fluence: integrated; intervals: garwood two-sided 0.95" in r.stdout
+    assert (tmp_path / "out" / "fit.csv").is_file()
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["runs"] == 1 and meta["runs_excluded"] == 0
+
+
+def test_fit_bad_campaign_is_a_clear_error(tmp_path):
+    bad = tmp_path / "c.toml"
+    bad.write_text(
+        '[campaign]\nname = "x"\n[[dut]]\nname = "a"\ntransport = "local"\n'
+        '[[dut.benchmark]]\nname = "b"\nargv = ["b"]\n'
+    )
+    r = run_diehard("fit", "--campaign", str(bad), "--logs", str(tmp_path), block=("torch",))
+    assert r.returncode == 2
+    assert "[facility]" in r.stderr
