@@ -42,40 +42,50 @@ def scan(path: str | Path, max_examples: int = 20) -> Scan:
     it_match = _IT_LINE.match
     fast_last = None  # the last #IT match, while it is the last timed record
     dnn = False
+    # Counters kept in locals (faster than attributes) and added at the end; the slow path adds its own.
+    it_lines = err_lines = crit_lines = inf_lines = 0
+    top = -1  # the largest fast #IT iteration
+    first = True  # no fast #IT seen yet
     for lineno, line in enumerate(lines, 1):
-        head = line[:5]
-        if head[:4] == "#IT ":
-            m = it_match(line)
-            if m is not None:
-                s.it_lines += 1
-                it = int(m.group(1))
+        m = it_match(line)
+        if m is not None:
+            it_lines += 1
+            it = int(m[1])
+            if it > top:
+                top = it
+            if first:
+                first = False
                 if s.first_iteration is None:
                     s.first_iteration = it
-                    s.last_iteration = it
-                elif it > s.last_iteration:  # type: ignore[operator]
-                    s.last_iteration = it
                 if s.first_acc_time is None:
-                    s.first_acc_time = float(m.group(3)) - float(m.group(2))
-                fast_last = m
-                continue
-        elif head == "#ERR ":
-            s.err_lines += 1
+                    s.first_acc_time = float(m[3]) - float(m[2])
+            fast_last = m
+            continue
+        head = line[:5]
+        if head == "#ERR ":
+            err_lines += 1
             if "critical-img:" in line:
-                s.critical_err_lines += 1
+                crit_lines += 1
                 parser._critical_pending = True
             if not dnn and line.startswith("#ERR batch:"):
                 dnn = True
             continue
-        elif head == "#INF " and line[5:6] not in _INF_SPECIAL:
-            s.inf_lines += 1  # free-form #INF text that carries nothing the summary keeps
+        if head == "#INF " and line[5:6] not in _INF_SPECIAL:
+            inf_lines += 1  # free-form #INF text that carries nothing the summary keeps
             continue
         rec = parser.parse_line(line, lineno)
         if rec is None:
             continue
         if fast_last is not None and type(rec) in (Iteration, Sdc, InfCount) and rec.acc_time is not None:
-            s.last_acc_time = float(fast_last.group(3))  # keeps _fold's order: this record comes later
+            s.last_acc_time = float(fast_last[3])  # keeps _fold's order: this record comes later
             fast_last = None
         _fold(s, rec, max_examples)
     if fast_last is not None:
-        s.last_acc_time = float(fast_last.group(3))
+        s.last_acc_time = float(fast_last[3])
+    if top >= 0:
+        s.last_iteration = top if s.last_iteration is None else max(s.last_iteration, top)
+    s.it_lines += it_lines
+    s.err_lines += err_lines
+    s.critical_err_lines += crit_lines
+    s.inf_lines += inf_lines
     return Scan(s, dnn)

@@ -48,6 +48,23 @@ def test_scan_equals_summarize_on_odd_lines(tmp_path):
     assert s.summary.it_lines == 5
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "#SDC Ite:3 KerTime:0.1 AccTime:5.0 KerErr:1 AccErr:1\n#IT 4 KerTime:0.1 AccTime:5.1\n"
+        "#IT 2 KerTime:0.1 AccTime:5.2",
+        "#SDC 2015_11_19;  size:1024; 1\n#IT Ite:9 KerTime:0.2 AccTime:1.0\n"
+        "#INF Ite:10 KerTime:0.1 AccTime:1.1 KerInf:1",
+        "#INF Ite:10 KerTime:0.1 AccTime:1.1 KerInf:1\n#IT 11 KerTime:1e-3 AccTime:1.2\n"
+        "#INF free text\n#INF DUE cause:x",
+    ],
+)
+def test_scan_order_of_first_records(tmp_path, text):
+    p = tmp_path / "2026_01_01_00_00_00_x_ECC_ON_h.log"
+    p.write_text(text)
+    same(p)
+
+
 @pytest.mark.needs_shared
 def test_every_shared_sample_is_read():
     if not SHARED:
