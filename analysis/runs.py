@@ -19,7 +19,7 @@ from analysis.flux import FluxLog, exposure
 from analysis.logscan import Scan, scan
 from diehardlab.errors import DataError
 from diehardlab.formats.parser import LogSummary
-from diehardlab.timezones import get_zone, to_utc
+from diehardlab.timezones import to_utc
 
 UTC = timezone.utc
 
@@ -267,7 +267,3 @@ def attach_flux(
 
 def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def zone_or_none(name: str | None) -> tzinfo | None:
-    return get_zone(name) if name else None

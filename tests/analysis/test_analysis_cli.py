@@ -31,3 +31,23 @@ def test_fit_bad_campaign_is_a_clear_error(tmp_path):
     r = run_diehard("fit", "--campaign", str(bad), "--logs", str(tmp_path), block=("torch",))
     assert r.returncode == 2
     assert "[facility]" in r.stderr
+
+
+def test_stats_and_help_without_torch():
+    r = run_diehard("stats", "sample-size", "17174144", block=("torch",))
+    assert r.returncode == 0 and "16,625" in r.stdout, r.stderr
+    r = run_diehard("--help", block=("torch",))
+    for cmd in ("fit", "pvf", "report", "stats"):
+        assert f"  {cmd} " in r.stdout
+
+
+def test_analysis_modules_import_no_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, analysis.fit, analysis.report, analysis.nvbitfi, analysis.stats, analysis.plots\n"
+        "assert 'torch' not in sys.modules, 'analysis imported torch'"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
