@@ -51,3 +51,20 @@ def test_analysis_modules_import_no_torch():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_documented_example_on_the_real_samples(tmp_path, beam_logs, facility_logs):
+    """The command of docs/analysis.md and setups/analysis/chipir-2016-11.toml, as written."""
+    from tests.conftest import ROOT
+
+    r = run_diehard("fit", "--campaign", str(ROOT / "setups" / "analysis" / "chipir-2016-11.toml"), "--logs",
+                    str(beam_logs), "--flux", str(facility_logs / "countlog-2016-11-24.txt"), "--out",
+                    str(tmp_path / "fit"), block=("torch",))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "8 runs (7 excluded)" in r.stdout
+    assert r.stderr.count("EXCLUDED: no flux log covers") == 7
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("carol-k402/cudaDarknet/-") and " sdc " in ln)
+    assert line.split()[2] == "2"
+    r = run_diehard("report", "--fit", str(tmp_path / "fit"), "--out", str(tmp_path / "r.md"), block=("torch",))
+    assert r.returncode == 0, r.stderr
+    assert "carol-k402/cudaDarknet/-" in (tmp_path / "r.md").read_text()
