@@ -249,7 +249,9 @@ def _events_frame(runs, runs_df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["group", "error_class", "critical", "cum_fluence_n_cm2", "run"])
 
 
-def _class_counts(sub: pd.DataFrame) -> dict[str, int]:
+def _class_counts(sub: pd.DataFrame, split_campaign: bool = False) -> dict[str, int]:
+    """Events per class. The critical/tolerable split is given where the logs carry diehardnet detail lines,
+    and for groups without any SDC in a campaign that has such logs (zero critical SDC holds for any benchmark)."""
     counts = {
         "sdc": int(sub["sdc"].sum()),
         "due": int(sub["due"].sum()),
@@ -257,7 +259,7 @@ def _class_counts(sub: pd.DataFrame) -> dict[str, int]:
         "due_hang": int((sub["due_class"] == "hang").sum()),
         "due_other": int(sub["due_class"].isin(["other", "unknown"]).sum()),
     }
-    if sub["sdc_split_known"].any():
+    if sub["sdc_split_known"].any() or (split_campaign and counts["sdc"] == 0):
         counts["sdc_critical"] = int(sub["sdc_critical"].sum())
         counts["sdc_tolerable"] = int(sub["sdc_tolerable"].sum())
     return counts
@@ -268,11 +270,12 @@ def group_table(runs: pd.DataFrame, opts: FitOptions) -> pd.DataFrame:
     used = runs[~runs["excluded"].astype(bool)] if len(runs) else runs
     rows = []
     fit_per_sigma = opts.sea_level_flux * HOURS_PER_BILLION
+    split_campaign = bool(len(used)) and bool(used["sdc_split_known"].any())
     for label, sub in used.groupby("group", sort=True):
         fluence = float(sub["fluence_n_cm2"].sum())
         keys = {k: sub[k].iloc[0] for k in opts.group_by}
+        counts = _class_counts(sub, split_campaign)
         for cls in ERROR_CLASSES:
-            counts = _class_counts(sub)
             if cls not in counts:
                 continue
             n = counts[cls]

@@ -92,6 +92,8 @@ def test_fit_known_answers(campaign):
     gemm = row(g, "sdc", "dut1/cudaGEMM/OFF")
     assert gemm["events"] == 0 and gemm["sigma_lo_cm2"] == 0
     assert gemm["sigma_hi_cm2"] == pytest.approx(3.6889 / gemm["fluence_n_cm2"], rel=1e-4)
+    # no SDC at all: zero critical SDC is known for any benchmark, so the split rows are there too
+    assert row(g, "sdc_critical", "dut1/cudaGEMM/OFF")["events"] == 0
     assert set(g["ci_method"]) == {"garwood two-sided 0.95"} and set(g["fluence_method"]) == {"integrated"}
     # normalised to the lowest non-zero rate: darknet is its own reference for sdc
     assert row(g, "sdc", darknet)["norm"] == 1.0
