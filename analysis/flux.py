@@ -42,6 +42,7 @@ class FluxLog:
     counts: np.ndarray
     malformed: list[tuple[int, str]] = field(default_factory=list)  # (line number, text)
     resets: int = 0  # counter went backwards (facility restart): that interval counts zero
+    duplicates: int = 0  # rows with a time stamp seen before (merged files), dropped
 
     @property
     def start(self) -> float:
@@ -55,6 +56,8 @@ class FluxLog:
         out = [f"{self.path}:{ln}: malformed flux row ignored: {text[:80]!r}" for ln, text in self.malformed[:limit]]
         if len(self.malformed) > limit:
             out.append(f"{self.path}: {len(self.malformed) - limit} more malformed flux rows ignored")
+        if self.duplicates:
+            out.append(f"{self.path}: {self.duplicates} rows repeat an earlier time stamp (merged file): dropped")
         if self.resets:
             out.append(f"{self.path}: the counter went backwards {self.resets} times (counted as zero there)")
         return out
@@ -93,7 +96,7 @@ def read_flux_log(path: str | Path, zone: tzinfo = timezone.utc, kind: str | Non
     with open(path, encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             s = line.strip()
-            if not s or (lineno == 1 and s.lower().startswith("data from")):
+            if not s or s.lower().startswith("data from"):  # merged files repeat the header
                 continue
             try:
                 if kind == "chipir":
@@ -115,16 +118,19 @@ def read_flux_log(path: str | Path, zone: tzinfo = timezone.utc, kind: str | Non
             except ValueError:
                 bad.append((lineno, s))
                 continue
-            if ts and t <= ts[-1]:
-                bad.append((lineno, s + "  (time not after the previous row)"))
-                continue
             ts.append(t)
             cs.append(c)
     if len(ts) < 2:
         raise DataError(f"{path}: fewer than two readable {kind} rows; is this the facility's count log?")
+    # Merged files may hold overlapping pieces: order by time, keep the first row of each time stamp.
     t_arr, c_arr = np.asarray(ts), np.asarray(cs)
+    order = np.argsort(t_arr, kind="stable")
+    t_arr, c_arr = t_arr[order], c_arr[order]
+    keep = np.r_[True, np.diff(t_arr) > 0]
+    dropped = int(np.count_nonzero(~keep))
+    t_arr, c_arr = t_arr[keep], c_arr[keep]
     resets = int(np.count_nonzero(np.diff(c_arr) < 0))
-    return FluxLog(str(path), kind, t_arr, c_arr, bad, resets)
+    return FluxLog(str(path), kind, t_arr, c_arr, bad, resets, dropped)
 
 
 def factor_schedule(flux_factor: float | None, dated: Sequence[tuple[float, float]] = ()):

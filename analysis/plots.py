@@ -17,7 +17,7 @@ SIM = "SIMULATED BEAM"
 
 def _png(fig, simulated: bool = False) -> bytes:
     if simulated:
-        fig.text(0.99, 0.01, SIM, ha="right", va="bottom", color="#b00", fontsize=9, alpha=0.8)
+        fig.text(0.01, 0.01, SIM, ha="left", va="bottom", color="#b00", fontsize=9, alpha=0.8)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -67,7 +67,7 @@ def cumulative_plot(events: pd.DataFrame, simulated: bool) -> bytes:
     fig, ax = plt.subplots(figsize=(8, 4))
     for (group, cls), sub in events.groupby(["group", "error_class"]):
         f = np.sort(sub["cum_fluence_n_cm2"].to_numpy(float))
-        ax.step(f, np.arange(1, len(f) + 1), where="post", label=f"{group} {cls}")
+        ax.step(np.r_[0.0, f], np.arange(len(f) + 1), where="post", marker=".", ms=4, label=f"{group} {cls}")
     ax.set_xlabel("cumulative fluence of the campaign (n/cm^2)")
     ax.set_ylabel("events")
     ax.set_title("Cumulative events against fluence")

@@ -92,3 +92,13 @@ def test_real_chipir_log_parses_completely(facility_logs):
     e = exposure(log, a, b, factor_schedule(1.0))
     assert e.beam_off_s == pytest.approx(93.072, abs=1e-3)
     assert e.fluence == pytest.approx(1671498 - 1670640 - 3 * 0.0, abs=60)
+
+
+def test_merged_semicolon_file_with_repeated_header_and_overlap(tmp_path):
+    rows = chipir_rows(300, 10.0, sep=";")
+    merged = rows[:60] + rows[40:]  # a second piece that overlaps the first, with its own header line
+    merged.insert(60, "Data From ChipIR")
+    log = read_flux_log(write(tmp_path / "merged.txt", merged))
+    assert len(log.t) == len(rows) - 1 and log.duplicates == 20 and not log.malformed
+    assert exposure(log, ts(0), ts(300), factor_schedule(1.0)).fluence == pytest.approx(3000)
+    assert "repeat an earlier time stamp" in log.notes()[0]
