@@ -54,6 +54,7 @@ class FitOptions:
     sea_level_flux: float = 13.0
     off_fraction: float = 0.1
     dut_timezone: str | None = None  # for hosts the campaign does not list
+    wall_end: str = "auto"  # logs without a wall-clock end: "auto" (file mtime when plausible) or "kernel"
     jobs: int = 0
 
     @property
@@ -103,6 +104,8 @@ def _options(campaign: CampaignFile, overrides: dict[str, Any]) -> FitOptions:
     bad = [k for k in opts.group_by if k not in GROUP_KEYS]
     if bad:
         raise ConfigError(f"group_by: unknown key(s) {', '.join(bad)}; use some of {', '.join(GROUP_KEYS)}")
+    if opts.wall_end not in ("auto", "kernel"):
+        raise ConfigError(f"wall_end: {opts.wall_end!r} is not 'auto' or 'kernel'")
     if opts.fluence not in FLUENCE_METHODS:
         raise ConfigError(f"fluence: {opts.fluence!r} is not one of {', '.join(FLUENCE_METHODS)}")
     if not 0 < opts.confidence < 1:
@@ -172,7 +175,7 @@ def fit(
             notes.append(f"{s.path}:{lineno}: {why}: {text[:80]!r}")
         if s.unparsed > len(s.unparsed_examples):
             notes.append(f"{s.path}: {s.unparsed - len(s.unparsed_examples)} more unparsed lines")
-        run = build_run(primary, server, copies, campaign, clocks)
+        run = build_run(primary, server, copies, campaign, clocks, opts.wall_end)
         dut = next((d for d in campaign.duts if run.board == d.name), None)
         attenuation = _attenuation(fac, dut)
         sibling = str(Path(s.path).with_name(Path(s.path).name + ".chipir.txt"))
@@ -185,6 +188,13 @@ def fit(
                 f"{run.start_utc:%Y-%m-%dT%H:%M:%S}..{run.end_utc:%H:%M:%S} UTC): check the DUT clock's time zone"
             )
         runs.append(run)
+    wall_windows = any(not r.end_source.startswith("start + kernel") for r in runs if r.end_utc is not None)
+    if simulated and opts.fluence == "integrated" and wall_windows:
+        notes.append(
+            "simulated beam: the simulator draws events in beam-on kernel time, and some run windows are wall-clock "
+            "(server copies, file times): with fluence 'integrated' their cross sections come out lower by the "
+            "kernel/wall duty cycle. Use --fluence mean-flux-x-acc-time to compare with the truth."
+        )
     runs_df = _runs_frame(runs, opts.group_by)
     groups = group_table(runs_df, opts)
     events = _events_frame(runs, runs_df)
@@ -406,6 +416,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--reference", help="normalise to this group (label or key=value,...); default: lowest rate")
     p.add_argument("--legacy", action="store_true", default=None, help="also the legacy 1.96*value/sqrt(N) bar")
     p.add_argument("--dut-timezone", help="clock zone of hosts the campaign does not list (IANA name)")
+    p.add_argument("--wall-end", choices=("auto", "kernel"), default="auto",
+                   help="end of logs without a wall-clock end: the file's modification time when plausible "
+                   "(auto), or always start + kernel time")  # fmt: skip
     p.add_argument("--jobs", type=int, default=0, help="worker processes for parsing (default: one per core)")
     args = p.parse_args(argv)
     result = fit(
@@ -419,6 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reference_group=args.reference,
         legacy=args.legacy,
         dut_timezone=args.dut_timezone,
+        wall_end=args.wall_end,
         jobs=args.jobs,
     )
     for note in result.notes:

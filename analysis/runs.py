@@ -134,7 +134,28 @@ class Clocks:
     server: tzinfo
 
 
-def build_run(primary: Scan, server: Scan | None, copies: int, campaign, clocks: Clocks) -> Run:
+# The file's modification time is taken as the run's end only when it is plausible: not before the kernel
+# time is over, and not much later than the run could have lasted (a copy made later has a later mtime).
+MTIME_SLACK_S = 2.0
+MTIME_MAX_WALL_PER_KERNEL = 50.0
+MTIME_MAX_EXTRA_S = 3600.0
+
+
+def _fallback_end(path: str, start: datetime, kernel: float, wall_end: str) -> tuple[datetime, str]:
+    """The end of a log that carries no wall-clock end (libLogHelper writes none)."""
+    lower = start + timedelta(seconds=kernel)
+    if wall_end == "auto":
+        try:
+            mtime = datetime.fromtimestamp(os.stat(path).st_mtime, UTC)
+        except OSError:
+            mtime = None
+        upper = start + timedelta(seconds=max(kernel * MTIME_MAX_WALL_PER_KERNEL, kernel + MTIME_MAX_EXTRA_S))
+        if mtime is not None and lower - timedelta(seconds=MTIME_SLACK_S) <= mtime <= upper:
+            return max(mtime, lower), "file modification time"
+    return lower, "start + kernel time (no wall-clock end in log)"
+
+
+def build_run(primary: Scan, server: Scan | None, copies: int, campaign, clocks: Clocks, wall_end: str = "auto") -> Run:
     s = primary.summary
     host = s.hostname or ""
     dut = None
@@ -169,7 +190,7 @@ def build_run(primary: Scan, server: Scan | None, copies: int, campaign, clocks:
                 end, end_source = t, label
                 break
         else:
-            end, end_source = start + timedelta(seconds=kernel), "start + kernel time (no wall-clock end in log)"
+            end, end_source = _fallback_end(s.path, start, kernel, wall_end)
 
     due, due_class, cause = due_of(s, server.summary if server is not None else None)
     first = s.first_acc_time

@@ -200,3 +200,27 @@ def test_unknown_host_is_excluded_visibly(tmp_path, beam_logs, facility_logs):
     # with a default zone for unlisted hosts, runs outside the flux log are excluded for that reason
     res = fit(tmp_path / "c.toml", [beam_logs], [facility_logs / "countlog-2016-11-24.txt"], dut_timezone="UTC")
     assert res.runs["exclude_reason"].str.contains("no flux log covers").sum() == 7
+
+
+def test_wall_end_from_file_time_when_plausible(tmp_path):
+    """A fresh DUT log without a wall-clock end: its modification time ends the run (20 s of kernel time in
+    100 s of wall time); with wall_end="kernel", or an implausible time (a later copy), start + kernel time."""
+    import os
+    from datetime import datetime, timezone
+
+    now = datetime.now(timezone.utc).replace(microsecond=0, tzinfo=None)
+    start = now - timedelta(seconds=100)
+    log = dut_log(tmp_path / "logs", start, iters=20)
+    os.utime(log, (now.replace(tzinfo=timezone.utc).timestamp(),) * 2)
+    write(tmp_path / "flux.txt", chipir_rows(400, 10.0, start=start - timedelta(seconds=200)))
+    cfile = campaign_file(tmp_path)
+    r = fit(cfile, [tmp_path / "logs"], [tmp_path / "flux.txt"]).runs.iloc[0]
+    assert r["end_source"] == "file modification time" and r["wall_s"] == pytest.approx(100)
+    assert r["fluence_n_cm2"] == pytest.approx(100 * 10 * 1e5)
+    r = fit(cfile, [tmp_path / "logs"], [tmp_path / "flux.txt"], fluence="mean-flux-x-acc-time").runs.iloc[0]
+    assert r["fluence_n_cm2"] == pytest.approx(20 * 10 * 1e5)
+    r = fit(cfile, [tmp_path / "logs"], [tmp_path / "flux.txt"], wall_end="kernel").runs.iloc[0]
+    assert r["end_source"].startswith("start + kernel") and r["wall_s"] == pytest.approx(20)
+    os.utime(log, (now.replace(tzinfo=timezone.utc).timestamp() + 86400 * 30,) * 2)  # copied a month later
+    r = fit(cfile, [tmp_path / "logs"], [tmp_path / "flux.txt"]).runs.iloc[0]
+    assert r["end_source"].startswith("start + kernel")
