@@ -217,6 +217,13 @@ class Analysis(Strict):
     fluence: Literal["integrated", "mean-flux-x-acc-time"] = "integrated"
     reference_group: str | None = None  # normalise to this group, as papers publish
     sea_level_flux: float = 13.0  # n/(cm^2 h), JEDEC JESD89A
+    server_timezone: str = "UTC"  # the clock of server copies (#SERVER_BEGIN, #SERVER_END, ISO prefixes)
+    beam_off_fraction: float = Field(0.1, ge=0, lt=1)  # counter rate below this x the median = beam off
+
+    @field_validator("server_timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        return _zone_name(v)
 
 
 class CampaignFile(Strict):

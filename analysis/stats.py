@@ -1,0 +1,97 @@
+"""Quick checks at the beam line (``diehard stats``): Poisson and binomial intervals, FI sample sizes.
+
+diehard stats poisson 7 --fluence 3.2e10            # events -> interval, cross section, FIT
+diehard stats binomial 17 250 --method wilson       # PVF-style proportion
+diehard stats sample-size 17174144 --error 0.01     # faults to inject (Leveque et al.)
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from analysis import intervals
+from diehardlab import sampling
+from diehardlab.cli import make_parser
+from diehardlab.errors import ConfigError
+
+
+def _poisson(args: argparse.Namespace) -> int:
+    lo, hi = intervals.garwood(args.events, args.confidence, args.one_sided)
+    side = "one-sided upper limit" if args.one_sided else "two-sided"
+    print(f"events: {args.events}  Garwood {side} {args.confidence:.4g}: [{lo:.6g}, {hi:.6g}]")
+    if args.fluence:
+        f = args.fluence
+        per = args.sea_level_flux * 1e9
+        sigma = args.events / f
+        print(f"cross section: {sigma:.6e} cm^2  [{lo / f:.6e}, {hi / f:.6e}]   (fluence {f:.6g} n/cm^2)")
+        print(
+            f"FIT: {sigma * per:.6g}  [{lo / f * per:.6g}, {hi / f * per:.6g}]   ({args.sea_level_flux:g} n/(cm^2 h))"
+        )
+    if args.events > 0:
+        legacy = intervals.legacy_error(args.events, float(args.events))
+        print(f"legacy bar (for comparison only): +/- {legacy:.6g} events")
+    return 0
+
+
+def _binomial(args: argparse.Namespace) -> int:
+    if not 0 <= args.k <= args.n:
+        raise ConfigError(f"need 0 <= K <= N, got K={args.k}, N={args.n}")
+    lo, hi = intervals.binomial_interval(args.k, args.n, args.confidence, args.method)
+    p = args.k / args.n if args.n else float("nan")
+    print(f"{args.k} / {args.n} = {p:.6g}   {args.method} {args.confidence:.4g}: [{lo:.6g}, {hi:.6g}]")
+    return 0
+
+
+def _sample_size(args: argparse.Namespace) -> int:
+    population = args.population
+    if population is None:
+        if args.weights is None:
+            raise ConfigError("give the population N, or --weights W (N = W x bits x stuck-at values)")
+        population = args.weights * args.bits * args.values
+    t = args.t if args.t is not None else sampling.t_value(args.confidence, exact=args.exact_t)
+    try:
+        n = sampling.sample_size(population, args.error, t, args.p)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    total = n * args.subpopulations
+    print(f"population N = {population:,}  error e = {args.error:g}  t = {t:g} ({args.confidence:g})  p = {args.p:g}")
+    if args.subpopulations > 1:
+        print(f"sample size n = {n:,} per sub-population x {args.subpopulations} = {total:,}")
+    else:
+        print(f"sample size n = {n:,}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = make_parser("stats", __doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    po = sub.add_parser("poisson", help="Garwood interval for N events (and sigma, FIT with --fluence)")
+    po.add_argument("events", type=int)
+    po.add_argument("--confidence", type=float, default=0.95)
+    po.add_argument("--one-sided", action="store_true", help="upper limit only")
+    po.add_argument("--fluence", type=float, help="n/cm^2: also print the cross section and FIT")
+    po.add_argument("--sea-level-flux", type=float, default=13.0, help="n/(cm^2 h) (JESD89A: 13)")
+    po.set_defaults(fn=_poisson)
+    bi = sub.add_parser("binomial", help="interval for K successes in N trials")
+    bi.add_argument("k", type=int)
+    bi.add_argument("n", type=int)
+    bi.add_argument("--method", choices=("clopper-pearson", "wilson"), default="clopper-pearson")
+    bi.add_argument("--confidence", type=float, default=0.95)
+    bi.set_defaults(fn=_binomial)
+    ss = sub.add_parser("sample-size", help="statistical fault injection sample size (Leveque et al., DATE 2009)")
+    ss.add_argument("population", type=int, nargs="?", help="N, the number of possible faults")
+    ss.add_argument("--weights", type=int, help="instead of N: number of weights (N = W x bits x values)")
+    ss.add_argument("--bits", type=int, default=32)
+    ss.add_argument("--values", type=int, default=2, help="stuck-at values per bit (default 2)")
+    ss.add_argument("--error", type=float, default=0.01, help="error margin e (default 0.01)")
+    ss.add_argument("--confidence", type=float, default=0.99, help="confidence (default 0.99: t = 2.58)")
+    ss.add_argument("--t", type=float, help="the t value itself (overrides --confidence)")
+    ss.add_argument("--exact-t", action="store_true", help="unrounded t (published tables round to 2 decimals)")
+    ss.add_argument("--p", type=float, default=0.5, help="estimated proportion (0.5 when unknown)")
+    ss.add_argument("--subpopulations", type=int, default=1, help="sum over K equal sub-populations (per bit: 32)")
+    ss.set_defaults(fn=_sample_size)
+    args = p.parse_args(argv)
+    if getattr(args, "confidence", 0.5) is not None and not 0 < args.confidence < 1:
+        raise ConfigError(f"--confidence must be in (0, 1), got {args.confidence}")
+    return int(args.fn(args))

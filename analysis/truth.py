@@ -1,0 +1,95 @@
+"""Truth files of the beam simulator (``<log file>.truth.json``) and the comparison with what was measured.
+
+A simulated run knows the cross sections it was given; the analysis must recover them. For each group
+the true cross section is the fluence-weighted mean of its runs' truths (equal when the runs share one
+spec), and the table says whether the measured interval contains it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from diehardlab.errors import DataError
+
+TRUE_CLASSES = {"sdc": "sdc", "due": "due", "due_crash": "crash", "due_hang": "hang"}
+
+
+def find_truth_files(paths: Sequence[Path]) -> list[Path]:
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_file():
+            out.append(p)
+        elif p.is_dir():
+            out += sorted(p.rglob("*.truth.json"))
+        else:
+            raise DataError(f"{p}: no such truth file or folder")
+    return out
+
+
+def load_truths(paths: Sequence[Path]) -> dict[str, dict]:
+    """Truth documents by the log file name they describe."""
+    out: dict[str, dict] = {}
+    for p in find_truth_files(paths):
+        try:
+            doc = json.loads(Path(p).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(f"{p}: not a readable truth file: {exc}") from exc
+        if not isinstance(doc, dict) or "true_sigma_cm2" not in doc:
+            raise DataError(f"{p}: no 'true_sigma_cm2' in this truth file (is it a beam-simulator truth file?)")
+        name = doc.get("log_file") or Path(p).name.removesuffix(".truth.json")
+        out[Path(name).name] = doc
+    return out
+
+
+def compare(runs: pd.DataFrame, groups: pd.DataFrame, truths: dict[str, dict]) -> pd.DataFrame:
+    """One row per (group, error class) that has a true value: true sigma, measured interval, contained."""
+    if not truths or runs.empty:
+        return pd.DataFrame()
+    used = runs[~runs["excluded"].astype(bool)]
+    rows = []
+    for label, sub in used.groupby("group"):
+        for cls, key in TRUE_CLASSES.items():
+            num = den = 0.0
+            for _, r in sub.iterrows():
+                doc = truths.get(r["name"])
+                if doc is None:
+                    continue
+                true = doc["true_sigma_cm2"].get(key)
+                if key == "due" and true is None:
+                    parts = [doc["true_sigma_cm2"].get(k) for k in ("crash", "hang")]
+                    true = sum(x for x in parts if x is not None) if any(x is not None for x in parts) else None
+                if true is None:
+                    continue
+                w = float(r["fluence_n_cm2"]) if float(r["fluence_n_cm2"]) > 0 else 1.0
+                num += float(true) * w
+                den += w
+            if den == 0:
+                continue
+            m = groups[(groups["group"] == label) & (groups["error_class"] == cls)]
+            if m.empty:
+                continue
+            g = m.iloc[0]
+            true = num / den
+            lo, hi = float(g["sigma_lo_cm2"]), float(g["sigma_hi_cm2"])
+            rows.append(
+                {
+                    "group": label,
+                    "error_class": cls,
+                    "events": int(g["events"]),
+                    "fluence_n_cm2": float(g["fluence_n_cm2"]),
+                    "true_sigma_cm2": true,
+                    "sigma_cm2": float(g["sigma_cm2"]),
+                    "sigma_lo_cm2": lo,
+                    "sigma_hi_cm2": hi,
+                    "contains_true": bool(lo <= true <= hi) if not math.isnan(lo) else False,
+                    "ratio_measured_to_true": float(g["sigma_cm2"]) / true if true > 0 else math.nan,
+                    "ci_method": g["ci_method"],
+                }
+            )
+    return pd.DataFrame(rows)

@@ -1,0 +1,104 @@
+"""Facility logs: both ChipIR variants, LANSCE, stalls (beam off), gaps, known-answer fluence."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+
+from analysis.flux import exposure, factor_schedule, read_flux_log
+from diehardlab.errors import DataError
+from tests.analysis.conftest import T0, chipir_rows, write
+
+UTC = timezone.utc
+
+
+def ts(seconds: float) -> float:
+    return (T0 + timedelta(seconds=seconds)).replace(tzinfo=UTC).timestamp()
+
+
+@pytest.mark.parametrize("sep", [" ", ";"])
+def test_known_fluence_with_beam_off_and_gap(tmp_path, sep):
+    # 10 counts/s; beam off (counter stalled) 100..160 s; logger rows missing 300..360 s
+    log = read_flux_log(write(tmp_path / "c.txt", chipir_rows(600, 10.0, off=(99, 159), gap=(300, 360), sep=sep)))
+    assert log.kind == "chipir" and not log.malformed
+    factor = factor_schedule(2.0e5)
+    e = exposure(log, ts(51), ts(450), factor, attenuation=0.5, max_gap_s=30)
+    # counting time inside [51, 450] minus the 60 s stall (rows at 99 and 159 bound it): 339 s x 10 counts/s
+    assert e.fluence == pytest.approx(339 * 10 * 2.0e5 * 0.5, rel=1e-9)
+    assert e.beam_off_s == pytest.approx(60.0)
+    assert e.beam_on_s == pytest.approx(339.0)
+    assert e.gap_s == pytest.approx(60.0)  # the one 60 s interval 300..360 lies inside
+    assert e.covered
+    assert e.mean_flux == pytest.approx(e.fluence / 399)
+
+
+def test_window_outside_the_log_is_not_covered(tmp_path):
+    log = read_flux_log(write(tmp_path / "c.txt", chipir_rows(300, 10.0)))
+    assert not exposure(log, ts(200), ts(400), factor_schedule(1.0)).covered
+    assert exposure(log, ts(10), ts(290), factor_schedule(1.0)).covered
+
+
+def test_beam_windows_restrict_the_count(tmp_path):
+    log = read_flux_log(write(tmp_path / "c.txt", chipir_rows(600, 10.0)))
+    e = exposure(log, ts(0), ts(600), factor_schedule(1.0), beam_windows=[(ts(30), ts(90)), (ts(500), ts(900))])
+    assert e.fluence == pytest.approx(10 * (60 + 100))
+    assert e.window_s == pytest.approx(160)
+
+
+def test_dated_factor(tmp_path):
+    log = read_flux_log(write(tmp_path / "c.txt", chipir_rows(600, 10.0)))
+    f = factor_schedule(None, [(ts(0), 1.0), (ts(300), 3.0)])
+    assert exposure(log, ts(0), ts(600), f).fluence == pytest.approx(10 * 300 * 1.0 + 10 * 300 * 3.0)
+
+
+def test_malformed_rows_are_counted_with_line_numbers(tmp_path):
+    rows = chipir_rows(30, 10.0)
+    rows.insert(3, "24/11/2016 garbage")
+    log = read_flux_log(write(tmp_path / "c.txt", rows))
+    assert [ln for ln, _ in log.malformed] == [4]
+    assert "c.txt:4: malformed flux row" in log.notes()[0]
+
+
+def test_lansce_rows_and_clock_zone(tmp_path):
+    from zoneinfo import ZoneInfo
+
+    start = datetime(2026, 7, 1, 8, 0, 0)
+    rows = [
+        f"{(start + timedelta(seconds=s)).strftime('%Y-%m-%d %H:%M:%S')},250 {1000 + 7 * s}" for s in range(0, 601, 1)
+    ]
+    log = read_flux_log(write(tmp_path / "lansce.txt", rows), ZoneInfo("America/Denver"))
+    assert log.kind == "lansce"
+    # Denver is UTC-6 in July
+    assert log.start == datetime(2026, 7, 1, 14, 0, 0, 250000, tzinfo=UTC).timestamp()
+    assert np.all(np.diff(log.counts) == 7)
+
+
+def test_not_a_flux_log(tmp_path):
+    with pytest.raises(DataError, match="not a facility log"):
+        read_flux_log(write(tmp_path / "x.txt", ["hello world"]))
+
+
+def test_real_chipir_log_parses_completely(facility_logs):
+    log = read_flux_log(facility_logs / "countlog-2016-11-24.txt")
+    assert not log.malformed and log.resets == 0
+    assert len(log.t) == 10880
+    assert log.start == datetime(2016, 11, 24, 0, 0, 2, 411000, tzinfo=UTC).timestamp()
+    assert log.end == datetime(2016, 11, 24, 9, 4, 24, 186000, tzinfo=UTC).timestamp()
+    # the stall from 01:25:54.460 to 01:27:27.532 is beam off
+    a = datetime(2016, 11, 24, 1, 25, 0, tzinfo=UTC).timestamp()
+    b = datetime(2016, 11, 24, 1, 28, 0, tzinfo=UTC).timestamp()
+    e = exposure(log, a, b, factor_schedule(1.0))
+    assert e.beam_off_s == pytest.approx(93.072, abs=1e-3)
+    assert e.fluence == pytest.approx(1671498 - 1670640 - 3 * 0.0, abs=60)
+
+
+def test_merged_semicolon_file_with_repeated_header_and_overlap(tmp_path):
+    rows = chipir_rows(300, 10.0, sep=";")
+    merged = rows[:60] + rows[40:]  # a second piece that overlaps the first, with its own header line
+    merged.insert(60, "Data From ChipIR")
+    log = read_flux_log(write(tmp_path / "merged.txt", merged))
+    assert len(log.t) == len(rows) - 1 and log.duplicates == 20 and not log.malformed
+    assert exposure(log, ts(0), ts(300), factor_schedule(1.0)).fluence == pytest.approx(3000)
+    assert "repeat an earlier time stamp" in log.notes()[0]

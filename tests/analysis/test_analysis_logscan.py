@@ -1,0 +1,84 @@
+"""The analysis' fast log scan gives exactly the foundation parser's summary; every real sample is read."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from analysis.flux import read_flux_log
+from analysis.logscan import scan
+from diehardlab.formats.parser import summarize
+from tests.analysis.conftest import T0
+from tests.analysis.logs import dut_log
+from tests.conftest import ROOT
+
+# The shared sample folder (../shared/data beside the repository), when this checkout has one.
+SHARED = [p for p in (ROOT.parent / "shared" / "data", ROOT.parents[1] / "shared" / "data") if p.is_dir()]
+
+
+def same(path: Path) -> None:
+    assert dataclasses.asdict(scan(path).summary) == dataclasses.asdict(summarize(path))
+
+
+def test_scan_equals_summarize_on_real_logs(beam_logs):
+    paths = sorted(beam_logs.glob("*.log"))
+    assert len(paths) == 8
+    for p in paths:
+        same(p)
+
+
+def test_scan_equals_summarize_on_odd_lines(tmp_path):
+    log = dut_log(tmp_path, T0, iters=20, sdc_at={3: True, 9: False}, iso=True)
+    same(log)
+    text = (
+        "#IT 1 KerTime:0.1 AccTime:0.1\r\n#IT  2 KerTime:0.1 AccTime:0.2\n#IT 3 KerTime:0.1\n#ERR\n"
+        "#ERR batch:0 critical-img:1 i:0 g:1 o:2 gt:1\n#SDC Ite:4 KerTime:0.1 AccTime:0.4 KerErr:1 AccErr:1\n"
+        "#IT 2 KerTime:0.1 AccTime:0.5\n#INF Ite:5 KerTime:0.1 AccTime:0.6 KerInf:2\n"
+        "#ITX\n#IT 7 KerTime:0.1 AccTime:0.7 tail\n#IT 8 KerTime:.5 AccTime:1.2\n#IT 9 KerTime:0.1 AccTime:1.3\n"
+        "#IT 10 KerTime:0.1 AccTime:inf"
+    )
+    p = tmp_path / "2026_01_01_00_00_00_x_ECC_ON_h.log"
+    p.write_text(text)
+    same(p)
+    s = scan(p)
+    assert s.dnn_details and s.summary.unparsed == 4 and s.summary.last_iteration == 10
+    assert s.summary.it_lines == 5
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "#SDC Ite:3 KerTime:0.1 AccTime:5.0 KerErr:1 AccErr:1\n#IT 4 KerTime:0.1 AccTime:5.1\n"
+        "#IT 2 KerTime:0.1 AccTime:5.2",
+        "#SDC 2015_11_19;  size:1024; 1\n#IT Ite:9 KerTime:0.2 AccTime:1.0\n"
+        "#INF Ite:10 KerTime:0.1 AccTime:1.1 KerInf:1",
+        "#INF Ite:10 KerTime:0.1 AccTime:1.1 KerInf:1\n#IT 11 KerTime:1e-3 AccTime:1.2\n"
+        "#INF free text\n#INF DUE cause:x",
+    ],
+)
+def test_scan_order_of_first_records(tmp_path, text):
+    p = tmp_path / "2026_01_01_00_00_00_x_ECC_ON_h.log"
+    p.write_text(text)
+    same(p)
+
+
+@pytest.mark.needs_shared
+def test_every_shared_sample_is_read():
+    if not SHARED:
+        pytest.skip("../shared/data is not beside this checkout")
+    for folder in SHARED:
+        for p in sorted((folder / "beam-logs").glob("*.log")):
+            s = scan(p).summary
+            assert s.lines > 0 and s.unparsed < s.lines
+            same(p)
+        for p in sorted((folder / "facility").glob("*")):
+            if p.is_file():
+                log = read_flux_log(p)
+                assert len(log.t) > 100 and not log.malformed
+
+
+def test_scan_dnn_detail_flag(tmp_path):
+    assert scan(dut_log(tmp_path / "a", T0 + timedelta(hours=1), sdc_at={1: False})).dnn_details
