@@ -2,4 +2,6 @@
 
 from diehardlab.cli import Command
 
-COMMANDS: list[Command] = []
+COMMANDS: list[Command] = [
+    Command("demo", "diehardlab.demo", "a complete simulated beam campaign on this machine, in minutes"),
+]

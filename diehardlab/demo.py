@@ -186,17 +186,10 @@ def _free_udp_port() -> int:
 
 def write_campaign(demo: Demo, folder: Path) -> Path:
     """The campaign the demo serves: two local DUTs, one per model, a simulated switch, a loopback server."""
-    import secrets
-
     folder.mkdir(parents=True)
     models = demo.out / "models"
     spec = demo.root / "setups" / "beam" / f"{demo.budget.beam_spec}.toml"
-    # Datagram keys in a 0600 secrets file, referenced by name (never in the campaign file itself).
-    secrets_file = folder / "secrets.toml"
-    fd = os.open(secrets_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        for m in MODELS:
-            f.write(f'dut-{m} = "{secrets.token_hex(32)}"\n')
+    flux_factor = _spec_flux_factor(spec)
     lines = [
         "# Written by 'diehard demo'. " + LABEL,
         "[campaign]",
@@ -208,8 +201,8 @@ def write_campaign(demo: Demo, folder: Path) -> Path:
         f"udp_port = {_free_udp_port()}",
         'log_dir = "server-logs"',
         'journal = "journal.jsonl"',
-        'secrets_file = "secrets.toml"',
         "status_interval_s = 2.0",
+        "poll_s = 0.25",
         "",
         "# A short leash, so the watchdog acts within the seconds the demo runs.",
         "[escalation]",
@@ -244,8 +237,11 @@ def write_campaign(demo: Demo, folder: Path) -> Path:
             "boot_timeout_s = 30",
             "liveness_timeout_s = 3",
             'ecc = "off"',
+            # Signed datagrams; the server draws a fresh key at start and hands it to the local DUT (0600).
             'datagram = "extended"',
-            f'datagram_key = "dut-{m}"',
+            'datagram_key = "generate"',
+            "local_boot_s = 0.5",
+            'timezone = "UTC"',
         ]
         if m == "diehardnet":
             # This board goes straight to the hardware watchdog, so a short demo shows a power cycle too.
@@ -259,9 +255,31 @@ def write_campaign(demo: Demo, folder: Path) -> Path:
             "argv = [" + ", ".join(json.dumps(a) for a in argv) + "]",
             "window_s = 3600",
         ]
+    lines += [
+        "",
+        "# The simulator writes a ChipIR-format count log beside each DUT log, with this counts-to-flux factor.",
+        "[facility]",
+        'kind = "simulated"',
+        f"flux_factor = {flux_factor!r}",
+        'timezone = "UTC"',
+        "",
+        "[analysis]",
+        'group_by = ["board", "benchmark", "ecc"]',
+        "confidence = 0.95",
+    ]
     path = folder / "campaign.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _spec_flux_factor(spec: Path) -> float:
+    from diehardlab.config import read_toml
+
+    data = read_toml(spec)
+    try:
+        return float(data["beam"]["flux_factor"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{spec}: [beam] flux_factor missing or not a number") from exc
 
 
 def run_demo(demo: Demo) -> int:
@@ -320,7 +338,9 @@ def run_demo(demo: Demo) -> int:
 
     def serve() -> str:
         path = campaign_dir / "campaign.toml"
-        demo.echo(f"      serving for {b.serve_s:.0f} s under the simulated beam (journal: {campaign_dir / 'journal.jsonl'})")
+        demo.echo(
+            f"      serving for {b.serve_s:.0f} s under the simulated beam (journal: {campaign_dir / 'journal.jsonl'})"
+        )
         demo.diehard("serve", ["serve", str(path), "--duration", str(b.serve_s)], "serve.log",
                      timeout=b.serve_s + 120)  # fmt: skip
         counts = journal_counts(campaign_dir / "journal.jsonl")
@@ -350,9 +370,8 @@ def run_demo(demo: Demo) -> int:
     report = demo.out / "report.html"
 
     def build_report() -> str:
-        args = ["report", "--fit", str(analysis_dir), "--out", str(report)]
-        for m in MODELS:
-            args += ["--evaluate", str(demo.out / "evaluate" / f"{m}.json")]
+        args = ["report", "--fit", str(analysis_dir), "--out", str(report), "--evaluate"]
+        args += [str(demo.out / "evaluate" / f"{m}.json") for m in MODELS]
         args += ["--truth", str(campaign_dir / "local-duts")]
         demo.diehard("report", args, "report.log", timeout=300)
         return f"report {report.relative_to(demo.out)}"
