@@ -29,7 +29,7 @@ from watchdog.supervisor import Context, Snap, Supervisor, substitute
 from watchdog.switches import make_switch
 
 RESTART_PAUSE_S = 5.0
-DRIVERS = ("lindy-ipower", "ip9258", "dli-rest", "netio", "command", "simulated")
+DRIVERS = ("lindy-ipower", "ip9258", "dli-rest", "netio", "snmp", "command", "simulated")
 
 
 def escalation_of(c: CampaignFile, dut: Dut) -> Escalation:
@@ -97,6 +97,8 @@ def problems(c: CampaignFile) -> list[str]:
     except ConfigError as exc:
         out.append(str(exc))
     for sw in c.switches:
+        if sw.community_env and sw.community_env not in os.environ:
+            out.append(f"switch {sw.name!r}: environment variable {sw.community_env} is not set (its SNMP community)")
         if sw.password_env and sw.password_env not in os.environ:
             out.append(f"switch {sw.name!r}: environment variable {sw.password_env} is not set (its password)")
     for sw in c.switches:
