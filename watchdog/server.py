@@ -29,7 +29,7 @@ from watchdog.supervisor import Context, Snap, Supervisor, substitute
 from watchdog.switches import make_switch
 
 RESTART_PAUSE_S = 5.0
-DRIVERS = ("lindy-ipower", "ip9258", "dli-rest", "netio", "snmp", "command", "simulated")
+DRIVERS = ("lindy-ipower", "ip9258", "dli-legacy", "dli-rest", "netio", "snmp", "command", "simulated")
 
 
 def escalation_of(c: CampaignFile, dut: Dut) -> Escalation:

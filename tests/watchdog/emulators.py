@@ -309,3 +309,27 @@ class SnmpPduEmulator:
         self._stop.set()
         self.thread.join(timeout=2)
         self.sock.close()
+
+
+class DliLegacyEmulator(_Emulator):
+    """Digital Loggers legacy web: GET /outlet?<n>=ON|OFF, GET /status with <div id="state">hex</div>."""
+
+    outlets_n = 8
+
+    def _handle(self, h, method: str) -> None:
+        if not h._auth_ok():
+            return
+        u = urlsplit(h.path)
+        self.requests.append((method, h.path, {}))
+        if u.path == "/outlet":
+            m = re.fullmatch(r"(\d)=(ON|OFF)", u.query)
+            if not m:
+                h._reply(400, "bad request")
+                return
+            self.switch(int(m.group(1)), m.group(2) == "ON")
+            h._reply(200, '<META HTTP-EQUIV="refresh" content="0; URL=/index.htm">')
+        elif u.path == "/status":
+            mask = sum(1 << (i - 1) for i in range(1, self.outlets_n + 1) if self.reported(i))
+            h._reply(200, f'<div id="state">{mask:02x}</div><div id="lock">00</div><div id="perm">ff</div>')
+        else:
+            h._reply(404, "not found")

@@ -150,3 +150,14 @@ def test_snmp_pdu_set_and_get(monkeypatch):
         with pytest.raises(SwitchError, match="SNMP"):
             make_switch(cfg).state(1)
         assert time.monotonic() - t < 5
+
+
+def test_dli_legacy_outlet_and_status_mask():
+    from tests.watchdog.emulators import DliLegacyEmulator
+
+    with DliLegacyEmulator(report_delay_s=0.2) as emu:
+        sw = make_switch(_cfg("dli-legacy", emu.port, timeout_s=2, settle_s=1))
+        sw.off(7)
+        assert emu.state[7] is False and sw.state(7) is False and sw.state(8) is True
+        sw.on(7)
+        assert [p for _, p, _ in emu.requests if p.startswith("/outlet")] == ["/outlet?7=OFF", "/outlet?7=ON"]

@@ -70,6 +70,10 @@ def make_switch(cfg: Switch, secrets: dict[str, str] | None = None, state_dir: P
         from watchdog.switches.ip9258 import IpPower9258
 
         return IpPower9258(cfg.name, url, cfg.user or "admin", _password(cfg, secrets), **common)
+    if cfg.model == "dli-legacy":
+        from watchdog.switches.dli import DliLegacy
+
+        return DliLegacy(cfg.name, url, cfg.user or "admin", _password(cfg, secrets), **common)
     if cfg.model == "dli-rest":
         from watchdog.switches.dli import DliRest
 
