@@ -173,9 +173,12 @@ def plan(c: CampaignFile, source: str) -> str:
 
 
 class Server:
-    def __init__(self, campaign: CampaignFile, source: str = ""):
+    def __init__(self, campaign: CampaignFile, source: str = "", reset: list[str] | None = None):
         self.c = campaign
         self.source = source
+        self.reset = set(reset or [])
+        for name in self.reset:
+            campaign.dut(name)  # a typo in --reset is an error, not a silent no-op
         self.journal = Journal(campaign.server.journal)
         self.keys = datagram_keys(campaign)
         self.verifier = DatagramVerifier(dict(self.keys), window_s=campaign.server.datagram_window_s)
@@ -210,10 +213,15 @@ class Server:
                 os.close(fd)
                 os.chmod(key_file, 0o600)
             snap = Snap.from_dict(snaps[d.name]) if d.name in snaps else None
+            reset = d.name in self.reset and snap is not None
+            if reset:
+                # An operator looked at the board: a fresh escalation, same totals and rotation position.
+                snap.broken = False
+                snap.app_restarts = snap.os_reboots = snap.power_cycles = snap.cool_downs = 0
             sup = Supervisor(d, escalation_of(c, d), transport, switch, ctx, snap, key_file)
             self.supervisors[d.name] = sup
             if snap is not None:
-                sup.log("resume", from_state=snap.state)
+                sup.log("reset" if reset else "resume", from_state=snap.state)
 
     async def _supervise(self, sup: Supervisor) -> None:
         """Run one DUT's supervisor forever: an exception is journaled and the supervisor starts again,
@@ -330,7 +338,7 @@ class Server:
             self.consoles.append(con)
 
 
-def serve(path: str | Path, duration_s: float | None = None) -> int:
+def serve(path: str | Path, duration_s: float | None = None, reset: list[str] | None = None) -> int:
     c = load_campaign(path)
     c.server.log_dir.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(Server(c, str(path)).run(duration_s))
+    return asyncio.run(Server(c, str(path), reset).run(duration_s))

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from diehardlab.campaign import Benchmark, Dut, Escalation
+from diehardlab.errors import DiehardError
 from diehardlab.formats.filename import format_log_name
 from watchdog.journal import Journal
 from watchdog.servercopy import ServerCopy
@@ -62,6 +63,24 @@ class Snap:
     def from_dict(cls, d: dict[str, Any]) -> Snap:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+
+class ControlError(DiehardError):
+    """The DUT's control channel (SSH) fails while its host still answers the probe."""
+
+
+def _control_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [ControlError, asyncio.TimeoutError]
+    try:
+        from watchdog.transport.ssh import SshError
+
+        errors.append(SshError)
+    except ImportError:  # no paramiko on this server: local transport only
+        pass
+    return tuple(errors)
+
+
+CONTROL_ERRORS = _control_errors()
 
 
 class Broken(Exception):
@@ -191,8 +210,14 @@ class Supervisor:
         while True:
             try:
                 await self._ensure_host()
-                await self._start()
-                outcome = await self._watch()
+                try:
+                    await self._start()
+                    outcome = await self._watch()
+                except CONTROL_ERRORS as exc:
+                    # The host answers the probe but cannot be controlled (SSH refused, wedged or timing
+                    # out): the same as a host that does not answer, and a soft reboot needs SSH too.
+                    self.log("control-error", error=str(exc)[:300] or type(exc).__name__)
+                    outcome = "os-hang"
                 if outcome == "rotate":
                     await self._stop("rotation")
                     self.snap.bench = (self.snap.bench + 1) % len(self.dut.benchmarks)
@@ -255,12 +280,13 @@ class Supervisor:
             running = await self.transport.is_running()
             if running is False:
                 return "ended" if self._ended else "app-crash"
-            if running is None or time.monotonic() - self.last_heard > self.dut.liveness_timeout_s:
-                if not await self.transport.reachable():
-                    return "os-hang"
-                if running is None:
-                    continue  # the control channel broke but the host answers: reconnect next poll
-                return "app-hang"
+            if time.monotonic() - self.last_heard <= self.dut.liveness_timeout_s:
+                continue  # datagrams are flowing: a failed status query alone is no reason to act
+            if not await self.transport.reachable():
+                return "os-hang"
+            if running is None:
+                raise ControlError("silent, and the benchmark's state cannot be read over the control channel")
+            return "app-hang"
 
     async def _stop(self, reason: str) -> None:
         self._accepting = False
@@ -279,6 +305,8 @@ class Supervisor:
         self._close_copy(None)
 
     async def _pull(self) -> None:
+        if not await self.transport.reachable():
+            return
         try:
             got = await asyncio.wait_for(self.transport.pull_logs(self.pulled_dir), timeout=120)
         except Exception as exc:
@@ -316,8 +344,13 @@ class Supervisor:
             if action == "app-restart":
                 self.snap.app_restarts += 1
                 self.snap.total_app_restarts += 1
-                await self.transport.stop(0.0 if cause == "app-hang" else self.dut.stop_grace_s)
                 self.log("app-restart", cause=cause)
+                try:
+                    await self.transport.stop(0.0 if cause == "app-hang" else self.dut.stop_grace_s)
+                except CONTROL_ERRORS as exc:
+                    self.log("control-error", error=str(exc)[:300] or type(exc).__name__)
+                    cause = "os-hang"
+                    continue
                 await self._pull()
                 return
             if action == "os-reboot":

@@ -107,6 +107,14 @@ def test_per_dut_escalation_override(tmp_path):
         wait_for(lambda: events(j, "broken", "d1"), timeout=20)
     assert not events(j, "app-restart") and not events(j, "os-reboot")
     assert len(events(j, "power-cycle")) == 1
+    # a restarted server keeps it broken; --reset (the board was repaired) starts its escalation afresh
+    starts = len(events(j, "benchmark-start"))
+    r = run_diehard("serve", str(path), "--duration", "1")
+    assert r.returncode == 0, r.stderr
+    assert len(events(j, "benchmark-start")) == starts and events(j, "resume", "d1")
+    r = run_diehard("serve", str(path), "--duration", "1.5", "--reset", "d1")
+    assert r.returncode == 0, r.stderr
+    assert events(j, "reset", "d1") and len(events(j, "benchmark-start")) > starts
 
 
 def test_power_command_with_the_simulated_switch(tmp_path):
