@@ -157,9 +157,10 @@ class NetioEmulator(_Emulator):
 class DeadSwitch:
     """Accepts TCP connections and never says a word: the switch that blocked field servers for minutes."""
 
-    def __init__(self):
+    def __init__(self, port: int = 0):
         self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
         self.sock.listen(16)
         self.port = self.sock.getsockname()[1]
         self.conns: list[socket.socket] = []

@@ -193,3 +193,48 @@ def test_ssh_os_reboot_runs_the_reboot_command_and_reconnects(tmp_path, sshd):
     assert marker.exists()
     copy = next(p for p in srv.c.server.log_dir.glob("*.log") if "#SERVER_DUE" in p.read_text())
     assert "#SERVER_DUE:soft OS reboot" in copy.read_text()
+
+
+def test_wedged_sshd_that_accepts_but_never_answers_is_power_cycled(tmp_path, sshd, monkeypatch):
+    """The port still accepts connections (the probe passes) but SSH never answers: a control failure."""
+    from tests.watchdog.emulators import DeadSwitch
+
+    monkeypatch.setenv("NETIO_PW", "s3cret")
+    state: dict = {"pid": None, "wedge": None}
+
+    def outlet(n: int, on: bool) -> None:
+        if on:
+            if state["wedge"] is not None:
+                state["wedge"].__exit__()
+                state["wedge"] = None
+            sshd.start()
+        elif state["pid"]:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(state["pid"], signal.SIGKILL)
+
+    with NetioEmulator(user="admin", password="s3cret", on_change=outlet) as emu:
+        switch = f"""
+[[switch]]
+name = "netio"
+model = "netio"
+host = "127.0.0.1"
+port = {emu.port}
+user = "admin"
+password_env = "NETIO_PW"
+outlets = 4
+timeout_s = 2
+settle_s = 1
+"""
+        extra = 'switch = "netio"\noutlet = 1\n[dut.escalation]\nmax_os_reboots = 0\npower_off_s = 0.2\n'
+        path = local_campaign(tmp_path, switch + ssh_dut(sshd, tmp_path, liveness=1.0, extra=extra))
+        with ServerThread(path) as srv:
+            j = srv.c.server.journal
+            state["pid"] = _pid(j)
+            wait_for(lambda: srv.server.supervisors["board1"].snap.last_iteration >= 2, timeout=20)
+            os.kill(state["pid"], signal.SIGSTOP)
+            sshd.kill_all()
+            state["wedge"] = DeadSwitch(sshd.port).__enter__()  # something holds the port, SSH never answers
+            wait_for(lambda: len(events(j, "benchmark-start", "board1")) >= 2, timeout=30)
+        assert events(j, "control-error", "board1")
+        assert events(j, "hang-detected", "board1")[0]["cause"] == "os-hang"
+        assert events(j, "power-cycle", "board1")

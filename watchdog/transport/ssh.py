@@ -141,6 +141,8 @@ class SshTransport:
                         time.sleep(0.02)
                 rc = chan.recv_exit_status()
                 chan.close()
+                if rc == -1:  # the channel closed without an exit status: the session died under us
+                    raise SshError(f"DUT {self.dut.name!r}: SSH session closed before the command finished")
                 return rc, out.decode("utf-8", "replace")
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 self._drop()
@@ -182,7 +184,7 @@ class SshTransport:
             rc, _ = await self._run(script)
         except (SshError, asyncio.TimeoutError):
             return None
-        return rc == 0
+        return True if rc == 0 else False if rc in (1, 3) else None
 
     async def stop(self, grace_s: float) -> None:
         """Stop the benchmark by its PID file: SIGTERM to its group, then SIGKILL after ``grace_s``."""
