@@ -248,6 +248,9 @@ class Server:
         path = status_path(self.c)
         while True:
             self.write_status(path)
+            for sup in self.supervisors.values():
+                if sup.copy is not None:
+                    sup.copy.sync()  # a server crash or power loss loses at most one interval of the copies
             await asyncio.sleep(self.c.server.status_interval_s)
 
     def write_status(self, path: Path) -> None:
@@ -270,6 +273,17 @@ class Server:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc, indent=1))
         os.replace(tmp, path)
+
+    async def _cancel_supervisors(self) -> None:
+        # Cancel until every task is done: on Python < 3.12, asyncio.wait_for can swallow a cancellation
+        # that arrives just as its inner task finishes, and a supervisor must never outlive the server.
+        for sup in self.supervisors.values():
+            sup.stopping = True
+        pending = {t for t in self.tasks.values() if not t.done()}
+        while pending:
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -306,9 +320,7 @@ class Server:
             else:
                 await self._stop.wait()
         finally:
-            for t in self.tasks.values():
-                t.cancel()
-            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+            await self._cancel_supervisors()
             await asyncio.gather(*(s.stop_for_shutdown() for s in self.supervisors.values()), return_exceptions=True)
             for s in self.supervisors.values():
                 with contextlib.suppress(Exception):

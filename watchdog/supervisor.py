@@ -125,6 +125,7 @@ class Supervisor:
         self._ended = False  # the benchmark wrote #END (or #ABORT): its exit is not a crash
         self._accepting = False  # lines are copied only while a benchmark runs
         self.pulled_dir = ctx.log_dir / "pulled" / dut.name
+        self.stopping = False  # set by the server at shutdown: leave the loop at the next step
         self.ecc_seen: bool | None = None  # the ECC flag of the DUT's datagrams (for ecc = "auto")
 
     # -- journal ---------------------------------------------------------------------------------------------
@@ -207,7 +208,7 @@ class Supervisor:
         if self.snap.broken:
             self._set_state("broken")
             return
-        while True:
+        while not self.stopping:
             try:
                 await self._ensure_host()
                 try:
@@ -272,6 +273,8 @@ class Supervisor:
         last = time.monotonic()
         while True:
             await asyncio.sleep(self.ctx.poll_s)
+            if self.stopping:
+                raise asyncio.CancelledError
             now = time.monotonic()
             self.snap.window_used_s += now - last
             last = now

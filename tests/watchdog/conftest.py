@@ -95,6 +95,8 @@ class ServerThread:
         if self.thread.is_alive():
             self.loop.call_soon_threadsafe(self.server.request_stop)
             self.thread.join(timeout=30)
+            if self.thread.is_alive():
+                raise AssertionError("the server did not stop within 30 s of its stop request")
         if self.error:
             raise self.error
 
