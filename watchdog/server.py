@@ -18,6 +18,7 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from diehardlab.campaign import CampaignFile, Dut, Escalation, load_campaign
 from diehardlab.config import read_secrets
@@ -120,9 +121,8 @@ def plan(c: CampaignFile, source: str) -> str:
         f"  server: udp {s.bind}:{s.udp_port} (DUTs send to {server_host(c)}), logs {s.log_dir}, journal {s.journal}",
     ]
     if c.notify:
-        out.append(
-            f"  notify: {c.notify.webhook_url} on {', '.join(c.notify.events)} (timeout {c.notify.timeout_s:g} s)"
-        )
+        hook = "{0.scheme}://{0.hostname}/...".format(urlsplit(c.notify.webhook_url))  # paths often hold a token
+        out.append(f"  notify: {hook} on {', '.join(c.notify.events)} (timeout {c.notify.timeout_s:g} s)")
     for sw in c.switches:
         where = sw.host + (f":{sw.port}" if sw.port else "") if sw.host else "-"
         cred = (
