@@ -45,9 +45,14 @@ def test_server_killed_and_restarted_resumes_the_same_counters(tmp_path):
     assert not events(j, "server-stop")
     snap = events(j, "benchmark-start", "d1")[-1]["snap"]
     assert snap["total_app_restarts"] == 1 and snap["due"] == 1
-    out = _serve(path, "--duration", "3")
+    out = _serve(path)
+    wait_for(lambda: events(j, "resume", "d1"), timeout=20)
+    pid3 = wait_for(lambda: events(j, "benchmark-start", "d1")[2:], timeout=20)[-1]["pid"]
+    out.send_signal(signal.SIGINT)  # the operator's Ctrl-C: the benchmarks are stopped, not left running
     text, _ = out.communicate(timeout=60)
     assert out.returncode == 0, text
+    assert events(j, "benchmark-stop", "d1")[-1]["reason"] == "server-stop"
+    assert not Path(f"/proc/{pid3}").exists() or Path(f"/proc/{pid3}/stat").read_text().split()[2] == "Z"
     resume = events(j, "resume", "d1")
     assert resume and resume[0]["snap"]["total_app_restarts"] == 1 and resume[0]["snap"]["due"] == 1
     assert events(j, "server-stop")
