@@ -155,11 +155,14 @@ class Supervisor:
         if line is None or not self._accepting:
             return
         if line.startswith("#LOGFILE "):
-            if self.copy is not None and self.copy.lines:
+            dut_path = line[len("#LOGFILE ") :].strip()
+            if self.copy is not None and not self.copy.lines:
+                self.copy.rename(self._copy_name(dut_path), dut_path)  # the copy opened at start takes the DUT's name
+                return
+            if self.copy is not None:
                 self.copy.close("broken", "unknown")  # a new run began without the old one ending: #SERVER_UNKNOWN
                 self.copy = None
-            if self.copy is None:
-                self._open_copy(line[len("#LOGFILE ") :].strip())
+            self._open_copy(dut_path)
             return
         if self.copy is None:
             self._open_copy(None)
@@ -181,13 +184,16 @@ class Supervisor:
             self.snap.app_restarts = self.snap.os_reboots = self.snap.power_cycles = self.snap.cool_downs = 0
             self.log("progress", iteration=self.snap.last_iteration)
 
-    def _open_copy(self, dut_path: str | None) -> None:
-        ecc = self.dut.ecc == "on" if self.dut.ecc != "auto" else bool(self.ecc_seen)
+    def _copy_name(self, dut_path: str | None) -> str:
+        """The DUT's own log name when it told us (``#LOGFILE``), else libLogHelper's name in server UTC time."""
         name = Path(dut_path).name if dut_path else ""
-        if not name.endswith(".log") or "/" in name:
-            name = format_log_name(
-                datetime.now(timezone.utc).replace(tzinfo=None), self.bench.name, ecc, self.dut.hostname
-            )
+        if name.endswith(".log"):
+            return name
+        ecc = self.dut.ecc == "on" if self.dut.ecc != "auto" else bool(self.ecc_seen)
+        return format_log_name(datetime.now(timezone.utc).replace(tzinfo=None), self.bench.name, ecc, self.dut.hostname)
+
+    def _open_copy(self, dut_path: str | None) -> None:
+        name = self._copy_name(dut_path)
         header = {
             "dut": self.dut.name,
             "host": self.dut.host,
@@ -265,6 +271,8 @@ class Supervisor:
         self._close_copy(None)
         self._accepting = True
         pid = await self.transport.start(self.bench.name, argv)
+        # The copy exists from the start, so a run that dies before its first line still leaves its DUE record.
+        self._open_copy(None)
         self.last_heard = time.monotonic()
         self._set_state("running")
         self.log("benchmark-start", pid=pid, argv=argv)

@@ -97,9 +97,11 @@ def test_ssh_sigstop_hang_restart(tmp_path, sshd):
         t = time.monotonic()
         os.kill(pid, signal.SIGSTOP)
         wait_for(lambda: len(events(j, "benchmark-start", "board1")) >= 2, timeout=10)
-        took = time.monotonic() - t
-    assert events(j, "hang-detected", "board1")[0]["cause"] == "app-hang"
-    assert took < 1.0 + 2.0
+    hang = events(j, "hang-detected", "board1")[0]
+    assert hang["cause"] == "app-hang"
+    assert hang["mono"] - t < 1.0 + 1.0  # detected within the liveness timeout + 1 s (same monotonic clock)
+    restarted = events(j, "benchmark-start", "board1")[1]["mono"] - t
+    assert restarted < 1.0 + 5.0  # stop by PID and start over SSH, on a loaded CI machine
 
 
 def test_sshd_gone_is_power_cycled_through_the_switch(tmp_path, sshd, monkeypatch):
