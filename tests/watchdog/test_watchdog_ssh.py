@@ -68,6 +68,8 @@ def test_ssh_kill9_restart_and_sftp_pull(tmp_path, sshd):
         pid = _pid(j)
         sup = srv.server.supervisors["board1"]
         wait_for(lambda: sup.snap.last_iteration >= 3, timeout=20)
+        first = next((tmp_path / "dut" / "log").glob("*.log"))
+        first.with_name(first.name + ".truth.json").write_text('{"simulated": true}')  # a beam-simulator companion
         killed = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: len(events(j, "benchmark-start", "board1")) >= 2, timeout=10)
@@ -79,6 +81,8 @@ def test_ssh_kill9_restart_and_sftp_pull(tmp_path, sshd):
     remote = sorted((tmp_path / "dut" / "log").glob("*.log"))
     assert pulled and pulled[0].name == remote[0].name
     assert pulled[0].read_text().startswith("#HEADER test app sshapp")
+    truth = srv.c.server.log_dir / "pulled" / "board1" / (remote[0].name + ".truth.json")
+    assert truth.read_text() == '{"simulated": true}'
     # the server copy was built from legacy datagrams and names the DUT log
     copy = srv.c.server.log_dir / remote[0].name
     assert "#IT 3 " in copy.read_text() and "#SERVER_DUE:soft APP reboot" in copy.read_text()

@@ -4,7 +4,8 @@
   ``<remote_run_dir>/benchmark.pid``, stdout/stderr in ``<remote_run_dir>/<benchmark>.out``;
 - stop: by that PID only (SIGTERM to its process group, ``stop_grace_s``, then SIGKILL), never by name;
 - reboot: the DUT's ``reboot_command`` (an argv list, quoted with ``shlex``), then reconnect when it is back;
-- logs: the files of ``remote_log_dir`` that are new or grew are pulled over SFTP after each run and reboot;
+- logs: the ``*.log`` files of ``remote_log_dir`` (and their companions ``<log>.*``, e.g. the beam simulator's
+  truth file) that are new or grew are pulled over SFTP after each run and reboot;
 - host keys: ``known_hosts = "strict"`` (default) accepts only hosts already in the known_hosts file;
   ``"tofu"`` trusts a new host on first use and pins its key in that file. A changed key is always refused.
 
@@ -26,6 +27,7 @@ import paramiko
 
 from diehardlab.campaign import Dut
 from diehardlab.errors import DiehardError
+from watchdog.transport.local import is_log_file
 
 PID_FILE = "benchmark.pid"
 
@@ -273,7 +275,7 @@ class SshTransport:
                     return []
                 dest.mkdir(parents=True, exist_ok=True)
                 for e in sorted(entries, key=lambda e: e.filename):
-                    if not e.filename.endswith(".log") or "/" in e.filename:
+                    if not is_log_file(e.filename):
                         continue
                     local = dest / e.filename
                     if self._pulled.get(e.filename) == e.st_size and local.exists():
