@@ -42,7 +42,7 @@ remote_log_dir = "{tmp}/dut/log"
 remote_run_dir = "{tmp}/dut/run"
 {extra}
 [dut.ssh]
-user = "root"
+user = "{sshd.user}"
 port = {sshd.port}
 key = "{sshd.dir / "user_key"}"
 known_hosts = "{known}"
@@ -158,7 +158,7 @@ def _dut(sshd, tmp: Path, known: str, kh: Path) -> Dut:
     return Dut.model_validate(
         {
             "name": "b", "host": "127.0.0.1", "transport": "ssh",
-            "ssh": {"user": "root", "port": sshd.port, "key": str(sshd.dir / "user_key"), "known_hosts": known,
+            "ssh": {"user": sshd.user, "port": sshd.port, "key": str(sshd.dir / "user_key"), "known_hosts": known,
                     "known_hosts_file": str(kh), "connect_timeout_s": 3, "command_timeout_s": 5},
             "benchmark": [{"name": "x", "argv": ["true"]}],
         }
