@@ -179,7 +179,6 @@ class Sshd:
 
     def kill_all(self) -> None:
         """The host is gone: the listener and every session it forked die at once."""
-        import os
         import signal
 
         if self.proc is None:
@@ -200,8 +199,6 @@ def _connectable(port: int) -> bool:
 
 
 def _descendants(pid: int) -> list[int]:
-    import os
-
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
