@@ -244,3 +244,23 @@ settle_s = 1
         assert events(j, "control-error", "board1")
         assert events(j, "hang-detected", "board1")[0]["cause"] == "os-hang"
         assert events(j, "power-cycle", "board1")
+
+
+def test_ping_and_tcp_probes(tmp_path, sshd):
+    import shutil
+
+    ping = Dut.model_validate(
+        {
+            "name": "p",
+            "host": "127.0.0.1",
+            "probe": "ping",
+            "ssh": {"user": "u"},
+            "benchmark": [{"name": "x", "argv": ["x"]}],
+        }
+    )
+    if shutil.which("ping"):
+        assert asyncio.run(SshTransport(ping).reachable()) is True
+    tcp = _dut(sshd, tmp_path, "strict", tmp_path / "kh")
+    assert asyncio.run(SshTransport(tcp).reachable()) is True
+    sshd.kill_all()
+    assert asyncio.run(SshTransport(tcp).reachable()) is False
