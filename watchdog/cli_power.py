@@ -9,7 +9,10 @@ from diehardlab.cli import make_parser
 
 def main(argv: Sequence[str]) -> int:
     p = make_parser("power", "Switch a DUT's power outlet through its network power switch.")
-    p.add_argument("args", nargs="+", metavar="[FILE] DUT ACTION", help="campaign file, DUT name, on|off|cycle|state")
+    p.usage = (
+        "diehard power FILE DUT {on,off,cycle,state} [--off-time S]\n       diehard power DUT ACTION --campaign FILE"
+    )
+    p.add_argument("args", nargs="+", metavar="ARG", help="FILE DUT ACTION, or DUT ACTION with --campaign")
     p.add_argument("--campaign", help="campaign file (instead of the first argument)")
     p.add_argument("--off-time", type=float, default=None, help="cycle: seconds off (default: escalation power_off_s)")
     a = p.parse_args(list(argv))

@@ -12,6 +12,10 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("campaign", help="campaign file (TOML), e.g. setups/campaigns/local-demo.toml")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: until SIGINT)")
     p.add_argument("--check", action="store_true", help="validate the file and print the plan; start nothing")
+    p.add_argument(
+        "--reset", action="append", default=[], metavar="DUT",
+        help="start this DUT's escalation afresh (a broken board that was repaired); repeatable",
+    )  # fmt: skip
     a = p.parse_args(list(argv))
     from diehardlab.campaign import load_campaign
     from watchdog.server import plan, problems, serve
@@ -26,4 +30,4 @@ def main(argv: Sequence[str]) -> int:
         return 0
     if a.duration is not None and a.duration <= 0:
         p.error("--duration must be > 0")
-    return serve(a.campaign, a.duration)
+    return serve(a.campaign, a.duration, a.reset)

@@ -18,6 +18,7 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from diehardlab.campaign import CampaignFile, Dut, Escalation, load_campaign
 from diehardlab.config import read_secrets
@@ -29,7 +30,7 @@ from watchdog.supervisor import Context, Snap, Supervisor, substitute
 from watchdog.switches import make_switch
 
 RESTART_PAUSE_S = 5.0
-DRIVERS = ("lindy-ipower", "ip9258", "dli-rest", "netio", "command", "simulated")
+DRIVERS = ("lindy-ipower", "ip9258", "dli-legacy", "dli-rest", "netio", "snmp", "command", "simulated")
 
 
 def escalation_of(c: CampaignFile, dut: Dut) -> Escalation:
@@ -97,6 +98,8 @@ def problems(c: CampaignFile) -> list[str]:
     except ConfigError as exc:
         out.append(str(exc))
     for sw in c.switches:
+        if sw.community_env and sw.community_env not in os.environ:
+            out.append(f"switch {sw.name!r}: environment variable {sw.community_env} is not set (its SNMP community)")
         if sw.password_env and sw.password_env not in os.environ:
             out.append(f"switch {sw.name!r}: environment variable {sw.password_env} is not set (its password)")
     for sw in c.switches:
@@ -118,9 +121,8 @@ def plan(c: CampaignFile, source: str) -> str:
         f"  server: udp {s.bind}:{s.udp_port} (DUTs send to {server_host(c)}), logs {s.log_dir}, journal {s.journal}",
     ]
     if c.notify:
-        out.append(
-            f"  notify: {c.notify.webhook_url} on {', '.join(c.notify.events)} (timeout {c.notify.timeout_s:g} s)"
-        )
+        hook = "{0.scheme}://{0.hostname}/...".format(urlsplit(c.notify.webhook_url))  # paths often hold a token
+        out.append(f"  notify: {hook} on {', '.join(c.notify.events)} (timeout {c.notify.timeout_s:g} s)")
     for sw in c.switches:
         where = sw.host + (f":{sw.port}" if sw.port else "") if sw.host else "-"
         cred = (
@@ -171,9 +173,12 @@ def plan(c: CampaignFile, source: str) -> str:
 
 
 class Server:
-    def __init__(self, campaign: CampaignFile, source: str = ""):
+    def __init__(self, campaign: CampaignFile, source: str = "", reset: list[str] | None = None):
         self.c = campaign
         self.source = source
+        self.reset = set(reset or [])
+        for name in self.reset:
+            campaign.dut(name)  # a typo in --reset is an error, not a silent no-op
         self.journal = Journal(campaign.server.journal)
         self.keys = datagram_keys(campaign)
         self.verifier = DatagramVerifier(dict(self.keys), window_s=campaign.server.datagram_window_s)
@@ -208,10 +213,15 @@ class Server:
                 os.close(fd)
                 os.chmod(key_file, 0o600)
             snap = Snap.from_dict(snaps[d.name]) if d.name in snaps else None
+            reset = d.name in self.reset and snap is not None
+            if reset:
+                # An operator looked at the board: a fresh escalation, same totals and rotation position.
+                snap.broken = False
+                snap.app_restarts = snap.os_reboots = snap.power_cycles = snap.cool_downs = 0
             sup = Supervisor(d, escalation_of(c, d), transport, switch, ctx, snap, key_file)
             self.supervisors[d.name] = sup
             if snap is not None:
-                sup.log("resume", from_state=snap.state)
+                sup.log("reset" if reset else "resume", from_state=snap.state)
 
     async def _supervise(self, sup: Supervisor) -> None:
         """Run one DUT's supervisor forever: an exception is journaled and the supervisor starts again,
@@ -238,6 +248,9 @@ class Server:
         path = status_path(self.c)
         while True:
             self.write_status(path)
+            for sup in self.supervisors.values():
+                if sup.copy is not None:
+                    sup.copy.sync()  # a server crash or power loss loses at most one interval of the copies
             await asyncio.sleep(self.c.server.status_interval_s)
 
     def write_status(self, path: Path) -> None:
@@ -260,6 +273,17 @@ class Server:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc, indent=1))
         os.replace(tmp, path)
+
+    async def _cancel_supervisors(self) -> None:
+        # Cancel until every task is done: on Python < 3.12, asyncio.wait_for can swallow a cancellation
+        # that arrives just as its inner task finishes, and a supervisor must never outlive the server.
+        for sup in self.supervisors.values():
+            sup.stopping = True
+        pending = {t for t in self.tasks.values() if not t.done()}
+        while pending:
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -296,9 +320,7 @@ class Server:
             else:
                 await self._stop.wait()
         finally:
-            for t in self.tasks.values():
-                t.cancel()
-            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+            await self._cancel_supervisors()
             await asyncio.gather(*(s.stop_for_shutdown() for s in self.supervisors.values()), return_exceptions=True)
             for s in self.supervisors.values():
                 with contextlib.suppress(Exception):
@@ -328,7 +350,7 @@ class Server:
             self.consoles.append(con)
 
 
-def serve(path: str | Path, duration_s: float | None = None) -> int:
+def serve(path: str | Path, duration_s: float | None = None, reset: list[str] | None = None) -> int:
     c = load_campaign(path)
     c.server.log_dir.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(Server(c, str(path)).run(duration_s))
+    return asyncio.run(Server(c, str(path), reset).run(duration_s))

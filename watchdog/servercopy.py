@@ -41,6 +41,16 @@ class ServerCopy:
         self._write("#SERVER_HEADER " + json.dumps(header, sort_keys=True, separators=(",", ":")) + "\n")
         self._write(grammar.server_begin_line(_now()))
 
+    def rename(self, name: str, dut_path: str | None = None) -> None:
+        """Take the DUT's log name before any line arrived (kept as it is when that name is already taken)."""
+        target = self.path.with_name(Path(name).name)
+        if target == self.path or target.exists():
+            return
+        os.rename(self.path, target)
+        self.path = target
+        if dut_path:
+            self._write(f"#INF SERVER dut_log:{dut_path}")
+
     def _write(self, text: str) -> None:
         if not text.endswith("\n"):
             text += "\n"

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from diehardlab.campaign import Benchmark, Dut, Escalation
+from diehardlab.errors import DiehardError
 from diehardlab.formats.filename import format_log_name
 from watchdog.journal import Journal
 from watchdog.servercopy import ServerCopy
@@ -62,6 +63,24 @@ class Snap:
     def from_dict(cls, d: dict[str, Any]) -> Snap:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+
+class ControlError(DiehardError):
+    """The DUT's control channel (SSH) fails while its host still answers the probe."""
+
+
+def _control_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [ControlError, asyncio.TimeoutError]
+    try:
+        from watchdog.transport.ssh import SshError
+
+        errors.append(SshError)
+    except ImportError:  # no paramiko on this server: local transport only
+        pass
+    return tuple(errors)
+
+
+CONTROL_ERRORS = _control_errors()
 
 
 class Broken(Exception):
@@ -106,6 +125,7 @@ class Supervisor:
         self._ended = False  # the benchmark wrote #END (or #ABORT): its exit is not a crash
         self._accepting = False  # lines are copied only while a benchmark runs
         self.pulled_dir = ctx.log_dir / "pulled" / dut.name
+        self.stopping = False  # set by the server at shutdown: leave the loop at the next step
         self.ecc_seen: bool | None = None  # the ECC flag of the DUT's datagrams (for ecc = "auto")
 
     # -- journal ---------------------------------------------------------------------------------------------
@@ -135,11 +155,14 @@ class Supervisor:
         if line is None or not self._accepting:
             return
         if line.startswith("#LOGFILE "):
-            if self.copy is not None and self.copy.lines:
+            dut_path = line[len("#LOGFILE ") :].strip()
+            if self.copy is not None and not self.copy.lines:
+                self.copy.rename(self._copy_name(dut_path), dut_path)  # the copy opened at start takes the DUT's name
+                return
+            if self.copy is not None:
                 self.copy.close("broken", "unknown")  # a new run began without the old one ending: #SERVER_UNKNOWN
                 self.copy = None
-            if self.copy is None:
-                self._open_copy(line[len("#LOGFILE ") :].strip())
+            self._open_copy(dut_path)
             return
         if self.copy is None:
             self._open_copy(None)
@@ -161,13 +184,16 @@ class Supervisor:
             self.snap.app_restarts = self.snap.os_reboots = self.snap.power_cycles = self.snap.cool_downs = 0
             self.log("progress", iteration=self.snap.last_iteration)
 
-    def _open_copy(self, dut_path: str | None) -> None:
-        ecc = self.dut.ecc == "on" if self.dut.ecc != "auto" else bool(self.ecc_seen)
+    def _copy_name(self, dut_path: str | None) -> str:
+        """The DUT's own log name when it told us (``#LOGFILE``), else libLogHelper's name in server UTC time."""
         name = Path(dut_path).name if dut_path else ""
-        if not name.endswith(".log") or "/" in name:
-            name = format_log_name(
-                datetime.now(timezone.utc).replace(tzinfo=None), self.bench.name, ecc, self.dut.hostname
-            )
+        if name.endswith(".log"):
+            return name
+        ecc = self.dut.ecc == "on" if self.dut.ecc != "auto" else bool(self.ecc_seen)
+        return format_log_name(datetime.now(timezone.utc).replace(tzinfo=None), self.bench.name, ecc, self.dut.hostname)
+
+    def _open_copy(self, dut_path: str | None) -> None:
+        name = self._copy_name(dut_path)
         header = {
             "dut": self.dut.name,
             "host": self.dut.host,
@@ -188,11 +214,17 @@ class Supervisor:
         if self.snap.broken:
             self._set_state("broken")
             return
-        while True:
+        while not self.stopping:
             try:
                 await self._ensure_host()
-                await self._start()
-                outcome = await self._watch()
+                try:
+                    await self._start()
+                    outcome = await self._watch()
+                except CONTROL_ERRORS as exc:
+                    # The host answers the probe but cannot be controlled (SSH refused, wedged or timing
+                    # out): the same as a host that does not answer, and a soft reboot needs SSH too.
+                    self.log("control-error", error=str(exc)[:300] or type(exc).__name__)
+                    outcome = "os-hang"
                 if outcome == "rotate":
                     await self._stop("rotation")
                     self.snap.bench = (self.snap.bench + 1) % len(self.dut.benchmarks)
@@ -239,6 +271,8 @@ class Supervisor:
         self._close_copy(None)
         self._accepting = True
         pid = await self.transport.start(self.bench.name, argv)
+        # The copy exists from the start, so a run that dies before its first line still leaves its DUE record.
+        self._open_copy(None)
         self.last_heard = time.monotonic()
         self._set_state("running")
         self.log("benchmark-start", pid=pid, argv=argv)
@@ -247,6 +281,8 @@ class Supervisor:
         last = time.monotonic()
         while True:
             await asyncio.sleep(self.ctx.poll_s)
+            if self.stopping:
+                raise asyncio.CancelledError
             now = time.monotonic()
             self.snap.window_used_s += now - last
             last = now
@@ -255,12 +291,13 @@ class Supervisor:
             running = await self.transport.is_running()
             if running is False:
                 return "ended" if self._ended else "app-crash"
-            if running is None or time.monotonic() - self.last_heard > self.dut.liveness_timeout_s:
-                if not await self.transport.reachable():
-                    return "os-hang"
-                if running is None:
-                    continue  # the control channel broke but the host answers: reconnect next poll
-                return "app-hang"
+            if time.monotonic() - self.last_heard <= self.dut.liveness_timeout_s:
+                continue  # datagrams are flowing: a failed status query alone is no reason to act
+            if not await self.transport.reachable():
+                return "os-hang"
+            if running is None:
+                raise ControlError("silent, and the benchmark's state cannot be read over the control channel")
+            return "app-hang"
 
     async def _stop(self, reason: str) -> None:
         self._accepting = False
@@ -279,6 +316,8 @@ class Supervisor:
         self._close_copy(None)
 
     async def _pull(self) -> None:
+        if not await self.transport.reachable():
+            return
         try:
             got = await asyncio.wait_for(self.transport.pull_logs(self.pulled_dir), timeout=120)
         except Exception as exc:
@@ -316,8 +355,13 @@ class Supervisor:
             if action == "app-restart":
                 self.snap.app_restarts += 1
                 self.snap.total_app_restarts += 1
-                await self.transport.stop(0.0 if cause == "app-hang" else self.dut.stop_grace_s)
                 self.log("app-restart", cause=cause)
+                try:
+                    await self.transport.stop(0.0 if cause == "app-hang" else self.dut.stop_grace_s)
+                except CONTROL_ERRORS as exc:
+                    self.log("control-error", error=str(exc)[:300] or type(exc).__name__)
+                    cause = "os-hang"
+                    continue
                 await self._pull()
                 return
             if action == "os-reboot":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
+import os
 import socket
 import sys
 import textwrap
@@ -95,6 +97,8 @@ class ServerThread:
         if self.thread.is_alive():
             self.loop.call_soon_threadsafe(self.server.request_stop)
             self.thread.join(timeout=30)
+            if self.thread.is_alive():
+                raise AssertionError("the server did not stop within 30 s of its stop request")
         if self.error:
             raise self.error
 
@@ -133,6 +137,7 @@ class Sshd:
     def __init__(self, root: Path):
         import subprocess
 
+        self.user = getpass.getuser()
         self.dir = root
         self.port = free_port(socket.SOCK_STREAM)
         for name in ("host_key", "user_key"):
@@ -158,7 +163,8 @@ class Sshd:
             LogLevel ERROR
             """)
         )
-        Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege-separation directory
         self.proc = None
 
     def known_hosts(self, path: Path) -> Path:
@@ -173,7 +179,6 @@ class Sshd:
 
     def kill_all(self) -> None:
         """The host is gone: the listener and every session it forked die at once."""
-        import os
         import signal
 
         if self.proc is None:
@@ -194,8 +199,6 @@ def _connectable(port: int) -> bool:
 
 
 def _descendants(pid: int) -> list[int]:
-    import os
-
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -215,6 +218,10 @@ def _descendants(pid: int) -> list[int]:
 
 @pytest.fixture
 def sshd(tmp_path: Path):
+    import shutil
+
+    if not Path("/usr/sbin/sshd").exists() or shutil.which("ssh-keygen") is None:
+        pytest.skip("needs OpenSSH (/usr/sbin/sshd, ssh-keygen): apt-get install openssh-server")
     d = tmp_path / "sshd"
     d.mkdir()
     s = Sshd(d)

@@ -157,9 +157,10 @@ class NetioEmulator(_Emulator):
 class DeadSwitch:
     """Accepts TCP connections and never says a word: the switch that blocked field servers for minutes."""
 
-    def __init__(self):
+    def __init__(self, port: int = 0):
         self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
         self.sock.listen(16)
         self.port = self.sock.getsockname()[1]
         self.conns: list[socket.socket] = []
@@ -248,3 +249,88 @@ class DliRestEmulator(_Emulator):
         super().__init__(*a, **kw)
         handler = self.httpd.RequestHandlerClass
         handler.do_PUT = lambda h: self._handle(h, "PUT")
+
+
+class SnmpPduEmulator:
+    """An SNMP v2c agent on loopback UDP answering GET/SET of ``<oid>.<outlet>`` (APC sPDUOutletCtl style:
+    1 = on, 2 = off), built on pysnmp's protocol API; wrong community -> no answer, as real agents do."""
+
+    def __init__(self, oid: str = "1.3.6.1.4.1.318.1.1.4.4.2.1.3", community: str = "private", outlets: int = 8):
+        self.oid = tuple(int(x) for x in oid.split("."))
+        self.community = community
+        self.state = dict.fromkeys(range(1, outlets + 1), 1)
+        self.sets: list[tuple[int, int]] = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _answer(self, data: bytes) -> bytes | None:
+        from pyasn1.codec.ber import decoder, encoder
+        from pysnmp.proto import api
+
+        p = api.PROTOCOL_MODULES[api.SNMP_VERSION_2C]
+        msg, _ = decoder.decode(data, asn1Spec=p.Message())
+        if str(p.apiMessage.get_community(msg)) != self.community:
+            return None
+        pdu = p.apiMessage.get_pdu(msg)
+        rsp = p.apiMessage.get_response(msg)
+        rpdu = p.apiMessage.get_pdu(rsp)
+        binds = []
+        for oid, val in p.apiPDU.get_varbinds(pdu):
+            key = tuple(oid)
+            outlet = key[-1] if key[:-1] == self.oid else None
+            if outlet not in self.state:
+                binds.append((oid, p.NoSuchInstance("")))
+                continue
+            if pdu.isSameTypeWith(p.SetRequestPDU()):
+                self.state[outlet] = int(val)
+                self.sets.append((outlet, int(val)))
+            binds.append((oid, p.Integer(self.state[outlet])))
+        p.apiPDU.set_varbinds(rpdu, binds)
+        return encoder.encode(rsp)
+
+    def _serve(self):
+        while not self._stop.is_set():
+            try:
+                data, addr = self.sock.recvfrom(4096)
+            except OSError:
+                continue
+            out = self._answer(data)
+            if out is not None:
+                self.sock.sendto(out, addr)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self.thread.join(timeout=2)
+        self.sock.close()
+
+
+class DliLegacyEmulator(_Emulator):
+    """Digital Loggers legacy web: GET /outlet?<n>=ON|OFF, GET /status with <div id="state">hex</div>."""
+
+    outlets_n = 8
+
+    def _handle(self, h, method: str) -> None:
+        if not h._auth_ok():
+            return
+        u = urlsplit(h.path)
+        self.requests.append((method, h.path, {}))
+        if u.path == "/outlet":
+            m = re.fullmatch(r"(\d)=(ON|OFF)", u.query)
+            if not m:
+                h._reply(400, "bad request")
+                return
+            self.switch(int(m.group(1)), m.group(2) == "ON")
+            h._reply(200, '<META HTTP-EQUIV="refresh" content="0; URL=/index.htm">')
+        elif u.path == "/status":
+            mask = sum(1 << (i - 1) for i in range(1, self.outlets_n + 1) if self.reported(i))
+            h._reply(200, f'<div id="state">{mask:02x}</div><div id="lock">00</div><div id="perm">ff</div>')
+        else:
+            h._reply(404, "not found")

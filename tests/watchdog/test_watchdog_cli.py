@@ -45,9 +45,14 @@ def test_server_killed_and_restarted_resumes_the_same_counters(tmp_path):
     assert not events(j, "server-stop")
     snap = events(j, "benchmark-start", "d1")[-1]["snap"]
     assert snap["total_app_restarts"] == 1 and snap["due"] == 1
-    out = _serve(path, "--duration", "3")
+    out = _serve(path)
+    wait_for(lambda: events(j, "resume", "d1"), timeout=20)
+    pid3 = wait_for(lambda: events(j, "benchmark-start", "d1")[2:], timeout=20)[-1]["pid"]
+    out.send_signal(signal.SIGINT)  # the operator's Ctrl-C: the benchmarks are stopped, not left running
     text, _ = out.communicate(timeout=60)
     assert out.returncode == 0, text
+    assert events(j, "benchmark-stop", "d1")[-1]["reason"] == "server-stop"
+    assert not Path(f"/proc/{pid3}").exists() or Path(f"/proc/{pid3}/stat").read_text().split()[2] == "Z"
     resume = events(j, "resume", "d1")
     assert resume and resume[0]["snap"]["total_app_restarts"] == 1 and resume[0]["snap"]["due"] == 1
     assert events(j, "server-stop")
@@ -107,6 +112,14 @@ def test_per_dut_escalation_override(tmp_path):
         wait_for(lambda: events(j, "broken", "d1"), timeout=20)
     assert not events(j, "app-restart") and not events(j, "os-reboot")
     assert len(events(j, "power-cycle")) == 1
+    # a restarted server keeps it broken; --reset (the board was repaired) starts its escalation afresh
+    starts = len(events(j, "benchmark-start"))
+    r = run_diehard("serve", str(path), "--duration", "1")
+    assert r.returncode == 0, r.stderr
+    assert len(events(j, "benchmark-start")) == starts and events(j, "resume", "d1")
+    r = run_diehard("serve", str(path), "--duration", "1.5", "--reset", "d1")
+    assert r.returncode == 0, r.stderr
+    assert events(j, "reset", "d1") and len(events(j, "benchmark-start")) > starts
 
 
 def test_power_command_with_the_simulated_switch(tmp_path):

@@ -52,3 +52,21 @@ def test_socket_console_reconnects_when_the_port_drops(tmp_path):
         srv.close()
     text = con.path.read_text()
     assert text.count("#CONSOLE opened") >= 2 and con.reconnects >= 1
+
+
+def test_the_server_captures_a_dut_console(tmp_path):
+    from tests.watchdog.conftest import ServerThread, app_argv, events, local_campaign
+    from tests.watchdog.test_watchdog_local import dut
+
+    master, slave = os.openpty()
+    try:
+        path = local_campaign(tmp_path, dut("d1", app_argv(), extra=f'console = "{os.ttyname(slave)}"'))
+        with ServerThread(path) as srv:
+            j = srv.c.server.journal
+            wait_for(lambda: events(j, "console-open", "d1"))
+            os.write(master, b"[  12.345] NVRM: Xid 79, GPU has fallen off the bus\r\n")
+            log = srv.c.server.log_dir / "console" / "d1.console.log"
+            wait_for(lambda: log.exists() and "fallen off the bus" in log.read_text())
+    finally:
+        os.close(master)
+        os.close(slave)

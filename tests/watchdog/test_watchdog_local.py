@@ -186,3 +186,14 @@ def test_server_restart_resumes_counters_and_rotation(tmp_path):
         assert (after.bench, after.total_app_restarts, after.due) == (1, 1, 1)
     starts = events(j, "benchmark-start", "d1")
     assert [s["benchmark"] for s in starts] == ["first", "app", "app", "app"]
+
+
+def test_a_run_that_dies_before_its_first_line_keeps_its_due_record(tmp_path):
+    path = local_campaign(tmp_path, dut("d1", '["false"]'))  # no switch: app restarts, OS reboot, then broken
+    with ServerThread(path) as srv:
+        j = srv.c.server.journal
+        wait_for(lambda: events(j, "broken", "d1"), timeout=20)
+    text = "".join(p.read_text() for p in sorted(srv.c.server.log_dir.glob("*.log")))
+    assert text.count("#SERVER_HEADER") == 4  # the first run and three restarts
+    assert text.count("#SERVER_DUE:soft APP reboot") == 2 and text.count("#SERVER_DUE:soft OS reboot") == 1
+    assert "#SERVER_UNKNOWN" in text  # the run after the reboot: no action left, the DUT is broken

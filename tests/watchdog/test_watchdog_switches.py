@@ -129,3 +129,35 @@ def test_dli_rest_with_digest_auth():
         sw.on(6)
         assert emu.requests[0][1] == "/restapi/relay/outlets/=5/state/"
         assert emu.requests[-1][2] == {"value": ["true"]}
+
+
+def test_snmp_pdu_set_and_get(monkeypatch):
+    from tests.watchdog.emulators import SnmpPduEmulator
+
+    monkeypatch.setenv("PDU_COMMUNITY", "private")
+    with SnmpPduEmulator() as agent:
+        cfg = Switch(
+            name="apc", model="snmp", host="127.0.0.1", port=agent.port, community_env="PDU_COMMUNITY",
+            snmp_oid="1.3.6.1.4.1.318.1.1.4.4.2.1.3", snmp_on=1, snmp_off=2, timeout_s=1, settle_s=0.5,
+        )  # fmt: skip
+        sw = make_switch(cfg)
+        sw.off(5)
+        assert agent.state[5] == 2 and sw.state(5) is False and sw.state(4) is True
+        sw.on(5)
+        assert agent.sets == [(5, 2), (5, 1)]
+        monkeypatch.setenv("PDU_COMMUNITY", "wrong")  # a wrong community gets no answer: a timeout, not a hang
+        t = time.monotonic()
+        with pytest.raises(SwitchError, match="SNMP"):
+            make_switch(cfg).state(1)
+        assert time.monotonic() - t < 5
+
+
+def test_dli_legacy_outlet_and_status_mask():
+    from tests.watchdog.emulators import DliLegacyEmulator
+
+    with DliLegacyEmulator(report_delay_s=0.2) as emu:
+        sw = make_switch(_cfg("dli-legacy", emu.port, timeout_s=2, settle_s=1))
+        sw.off(7)
+        assert emu.state[7] is False and sw.state(7) is False and sw.state(8) is True
+        sw.on(7)
+        assert [p for _, p, _ in emu.requests if p.startswith("/outlet")] == ["/outlet?7=OFF", "/outlet?7=ON"]

@@ -40,6 +40,20 @@ def make_switch(cfg: Switch, secrets: dict[str, str] | None = None, state_dir: P
         from watchdog.switches.command import CommandSwitch
 
         return CommandSwitch(cfg.name, cfg.on_command or [], cfg.off_command or [], cfg.state_command, **common)
+    if cfg.model == "snmp":
+        from watchdog.switches.snmp import SnmpPdu
+
+        if not cfg.snmp_oid:
+            raise ConfigError(f"switch {cfg.name!r}: an SNMP switch needs 'snmp_oid' (the outlet-control OID prefix)")
+        if cfg.community_env:
+            community = env_secret(cfg.community_env, f"switch {cfg.name!r} community_env")
+        else:
+            community = _password(cfg, secrets)
+        if not community:
+            raise ConfigError(f"switch {cfg.name!r}: give the SNMP community with community_env or secret")
+        return SnmpPdu(
+            cfg.name, cfg.host, cfg.port or 161, community, cfg.snmp_oid, cfg.snmp_on, cfg.snmp_off, **common
+        )
     from watchdog.switches.http import base_url
 
     url = base_url(cfg.host, cfg.port)
@@ -56,6 +70,10 @@ def make_switch(cfg: Switch, secrets: dict[str, str] | None = None, state_dir: P
         from watchdog.switches.ip9258 import IpPower9258
 
         return IpPower9258(cfg.name, url, cfg.user or "admin", _password(cfg, secrets), **common)
+    if cfg.model == "dli-legacy":
+        from watchdog.switches.dli import DliLegacy
+
+        return DliLegacy(cfg.name, url, cfg.user or "admin", _password(cfg, secrets), **common)
     if cfg.model == "dli-rest":
         from watchdog.switches.dli import DliRest
 

@@ -23,6 +23,11 @@ from diehardlab.campaign import Dut
 PID_FILE = "benchmark.pid"
 
 
+def is_log_file(name: str) -> bool:
+    """A DUT log, or a file that belongs to one (``<log>.truth.json``, ``<log>.chipir.txt`` of the simulator)."""
+    return (name.endswith(".log") or ".log." in name) and not name.endswith(".part") and "/" not in name
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -133,10 +138,10 @@ class LocalTransport:
     # -- logs -----------------------------------------------------------------------------------------------
 
     async def pull_logs(self, dest: Path) -> list[Path]:
-        """Copy the DUT's log files that are new or grew since the last pull."""
+        """Copy the DUT's log files (and their companion files) that are new or grew since the last pull."""
         dest.mkdir(parents=True, exist_ok=True)
         got = []
-        for src in sorted(self.log_dir.glob("*.log")):
+        for src in sorted(p for p in self.log_dir.glob("*.log*") if is_log_file(p.name)):
             size = src.stat().st_size
             if self._pulled.get(src.name) == size and (dest / src.name).exists():
                 continue

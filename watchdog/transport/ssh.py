@@ -4,7 +4,8 @@
   ``<remote_run_dir>/benchmark.pid``, stdout/stderr in ``<remote_run_dir>/<benchmark>.out``;
 - stop: by that PID only (SIGTERM to its process group, ``stop_grace_s``, then SIGKILL), never by name;
 - reboot: the DUT's ``reboot_command`` (an argv list, quoted with ``shlex``), then reconnect when it is back;
-- logs: the files of ``remote_log_dir`` that are new or grew are pulled over SFTP after each run and reboot;
+- logs: the ``*.log`` files of ``remote_log_dir`` (and their companions ``<log>.*``, e.g. the beam simulator's
+  truth file) that are new or grew are pulled over SFTP after each run and reboot;
 - host keys: ``known_hosts = "strict"`` (default) accepts only hosts already in the known_hosts file;
   ``"tofu"`` trusts a new host on first use and pins its key in that file. A changed key is always refused.
 
@@ -26,6 +27,7 @@ import paramiko
 
 from diehardlab.campaign import Dut
 from diehardlab.errors import DiehardError
+from watchdog.transport.local import is_log_file
 
 PID_FILE = "benchmark.pid"
 
@@ -141,6 +143,8 @@ class SshTransport:
                         time.sleep(0.02)
                 rc = chan.recv_exit_status()
                 chan.close()
+                if rc == -1:  # the channel closed without an exit status: the session died under us
+                    raise SshError(f"DUT {self.dut.name!r}: SSH session closed before the command finished")
                 return rc, out.decode("utf-8", "replace")
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 self._drop()
@@ -182,7 +186,7 @@ class SshTransport:
             rc, _ = await self._run(script)
         except (SshError, asyncio.TimeoutError):
             return None
-        return rc == 0
+        return True if rc == 0 else False if rc in (1, 3) else None
 
     async def stop(self, grace_s: float) -> None:
         """Stop the benchmark by its PID file: SIGTERM to its group, then SIGKILL after ``grace_s``."""
@@ -271,7 +275,7 @@ class SshTransport:
                     return []
                 dest.mkdir(parents=True, exist_ok=True)
                 for e in sorted(entries, key=lambda e: e.filename):
-                    if not e.filename.endswith(".log") or "/" in e.filename:
+                    if not is_log_file(e.filename):
                         continue
                     local = dest / e.filename
                     if self._pulled.get(e.filename) == e.st_size and local.exists():
