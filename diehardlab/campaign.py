@@ -121,6 +121,9 @@ class Benchmark(Strict):
     header: str = ""  # #SERVER_HEADER text (default: the argv)
     window_s: float = Field(3600.0, gt=0)  # rotation: run this long, then the next benchmark in file order
     model: str = ""  # model configuration, for grouping in the analysis (default: the name)
+    # Silence allowed between the start and the first datagram (loading the model, CUDA start-up); after it,
+    # the DUT's liveness_timeout_s applies. Default: the DUT's liveness timeout.
+    start_timeout_s: float | None = Field(None, gt=0)
 
 
 class Dut(Strict):

@@ -119,6 +119,7 @@ class Supervisor:
         self.snap = snap or Snap()
         self.key_file = key_file
         self.last_heard = time.monotonic()
+        self.heard_since_start = False  # until the first datagram of a run, the benchmark's start timeout applies
         self.last_heard_wall: float | None = None
         self.datagrams = 0
         self.copy: ServerCopy | None = None
@@ -151,6 +152,7 @@ class Supervisor:
             self.ecc_seen = ecc
         self.last_heard = time.monotonic()
         self.last_heard_wall = time.time()
+        self.heard_since_start = True
         self.datagrams += 1
         if line is None or not self._accepting:
             return
@@ -274,6 +276,7 @@ class Supervisor:
         # The copy exists from the start, so a run that dies before its first line still leaves its DUE record.
         self._open_copy(None)
         self.last_heard = time.monotonic()
+        self.heard_since_start = False
         self._set_state("running")
         self.log("benchmark-start", pid=pid, argv=argv)
 
@@ -291,13 +294,20 @@ class Supervisor:
             running = await self.transport.is_running()
             if running is False:
                 return "ended" if self._ended else "app-crash"
-            if time.monotonic() - self.last_heard <= self.dut.liveness_timeout_s:
+            if time.monotonic() - self.last_heard <= self.silence_allowed():
                 continue  # datagrams are flowing: a failed status query alone is no reason to act
             if not await self.transport.reachable():
                 return "os-hang"
             if running is None:
                 raise ControlError("silent, and the benchmark's state cannot be read over the control channel")
             return "app-hang"
+
+    def silence_allowed(self) -> float:
+        """Seconds of silence before the benchmark counts as hung: longer until its first datagram."""
+        start = self.bench.start_timeout_s
+        if not self.heard_since_start and start is not None:
+            return max(start, self.dut.liveness_timeout_s)
+        return self.dut.liveness_timeout_s
 
     async def _stop(self, reason: str) -> None:
         self._accepting = False

@@ -27,7 +27,9 @@ def main() -> int:
     p.add_argument("--hang-after", type=int, default=-1)
     p.add_argument("--sdc-at", type=int, default=-1)
     p.add_argument("--iterations", type=int, default=-1)
+    p.add_argument("--startup-s", type=float, default=0.0, help="silence before the first line (model loading)")
     a = p.parse_args()
+    time.sleep(a.startup_s)
     host, _, port = a.server.rpartition(":")
     key = None
     if a.key_file:

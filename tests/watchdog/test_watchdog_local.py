@@ -197,3 +197,20 @@ def test_a_run_that_dies_before_its_first_line_keeps_its_due_record(tmp_path):
     assert text.count("#SERVER_HEADER") == 4  # the first run and three restarts
     assert text.count("#SERVER_DUE:soft APP reboot") == 2 and text.count("#SERVER_DUE:soft OS reboot") == 1
     assert "#SERVER_UNKNOWN" in text  # the run after the reboot: no action left, the DUT is broken
+
+
+def test_start_timeout_covers_a_slow_start_but_not_a_later_hang(tmp_path):
+    # 2.5 s of silence before the first line (a model loading) under a 1 s liveness timeout: without a start
+    # timeout that is a hang; with start_timeout_s = 6 the run is left alone until it speaks, then watched.
+    slow = app_argv("--startup-s", "2.5", "--hang-after", "10")
+    body = dut("slow", slow).replace('name = "app"', 'name = "app"\nstart_timeout_s = 6') + dut("plain", slow)
+    path = local_campaign(tmp_path, body)
+    with ServerThread(path) as srv:
+        j = srv.c.server.journal
+        wait_for(lambda: events(j, "hang-detected", "slow"), timeout=20)
+        first_plain = wait_for(lambda: events(j, "hang-detected", "plain"), timeout=20)[0]
+    hang = events(j, "hang-detected", "slow")[0]
+    # the slow starter was left alone until it spoke; its first hang is the real one, after its iterations
+    assert hang["snap"]["last_iteration"] >= 5
+    # without the start timeout, the silent start itself was judged a hang
+    assert first_plain["snap"]["last_iteration"] <= 0 and first_plain["silent_s"] < 2.5
