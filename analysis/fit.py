@@ -443,8 +443,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_groups(result.groups))
     if not result.truth.empty:
         print("\ntruth comparison (simulated beam):")
-        print(result.truth[["group", "error_class", "events", "true_sigma_cm2", "sigma_lo_cm2", "sigma_hi_cm2",
-                            "contains_true"]].to_string(index=False))  # fmt: skip
+        cols = ["group", "error_class", "events", "truth_events", "true_sigma_cm2", "sigma_lo_cm2", "sigma_hi_cm2",
+                "contains_true"]  # fmt: skip
+        print(result.truth[cols].to_string(index=False))
     excluded = int(result.runs["excluded"].sum()) if len(result.runs) else 0
     print(f"\n{len(result.runs)} runs ({excluded} excluded), {len(result.groups)} rows")
     for path in write_result(result, args.out):

@@ -185,8 +185,8 @@ class _Doc:
 
 FIT_COLS = ["group", "error_class", "events", "fluence_n_cm2", "sigma_cm2", "sigma_lo_cm2", "sigma_hi_cm2", "fit",
             "fit_lo", "fit_hi", "norm", "norm_lo", "norm_hi", "norm_reference", "sigma_legacy_err_cm2"]  # fmt: skip
-TRUTH_COLS = ["group", "error_class", "events", "true_sigma_cm2", "sigma_cm2", "sigma_lo_cm2", "sigma_hi_cm2",
-              "contains_true", "ratio_measured_to_true"]  # fmt: skip
+TRUTH_COLS = ["group", "error_class", "events", "truth_events", "true_sigma_cm2", "sigma_cm2", "sigma_lo_cm2",
+              "sigma_hi_cm2", "contains_true", "ratio_measured_to_true"]  # fmt: skip
 
 
 def build_report(

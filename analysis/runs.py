@@ -265,7 +265,7 @@ def attach_flux(
         return
     a, b = run.start_utc.timestamp(), run.end_utc.timestamp()
     ordered = sorted(logs, key=lambda log: log.path != prefer)
-    chosen = next((log for log in ordered if log.start <= a and log.end >= b), None)
+    chosen = next((log for log in ordered if log.covers(a, b)), None)
     run.fluence_method = method
     if chosen is None:
         span = (

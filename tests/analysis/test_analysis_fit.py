@@ -132,14 +132,17 @@ def test_simulated_campaign_truth_comparison(tmp_path):
     fluence = 1000 * 10 * 1.0e5
     truth = {"simulated": True, "log_file": log.name, "spec": {}, "flux_n_cm2_s": 1e6, "seed": 1,
              "true_sigma_cm2": {"sdc": 20 / fluence, "due": 1e-12, "crash": 5e-13, "hang": 5e-13, "nan": 0.0},
-             "beam_on_kernel_time_s": 1000.0, "events": []}  # fmt: skip
+             "beam_on_kernel_time_s": 1000.0,
+             "events": [{"kind": "corrupt", "observed": "sdc"}] * 20 + [{"kind": "crash", "observed": "due"}],
+             }  # fmt: skip
     log.with_name(log.name + ".truth.json").write_text(json.dumps(truth))
     cfile = campaign_file(tmp_path, kind="simulated", factor=1.0e5)
     res = fit(cfile, [logs])
     assert res.simulated and "SIMULATED" in res.meta["simulated_note"]
     t = res.truth.set_index("error_class")
     assert t.loc["sdc", "true_sigma_cm2"] == pytest.approx(20 / fluence)
-    assert t.loc["sdc", "contains_true"] and t.loc["sdc", "events"] == 20
+    assert t.loc["sdc", "contains_true"] and t.loc["sdc", "events"] == 20 == t.loc["sdc", "truth_events"]
+    assert t.loc["due_crash", "truth_events"] == 1 and t.loc["due_hang", "truth_events"] == 0
     assert t.loc["due", "true_sigma_cm2"] == pytest.approx(1e-12)
     out = write_result(res, tmp_path / "out")
     assert (tmp_path / "out" / "truth.csv") in out

@@ -102,3 +102,12 @@ def test_merged_semicolon_file_with_repeated_header_and_overlap(tmp_path):
     assert len(log.t) == len(rows) - 1 and log.duplicates == 20 and not log.malformed
     assert exposure(log, ts(0), ts(300), factor_schedule(1.0)).fluence == pytest.approx(3000)
     assert "repeat an earlier time stamp" in log.notes()[0]
+
+
+def test_edges_within_two_rows_are_extrapolated(tmp_path):
+    """A run whose whole-second #BEGIN lies a fraction of a row before the log's first row is covered."""
+    log = read_flux_log(write(tmp_path / "c.txt", chipir_rows(300, 10.0)))
+    assert log.edge_slack_s == 6.0
+    e = exposure(log, ts(-2.5), ts(302), factor_schedule(1.0))
+    assert e.covered and e.fluence == pytest.approx(10 * 304.5) and e.beam_on_s == pytest.approx(304.5)
+    assert not exposure(log, ts(-7), ts(100), factor_schedule(1.0)).covered
