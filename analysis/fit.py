@@ -167,7 +167,17 @@ def fit(
     )
     simulated = fac.kind == "simulated" or bool(truths)
 
-    scans = scan_all(log_paths, opts.jobs)
+    if truths and fac.kind == "simulated":
+        for name, doc in truths.items():
+            ff = doc.get("flux_factor")
+            if ff and fac.flux_factor and not math.isclose(float(ff), fac.flux_factor, rel_tol=1e-6):
+                notes.append(
+                    f"WARNING: {name}: the beam simulator counted with flux_factor {float(ff):g} (truth file), the "
+                    f"campaign's [facility] flux_factor is {fac.flux_factor:g}: every fluence is off by that ratio; "
+                    f"set flux_factor = {float(ff):g}"
+                )
+                break
+    scans = [sc for sc in scan_all(log_paths, opts.jobs) if _is_log(sc, notes)]
     runs = []
     for primary, server, copies in merge_copies(scans):
         s = primary.summary
@@ -216,6 +226,16 @@ def fit(
         "notes": notes,
     }
     return result
+
+
+def _is_log(sc, notes: list[str]) -> bool:
+    """Folders of server logs also hold console captures and the like: a file with no libLogHelper record and
+    no libLogHelper name is skipped, with a note."""
+    s = sc.summary
+    if s.benchmark is None and not (s.it_lines or s.sdc or s.begin or s.server_begin or s.header or s.err_lines):
+        notes.append(f"{s.path}: skipped: not a libLogHelper log (no log-name fields and no #BEGIN/#IT/#SDC)")
+        return False
+    return True
 
 
 def _attenuation(fac, dut) -> float:

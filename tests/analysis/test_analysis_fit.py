@@ -136,8 +136,15 @@ def test_simulated_campaign_truth_comparison(tmp_path):
              "events": [{"kind": "corrupt", "observed": "sdc"}] * 20 + [{"kind": "crash", "observed": "due"}],
              }  # fmt: skip
     log.with_name(log.name + ".truth.json").write_text(json.dumps(truth))
+    (logs / "board1.console.log").write_text("U-Boot 2016.01\nStarting kernel ...\n")
     cfile = campaign_file(tmp_path, kind="simulated", factor=1.0e5)
     res = fit(cfile, [logs])
+    assert any("board1.console.log: skipped: not a libLogHelper log" in n for n in res.notes)
+    truth["flux_factor"] = 5.0e5
+    log.with_name(log.name + ".truth.json").write_text(json.dumps(truth))
+    assert any("WARNING" in n and "set flux_factor = 500000" in n for n in fit(cfile, [logs]).notes)
+    truth["flux_factor"] = 1.0e5
+    log.with_name(log.name + ".truth.json").write_text(json.dumps(truth))
     assert res.simulated and "SIMULATED" in res.meta["simulated_note"]
     t = res.truth.set_index("error_class")
     assert t.loc["sdc", "true_sigma_cm2"] == pytest.approx(20 / fluence)
