@@ -182,17 +182,21 @@ def build_run(primary: Scan, server: Scan | None, copies: int, campaign, clocks:
             start, source = to_utc(when, zone), label
             break
     kernel = s.kernel_time
+    due, due_class, cause = due_of(s, server.summary if server is not None else None)
+    # A run that ended in a DUE stopped working at its last line, not when the server noticed (a liveness
+    # timeout later): the workload's time under beam ends there.
+    srv_scan = server if server is not None else primary
+    ends = [(srv_scan.last_dut_stamp, "last DUT line before the DUE")] if due else []
+    ends += [(srv.server_end_time, "#SERVER_END time"), (srv.last_stamp, "last timestamp")]
     end, end_source = None, ""
     if start is not None:
-        for when, label in ((srv.server_end_time, "#SERVER_END time"), (srv.last_stamp, "last timestamp")):
+        for when, label in ends:
             t = to_utc(when, clocks.server)
             if t is not None and t > start:
                 end, end_source = t, label
                 break
         else:
             end, end_source = _fallback_end(s.path, start, kernel, wall_end)
-
-    due, due_class, cause = due_of(s, server.summary if server is not None else None)
     first = s.first_acc_time
     events = [EventMark(None if e.acc_time is None or first is None else e.acc_time - first, e.critical) for e in s.sdc]
     run = Run(

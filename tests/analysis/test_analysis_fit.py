@@ -234,3 +234,20 @@ def test_wall_end_from_file_time_when_plausible(tmp_path):
     os.utime(log, (now.replace(tzinfo=timezone.utc).timestamp() + 86400 * 30,) * 2)  # copied a month later
     r = fit(cfile, [tmp_path / "logs"], [tmp_path / "flux.txt"]).runs.iloc[0]
     assert r["end_source"].startswith("start + kernel")
+
+
+def test_due_run_ends_at_its_last_dut_line(tmp_path):
+    """A server copy with receive-time prefixes: the crashed run stops at its last DUT line, not when the
+    server noticed it 30 s later (the flux log may end with the run, as the beam simulator's does)."""
+    logs = tmp_path / "logs"
+    start = T0 + timedelta(minutes=5)
+    due = ("#SERVER_DUE:soft APP reboot", start + timedelta(seconds=3600))
+    log = dut_log(logs, start, iters=50, server=due, due_cause="app-hang", end="none", iso=True)
+    write(tmp_path / "flux.txt", chipir_rows(3600, 10.0))
+    res = fit(campaign_file(tmp_path), [logs], [tmp_path / "flux.txt"])
+    r = res.runs.iloc[0]
+    lines = log.read_text().splitlines()
+    last_dut = next(i for i, ln in enumerate(lines) if "DUE cause" in ln) - 1  # the line before the server's
+    assert (r["due_class"], r["end_source"]) == ("hang", "last DUT line before the DUE")
+    assert r["wall_s"] == pytest.approx(last_dut, abs=0.01)  # dut_log stamps line k at start + k s
+    assert not r["excluded"]
