@@ -78,6 +78,18 @@ def test_report_command_without_torch(tmp_path, simulated):
     assert "SIMULATED BEAM" in (tmp_path / "rep.html").read_text()
 
 
+def test_evaluate_labels_from_the_evaluate_json_layout():
+    from analysis.report import load_evaluate
+
+    base = {k: v for k, v in EVAL.items() if k != "config"}
+    ev = load_evaluate([
+        base | {"configuration": {"checkpoint": "out/checkpoints/digits_relu6", "model_name": None}},
+        base | {"configuration": {"checkpoint": "x", "model_name": "digits_diehardnet"}},
+        base | {"label": "mine"},
+    ])  # fmt: skip
+    assert list(ev["label"]) == ["digits_relu6", "digits_diehardnet", "mine"]
+
+
 def test_report_bad_inputs(tmp_path):
     with pytest.raises(DataError, match=r"no fit\.csv"):
         build_report(tmp_path / "x.html", fit=tmp_path)
