@@ -251,3 +251,20 @@ def test_due_run_ends_at_its_last_dut_line(tmp_path):
     assert (r["due_class"], r["end_source"]) == ("hang", "last DUT line before the DUE")
     assert r["wall_s"] == pytest.approx(last_dut, abs=0.01)  # dut_log stamps line k at start + k s
     assert not r["excluded"]
+
+
+def test_lansce_distance_and_dated_factors(tmp_path):
+    """LANSCE: inverse-square attenuation from the 20 m reference and a factor that changes on a date (facility
+    clock America/Denver, UTC-7 in March); the DUT clock is UTC."""
+    rows = [f"{(T0 + timedelta(hours=-7, seconds=s)):%Y-%m-%d %H:%M:%S},000 {1000 + 4 * s}" for s in range(0, 3601, 2)]
+    write(tmp_path / "lansce.txt", rows)
+    (tmp_path / "c.toml").write_text(
+        '[campaign]\nname = "l"\n[facility]\nkind = "lansce"\ntimezone = "America/Denver"\nflux_logs = ["lansce.txt"]\n'
+        "flux_factors = [{since = 2026-03-01T00:00:00, value = 10.0}, {since = 2026-03-01T03:30:00, value = 30.0}]\n"
+        '[[dut]]\nname = "dut1"\ntransport = "local"\ndistance_m = 5.0\n[[dut.benchmark]]\nname = "cudaDarknet"\n'
+        'argv = ["x"]\n'
+    )
+    dut_log(tmp_path / "logs", T0 + timedelta(minutes=20), iters=1200)  # 10:20..10:40 UTC = 03:20..03:40 Denver
+    r = fit(tmp_path / "c.toml", [tmp_path / "logs"]).runs.iloc[0]
+    att = 20**2 / 25**2
+    assert r["fluence_n_cm2"] == pytest.approx((600 * 4 * 10.0 + 600 * 4 * 30.0) * att)
