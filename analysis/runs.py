@@ -1,8 +1,10 @@
 """Per run (one log file): UTC times, kernel and wall time, SDC split, DUE cause, and its fluence.
 
 A run's window on the facility clock comes from the log (``#BEGIN`` on the DUT clock, server markers
-on the server clock, both read in the zones the campaign file states). Logs that carry no wall-clock
-end (libLogHelper writes none) end at start + kernel time, a lower bound the output says it used.
+on the server clock, both read in the zones the campaign file states). It ends at the last DUT line of a
+run that ended in a DUE, at ``#SERVER_END`` or the last receive time of a server copy, and for a log that
+carries no wall-clock end (libLogHelper writes none) at the file's modification time when that is plausible,
+else at start + kernel time (a lower bound). ``end_source`` says which.
 """
 
 from __future__ import annotations
@@ -74,7 +76,6 @@ class Run:
     excluded: bool = False
     exclude_reason: str = ""
     events: list[EventMark] = field(default_factory=list)
-    first_acc_time: float | None = None
 
     @property
     def wall_s(self) -> float:
@@ -225,7 +226,6 @@ def build_run(primary: Scan, server: Scan | None, copies: int, campaign, clocks:
         unparsed_lines=s.unparsed,
         copies=copies,
         events=events,
-        first_acc_time=first,
     )
     if start is None and dut_zone is None and (s.begin or s.name_time):
         run.excluded = True
