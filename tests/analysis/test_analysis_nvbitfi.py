@@ -35,7 +35,11 @@ def make_campaign(tmp_path):
         )
         if icount in (19, 20):  # the two extra category-17 SDCs write a DUT log
             log = dut_log(dut, T0 + timedelta(minutes=icount), iters=5, sdc_at={2: icount == 19})
-            (folder / "stdout.txt").write_text(f"running...\nlog file: /var/radiation-benchmarks/log/{log.name}\n")
+            # 'diehard run --once' prints the absolute path; other benchmarks print where the DUT wrote it
+            text = (
+                f"Log file path {log.resolve()}" if icount == 19 else f"log: /var/radiation-benchmarks/log/{log.name}"
+            )
+            (folder / "stdout.txt").write_text(f"running...\n{text}\nresult: SDC\n")
     lines[1] = lines[1].split(":value_before")[0]  # an injection whose values were not recorded
     lines.append("garbage line without fields")
     (app / "results-mode-igid1.bfm0.23.txt").write_text("\n".join(lines) + "\n")
