@@ -77,7 +77,8 @@ def test_mapping_is_configurable(tmp_path):
     res = pvf(root, mapping=parse_mapping(["19=potential-due"]), method="wilson")
     p = res.pvf.set_index("outcome")
     assert p.loc["due", "count"] == 2 and p.loc["potential_due", "count"] == 11
-    assert "sdc_critical" not in p.index  # no DUT logs given, none found: no split claimed
+    # without --dut-logs only the log printed with its absolute path is found
+    assert (p.loc["sdc_critical", "count"], p.loc["sdc_unjoined", "count"]) == (1, 4)
     with pytest.raises(ConfigError, match="CATEGORY=OUTCOME"):
         parse_mapping(["20=sdc"])
 
