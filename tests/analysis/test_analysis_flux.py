@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from analysis.flux import exposure, factor_schedule, read_flux_log
 from diehardlab.errors import DataError
@@ -111,3 +114,20 @@ def test_edges_within_two_rows_are_extrapolated(tmp_path):
     e = exposure(log, ts(-2.5), ts(302), factor_schedule(1.0))
     assert e.covered and e.fluence == pytest.approx(10 * 304.5) and e.beam_on_s == pytest.approx(304.5)
     assert not exposure(log, ts(-7), ts(100), factor_schedule(1.0)).covered
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    cuts=st.lists(st.floats(min_value=0.0, max_value=600.0, allow_nan=False), min_size=3, max_size=6),
+    rate=st.floats(min_value=0.5, max_value=50.0),
+)
+def test_fluence_is_additive_over_adjacent_windows(tmp_path_factory, cuts, rate):
+    path = tmp_path_factory.mktemp("add") / "c.txt"
+    log = read_flux_log(write(path, chipir_rows(600, rate, off=(200, 260), gap=(400, 450))))
+    f = factor_schedule(3.0)
+    t = sorted(cuts)
+    parts = [exposure(log, ts(a), ts(b), f) for a, b in itertools.pairwise(t)]
+    whole = exposure(log, ts(t[0]), ts(t[-1]), f)
+    assert sum(p.fluence for p in parts) == pytest.approx(whole.fluence, rel=1e-9, abs=1e-6)
+    assert sum(p.beam_off_s for p in parts) == pytest.approx(whole.beam_off_s, abs=1e-6)
+    assert whole.beam_on_s + whole.beam_off_s == pytest.approx(t[-1] - t[0], abs=1e-6)
