@@ -97,3 +97,14 @@ def test_report_bad_inputs(tmp_path):
         build_report(tmp_path / "x.html", evaluate=[{"clean_accuracy": 1.0}])
     with pytest.raises(DataError, match=r"\.html or \.md"):
         build_report(tmp_path / "x.pdf", evaluate=[EVAL])
+
+
+def test_report_when_every_run_is_excluded(tmp_path, beam_logs, facility_logs):
+    from tests.conftest import ROOT
+
+    hog = beam_logs / "2016_12_13_06_24_22_cudaHOG_carol-k402.log"
+    res = fit(ROOT / "setups" / "analysis" / "chipir-2016-11.toml", [hog], [facility_logs / "countlog-2016-11-24.txt"])
+    assert res.groups.empty and res.runs["excluded"].all()
+    write_result(res, tmp_path / "fit")
+    text = build_report(tmp_path / "r.html", fit=tmp_path / "fit").read_text()
+    assert "1 runs, 1 excluded" in text and "no flux log covers" in text
