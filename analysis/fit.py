@@ -26,7 +26,7 @@ from analysis import intervals
 from analysis.flux import FluxLog, factor_schedule, read_flux_log
 from analysis.runs import FLUENCE_METHODS, Clocks, attach_flux, build_run, find_logs, merge_copies, scan_all
 from analysis.truth import compare, load_truths
-from diehardlab.campaign import CampaignFile, load_campaign
+from diehardlab.campaign import CampaignFile, Facility, load_campaign
 from diehardlab.cli import make_parser
 from diehardlab.errors import ConfigError, DataError
 from diehardlab.timezones import get_zone
@@ -140,13 +140,26 @@ def fit(
     if not isinstance(campaign, CampaignFile):
         campaign = load_campaign(campaign)
     opts = _options(campaign, overrides)
-    fac = campaign.facility
-    if fac is None:
-        raise ConfigError("the campaign file has no [facility] table: the analysis needs its kind and flux_factor")
     log_paths = find_logs([Path(d) for d in logs_dirs])
     if not log_paths:
         raise DataError(f"no .log files under {', '.join(str(d) for d in logs_dirs)}")
     notes: list[str] = []
+    truths = load_truths(
+        [p.with_name(p.name + ".truth.json") for p in log_paths if p.with_name(p.name + ".truth.json").is_file()]
+    )
+    fac = campaign.facility or _simulated_facility(truths, notes)
+    if campaign.facility is None:
+        campaign = campaign.model_copy(update={"facility": fac})
+    if (
+        fac.kind == "simulated"
+        and "fluence" not in campaign.analysis.model_fields_set
+        and "fluence" not in {k for k, v in overrides.items() if v is not None}
+    ):
+        # The simulator draws its events in beam-on kernel time: this definition matches the truth it wrote.
+        opts.fluence = "mean-flux-x-acc-time"
+        notes.append(
+            "simulated beam: fluence 'mean-flux-x-acc-time' (the simulator's own definition; --fluence to change)"
+        )
     flux_logs = _flux_logs(campaign, [Path(f) for f in flux_files or []], log_paths)
     for fl in flux_logs:
         notes += fl.notes()
@@ -161,9 +174,6 @@ def fit(
         | {d.name: get_zone(d.timezone) for d in campaign.duts},
         default_dut=get_zone(opts.dut_timezone) if opts.dut_timezone else None,
         server=get_zone(campaign.analysis.server_timezone),
-    )
-    truths = load_truths(
-        [p.with_name(p.name + ".truth.json") for p in log_paths if p.with_name(p.name + ".truth.json").is_file()]
     )
     simulated = fac.kind == "simulated" or bool(truths)
 
@@ -226,6 +236,21 @@ def fit(
         "notes": notes,
     }
     return result
+
+
+def _simulated_facility(truths: dict[str, dict], notes: list[str]) -> Facility:
+    """A campaign file without [facility] whose logs come from the beam simulator: its truth files say the
+    counts-to-flux factor of the facility logs it wrote."""
+    factors = {float(d["flux_factor"]) for d in truths.values() if d.get("flux_factor")}
+    if len(factors) != 1:
+        why = "the truth files disagree on flux_factor" if factors else "no beam-simulator truth files beside the logs"
+        raise ConfigError(
+            f"the campaign file has no [facility] table ({why}): add one with kind and flux_factor, e.g.\n"
+            '[facility]\nkind = "chipir"\nflux_factor = 5.0e5\ntimezone = "Europe/London"'
+        )
+    ff = factors.pop()
+    notes.append(f"no [facility] in the campaign: a simulated facility, flux_factor {ff:g} from the truth files")
+    return Facility(kind="simulated", flux_factor=ff, timezone="UTC")
 
 
 def _is_log(sc, notes: list[str]) -> bool:

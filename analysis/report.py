@@ -286,8 +286,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = make_parser("report", "A self-contained HTML (or Markdown) report of a campaign.")
     p.add_argument("--fit", type=Path, help="output folder of 'diehard fit'")
     p.add_argument("--pvf", type=Path, help="output folder of 'diehard pvf'")
-    p.add_argument("--evaluate", type=Path, nargs="+", default=[], help="JSON files of 'diehard evaluate'")
-    p.add_argument("--truth", type=Path, nargs="+", default=[], help="beam-simulator truth files or folders")
+    p.add_argument("--evaluate", type=Path, nargs="+", action="extend", default=[],
+                   help="JSON files of 'diehard evaluate' (repeatable)")  # fmt: skip
+    p.add_argument("--truth", type=Path, nargs="+", action="extend", default=[],
+                   help="beam-simulator truth files or folders (repeatable)")  # fmt: skip
     p.add_argument("--title")
     p.add_argument("--out", type=Path, required=True, help="report file: .html or .md")
     args = p.parse_args(argv)

@@ -11,6 +11,7 @@ import pytest
 from scipy.stats import chi2
 
 from analysis.fit import fit, write_result
+from diehardlab.errors import ConfigError
 from tests.analysis.conftest import T0, campaign_file, chipir_rows, write
 from tests.analysis.logs import dut_log
 
@@ -268,3 +269,26 @@ def test_lansce_distance_and_dated_factors(tmp_path):
     r = fit(tmp_path / "c.toml", [tmp_path / "logs"]).runs.iloc[0]
     att = 20**2 / 25**2
     assert r["fluence_n_cm2"] == pytest.approx((600 * 4 * 10.0 + 600 * 4 * 30.0) * att)
+
+
+def test_simulated_campaign_without_facility_table(tmp_path):
+    """The demo's campaign file has no [facility]: the truth files give the simulator's flux factor, and the
+    fluence defaults to the simulator's own definition unless the user chose one."""
+    logs = tmp_path / "logs"
+    log = dut_log(logs, T0 + timedelta(minutes=1), iters=100, sdc_at={5: True})
+    write(log.with_name(log.name + ".chipir.txt"), chipir_rows(3600, 10.0))
+    truth = {"simulated": True, "log_file": log.name, "flux_factor": 3.0e5, "true_sigma_cm2": {"sdc": 1e-9},
+             "events": [{"kind": "corrupt", "observed": "sdc"}]}  # fmt: skip
+    log.with_name(log.name + ".truth.json").write_text(json.dumps(truth))
+    text = campaign_file(tmp_path).read_text()
+    cfile = tmp_path / "nofac.toml"
+    cfile.write_text(text[: text.index("[facility]")] + text[text.index("[analysis]") :])
+    res = fit(cfile, [logs])
+    assert res.simulated and res.meta["facility"] == "simulated"
+    assert res.options.fluence == "mean-flux-x-acc-time"
+    assert res.runs.iloc[0]["fluence_n_cm2"] == pytest.approx(100 * 10 * 3.0e5)
+    assert any("flux_factor 300000 from the truth files" in n for n in res.notes)
+    assert fit(cfile, [logs], fluence="integrated").options.fluence == "integrated"
+    log.with_name(log.name + ".truth.json").unlink()
+    with pytest.raises(ConfigError, match=r"no \[facility\] table"):
+        fit(cfile, [logs])

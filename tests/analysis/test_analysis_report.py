@@ -72,10 +72,15 @@ def test_markdown_report_from_written_folders(tmp_path, simulated):
 def test_report_command_without_torch(tmp_path, simulated):
     write_result(simulated, tmp_path / "fit")
     truth_dir = tmp_path / "logs"
-    r = run_diehard("report", "--fit", str(tmp_path / "fit"), "--truth", str(truth_dir), "--out",
+    evals = []
+    for name in ("relu6-model", "diehardnet-model"):
+        evals += ["--evaluate", str(tmp_path / f"{name}.json")]
+        (tmp_path / f"{name}.json").write_text(json.dumps(EVAL | {"config": {"name": name}}))
+    r = run_diehard("report", "--fit", str(tmp_path / "fit"), "--truth", str(truth_dir), *evals, "--out",
                     str(tmp_path / "rep.html"), block=("torch",))  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert "SIMULATED BEAM" in (tmp_path / "rep.html").read_text()
+    text = (tmp_path / "rep.html").read_text()
+    assert "SIMULATED BEAM" in text and "relu6-model" in text and "diehardnet-model" in text
 
 
 def test_evaluate_labels_from_the_evaluate_json_layout():
