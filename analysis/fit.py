@@ -26,7 +26,7 @@ from analysis import intervals
 from analysis.flux import FluxLog, factor_schedule, read_flux_log
 from analysis.runs import FLUENCE_METHODS, Clocks, attach_flux, build_run, find_logs, merge_copies, scan_all
 from analysis.truth import compare, load_truths
-from diehardlab.campaign import CampaignFile, load_campaign
+from diehardlab.campaign import CampaignFile, Facility, load_campaign
 from diehardlab.cli import make_parser
 from diehardlab.errors import ConfigError, DataError
 from diehardlab.timezones import get_zone
@@ -140,13 +140,26 @@ def fit(
     if not isinstance(campaign, CampaignFile):
         campaign = load_campaign(campaign)
     opts = _options(campaign, overrides)
-    fac = campaign.facility
-    if fac is None:
-        raise ConfigError("the campaign file has no [facility] table: the analysis needs its kind and flux_factor")
     log_paths = find_logs([Path(d) for d in logs_dirs])
     if not log_paths:
         raise DataError(f"no .log files under {', '.join(str(d) for d in logs_dirs)}")
     notes: list[str] = []
+    truths = load_truths(
+        [p.with_name(p.name + ".truth.json") for p in log_paths if p.with_name(p.name + ".truth.json").is_file()]
+    )
+    fac = campaign.facility or _simulated_facility(truths, notes)
+    if campaign.facility is None:
+        campaign = campaign.model_copy(update={"facility": fac})
+    if (
+        fac.kind == "simulated"
+        and "fluence" not in campaign.analysis.model_fields_set
+        and "fluence" not in {k for k, v in overrides.items() if v is not None}
+    ):
+        # The simulator draws its events in beam-on kernel time: this definition matches the truth it wrote.
+        opts.fluence = "mean-flux-x-acc-time"
+        notes.append(
+            "simulated beam: fluence 'mean-flux-x-acc-time' (the simulator's own definition; --fluence to change)"
+        )
     flux_logs = _flux_logs(campaign, [Path(f) for f in flux_files or []], log_paths)
     for fl in flux_logs:
         notes += fl.notes()
@@ -162,12 +175,19 @@ def fit(
         default_dut=get_zone(opts.dut_timezone) if opts.dut_timezone else None,
         server=get_zone(campaign.analysis.server_timezone),
     )
-    truths = load_truths(
-        [p.with_name(p.name + ".truth.json") for p in log_paths if p.with_name(p.name + ".truth.json").is_file()]
-    )
     simulated = fac.kind == "simulated" or bool(truths)
 
-    scans = scan_all(log_paths, opts.jobs)
+    if truths and fac.kind == "simulated":
+        for name, doc in truths.items():
+            ff = doc.get("flux_factor")
+            if ff and fac.flux_factor and not math.isclose(float(ff), fac.flux_factor, rel_tol=1e-6):
+                notes.append(
+                    f"WARNING: {name}: the beam simulator counted with flux_factor {float(ff):g} (truth file), the "
+                    f"campaign's [facility] flux_factor is {fac.flux_factor:g}: every fluence is off by that ratio; "
+                    f"set flux_factor = {float(ff):g}"
+                )
+                break
+    scans = [sc for sc in scan_all(log_paths, opts.jobs) if _is_log(sc, notes)]
     runs = []
     for primary, server, copies in merge_copies(scans):
         s = primary.summary
@@ -216,6 +236,31 @@ def fit(
         "notes": notes,
     }
     return result
+
+
+def _simulated_facility(truths: dict[str, dict], notes: list[str]) -> Facility:
+    """A campaign file without [facility] whose logs come from the beam simulator: its truth files say the
+    counts-to-flux factor of the facility logs it wrote."""
+    factors = {float(d["flux_factor"]) for d in truths.values() if d.get("flux_factor")}
+    if len(factors) != 1:
+        why = "the truth files disagree on flux_factor" if factors else "no beam-simulator truth files beside the logs"
+        raise ConfigError(
+            f"the campaign file has no [facility] table ({why}): add one with kind and flux_factor, e.g.\n"
+            '[facility]\nkind = "chipir"\nflux_factor = 5.0e5\ntimezone = "Europe/London"'
+        )
+    ff = factors.pop()
+    notes.append(f"no [facility] in the campaign: a simulated facility, flux_factor {ff:g} from the truth files")
+    return Facility(kind="simulated", flux_factor=ff, timezone="UTC")
+
+
+def _is_log(sc, notes: list[str]) -> bool:
+    """Folders of server logs also hold console captures and the like: a file with no libLogHelper record and
+    no libLogHelper name is skipped, with a note."""
+    s = sc.summary
+    if s.benchmark is None and not (s.it_lines or s.sdc or s.begin or s.server_begin or s.header or s.err_lines):
+        notes.append(f"{s.path}: skipped: not a libLogHelper log (no log-name fields and no #BEGIN/#IT/#SDC)")
+        return False
+    return True
 
 
 def _attenuation(fac, dut) -> float:
@@ -443,8 +488,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_groups(result.groups))
     if not result.truth.empty:
         print("\ntruth comparison (simulated beam):")
-        print(result.truth[["group", "error_class", "events", "true_sigma_cm2", "sigma_lo_cm2", "sigma_hi_cm2",
-                            "contains_true"]].to_string(index=False))  # fmt: skip
+        cols = ["group", "error_class", "events", "truth_events", "true_sigma_cm2", "sigma_lo_cm2", "sigma_hi_cm2",
+                "contains_true"]  # fmt: skip
+        print(result.truth[cols].to_string(index=False))
     excluded = int(result.runs["excluded"].sum()) if len(result.runs) else 0
     print(f"\n{len(result.runs)} runs ({excluded} excluded), {len(result.groups)} rows")
     for path in write_result(result, args.out):

@@ -52,6 +52,17 @@ class FluxLog:
     def end(self) -> float:
         return float(self.t[-1])
 
+    @property
+    def edge_slack_s(self) -> float:
+        """How far a run may reach past the first or last row and still count as covered (extrapolated with
+        that edge interval's rate): two row intervals, at least 2 s. Rows fall on the facility's grid and a
+        #BEGIN has whole seconds, so a run that started with the log can begin a fraction of a row before it."""
+        return max(2.0, 2.0 * float(np.median(np.diff(self.t))))
+
+    def covers(self, start: float, end: float) -> bool:
+        slack = self.edge_slack_s
+        return self.start - slack <= start and self.end + slack >= end
+
     def notes(self, limit: int = 5) -> list[str]:
         out = [f"{self.path}:{ln}: malformed flux row ignored: {text[:80]!r}" for ln, text in self.malformed[:limit]]
         if len(self.malformed) > limit:
@@ -186,7 +197,8 @@ def exposure(
     max_gap_s: float = 60.0,
 ) -> Exposure:
     """Integrate the flux of ``log`` over [start, end] (UTC epoch seconds), inside ``beam_windows`` if given."""
-    covered = log.start <= start and log.end >= end
+    covered = log.covers(start, end)
+    slack = log.edge_slack_s
     pieces = [(start, end)]
     if beam_windows:
         pieces = [(max(start, a), min(end, b)) for a, b in beam_windows if min(end, b) > max(start, a)]
@@ -201,7 +213,12 @@ def exposure(
         t0, t1 = log.t[i0:i1], log.t[i0 + 1 : i1 + 1]
         dc = np.clip(np.diff(log.counts[i0 : i1 + 1]), 0, None)
         dt = t1 - t0
-        ov = np.clip(np.minimum(b, t1) - np.maximum(a, t0), 0, None)
+        lo, hi = t0.copy(), t1.copy()
+        if i0 == 0 and log.t[0] - slack <= a < log.t[0]:
+            lo[0] = a  # extrapolate the first interval back to the run's start
+        if i1 == len(log.t) - 1 and log.t[-1] < b <= log.t[-1] + slack:
+            hi[-1] = b  # and the last one forward to its end
+        ov = np.clip(np.minimum(b, hi) - np.maximum(a, lo), 0, None)
         rate = dc / dt
         f = factor(t0)
         fluence += float(np.sum(rate * ov * f)) * attenuation

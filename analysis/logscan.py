@@ -11,10 +11,23 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from diehardlab.formats.filename import parse_log_name
-from diehardlab.formats.parser import InfCount, Iteration, LogParser, LogSummary, Sdc, _fold, read_lines
+from diehardlab.formats.parser import (
+    Begin,
+    Header,
+    InfCount,
+    InfDetail,
+    Iteration,
+    LogParser,
+    LogSummary,
+    Sdc,
+    ServerEnd,
+    _fold,
+    read_lines,
+)
 
 # The common #IT forms (v2 and old) on a whole line, with plain decimal numbers: a strict subset of what
 # LogParser accepts (no alternation, so it is cheaper); any other #IT line goes through LogParser itself.
@@ -28,6 +41,7 @@ _INF_SPECIAL = ("I", "D", "d", "S", "")
 class Scan:
     summary: LogSummary
     dnn_details: bool  # the log has diehardnet detail lines (#ERR batch:...): critical/tolerable is meaningful
+    last_dut_stamp: datetime | None = None  # server copies: receive time of the last line the DUT sent
 
 
 def scan(path: str | Path, max_examples: int = 20) -> Scan:
@@ -46,6 +60,7 @@ def scan(path: str | Path, max_examples: int = 20) -> Scan:
     it_lines = err_lines = crit_lines = inf_lines = 0
     top = -1  # the largest fast #IT iteration
     first = True  # no fast #IT seen yet
+    last_dut = None
     for lineno, line in enumerate(lines, 1):
         m = it_match(line)
         if m is not None:
@@ -79,6 +94,8 @@ def scan(path: str | Path, max_examples: int = 20) -> Scan:
         if fast_last is not None and type(rec) in (Iteration, Sdc, InfCount) and rec.acc_time is not None:
             s.last_acc_time = float(fast_last[3])  # keeps _fold's order: this record comes later
             fast_last = None
+        if rec.stamp is not None and not _server_line(rec):
+            last_dut = rec.stamp
         _fold(s, rec, max_examples)
     if fast_last is not None:
         s.last_acc_time = float(fast_last[3])
@@ -88,4 +105,14 @@ def scan(path: str | Path, max_examples: int = 20) -> Scan:
     s.err_lines += err_lines
     s.critical_err_lines += crit_lines
     s.inf_lines += inf_lines
-    return Scan(s, dnn)
+    return Scan(s, dnn, last_dut)
+
+
+def _server_line(rec) -> bool:
+    """Lines the server writes itself into its copy (not received from the DUT)."""
+    t = type(rec)
+    if t is ServerEnd:
+        return True
+    if t in (Header, Begin):
+        return rec.server
+    return t is InfDetail and rec.text.startswith("DUE cause:")

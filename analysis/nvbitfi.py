@@ -48,7 +48,7 @@ MODELS = {0: "FLIP_SINGLE_BIT", 1: "FLIP_TWO_BITS", 2: "RANDOM_VALUE", 3: "ZERO_
 _RESULTS = re.compile(r"^results-mode(?P<mode>[^-]*)-igid(?P<igid>\d+)\.bfm(?P<bfm>\d+)\.(?P<n>\d+)\.txt$")
 _TAIL = re.compile(
     r"^(?P<bid>[^:]*):(?P<pc>[^:]*):(?P<opcode>[^:]*):(?P<tid>[^:]*):(?P<mask>[^:]*):(?P<runtime>[^:]*):"
-    r"(?P<cat>\d+):(?P<dmesg>.*):value_before(?P<before>[^:]*):value_after(?P<after>.*)$"
+    r"(?P<cat>\d+)(?::(?P<dmesg>.*?))?(?::value_before(?P<before>[^:]*):value_after(?P<after>.*))?$"
 )
 _LOG_PATH = re.compile(r"(\S+\.log)\b")
 
@@ -99,7 +99,8 @@ def read_results(path: Path, notes: list[str]) -> list[dict]:
                 "app": app, "mode": m["mode"], "igid": igid, "group": GROUPS.get(igid, f"igid{igid}"), "bfm": bfm,
                 "model": MODELS.get(bfm, f"bfm{bfm}"), "icount": int(head[0]), "kname": head[1], "kcount": head[2],
                 "iid": head[3], "opid": head[4], "opcode": t["opcode"], "mask": t["mask"], "runtime_s": t["runtime"],
-                "category": cat, "dmesg": t["dmesg"], "value_before": t["before"], "value_after": t["after"],
+                "category": cat, "dmesg": t["dmesg"] or "", "value_before": t["before"] or "",
+                "value_after": t["after"] or "",
                 "file": str(path), "line": lineno,
             })  # fmt: skip
     return rows

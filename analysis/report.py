@@ -28,6 +28,7 @@ from analysis.truth import compare, load_truths
 from diehardlab.cli import make_parser
 from diehardlab.errors import DataError
 
+MAX_RUN_ROWS = 200
 EVAL_KEYS = ("clean_accuracy", "faulty_accuracy_mean", "regret_mean", "regret_std", "critical_rate", "tolerable_rate")
 
 
@@ -71,12 +72,16 @@ def load_pvf(src: PvfResult | str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _label(doc: dict, fallback: str) -> str:
-    cfg = doc.get("config") if isinstance(doc.get("config"), dict) else {}
+    """A name for an evaluate result: its label/name, the model's name or checkpoint folder, else the file."""
+    cfg = next((doc[k] for k in ("configuration", "config") if isinstance(doc.get(k), dict)), {})
     for key in ("label", "name"):
         if isinstance(doc.get(key), str):
             return doc[key]
-        if isinstance(cfg.get(key), str):
+    for key in ("label", "name", "model_name"):
+        if isinstance(cfg.get(key), str) and cfg[key]:
             return cfg[key]
+    if isinstance(cfg.get("checkpoint"), str) and cfg["checkpoint"]:
+        return Path(cfg["checkpoint"]).name
     model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
     if model:
         bits = [str(model.get(k)) for k in ("arch", "activation", "order") if model.get(k)]
@@ -185,8 +190,8 @@ class _Doc:
 
 FIT_COLS = ["group", "error_class", "events", "fluence_n_cm2", "sigma_cm2", "sigma_lo_cm2", "sigma_hi_cm2", "fit",
             "fit_lo", "fit_hi", "norm", "norm_lo", "norm_hi", "norm_reference", "sigma_legacy_err_cm2"]  # fmt: skip
-TRUTH_COLS = ["group", "error_class", "events", "true_sigma_cm2", "sigma_cm2", "sigma_lo_cm2", "sigma_hi_cm2",
-              "contains_true", "ratio_measured_to_true"]  # fmt: skip
+TRUTH_COLS = ["group", "error_class", "events", "truth_events", "true_sigma_cm2", "sigma_cm2", "sigma_lo_cm2",
+              "sigma_hi_cm2", "contains_true", "ratio_measured_to_true"]  # fmt: skip
 
 
 def build_report(
@@ -266,6 +271,9 @@ def _fit_sections(doc: _Doc, data: FitData, simulated: bool, truth: Sequence[str
         used = r[~r["excluded"].astype(bool)]
         doc.p(f"{len(r)} runs, {len(ex)} excluded; beam-off time inside the counted runs: "
               f"{used['beam_off_s'].sum():.0f} s of {used['wall_s'].sum():.0f} s.")  # fmt: skip
+        if len(r) > MAX_RUN_ROWS:  # the excluded ones first: they are what needs attention
+            r = pd.concat([ex, used]).head(MAX_RUN_ROWS)
+            doc.p(f"Showing {MAX_RUN_ROWS} of {len(data.runs)} runs (all of them are in runs.csv).")
         doc.table(r, ["name", "group", "start_utc", "end_source", "wall_s", "kernel_time_s", "sdc", "due_class",
                       "fluence_n_cm2", "beam_off_s", "excluded", "exclude_reason"])  # fmt: skip
     notes = meta.get("notes") or []
@@ -278,8 +286,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = make_parser("report", "A self-contained HTML (or Markdown) report of a campaign.")
     p.add_argument("--fit", type=Path, help="output folder of 'diehard fit'")
     p.add_argument("--pvf", type=Path, help="output folder of 'diehard pvf'")
-    p.add_argument("--evaluate", type=Path, nargs="+", default=[], help="JSON files of 'diehard evaluate'")
-    p.add_argument("--truth", type=Path, nargs="+", default=[], help="beam-simulator truth files or folders")
+    p.add_argument("--evaluate", type=Path, nargs="+", action="extend", default=[],
+                   help="JSON files of 'diehard evaluate' (repeatable)")  # fmt: skip
+    p.add_argument("--truth", type=Path, nargs="+", action="extend", default=[],
+                   help="beam-simulator truth files or folders (repeatable)")  # fmt: skip
     p.add_argument("--title")
     p.add_argument("--out", type=Path, required=True, help="report file: .html or .md")
     args = p.parse_args(argv)

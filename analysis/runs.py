@@ -1,8 +1,10 @@
 """Per run (one log file): UTC times, kernel and wall time, SDC split, DUE cause, and its fluence.
 
 A run's window on the facility clock comes from the log (``#BEGIN`` on the DUT clock, server markers
-on the server clock, both read in the zones the campaign file states). Logs that carry no wall-clock
-end (libLogHelper writes none) end at start + kernel time, a lower bound the output says it used.
+on the server clock, both read in the zones the campaign file states). It ends at the last DUT line of a
+run that ended in a DUE, at ``#SERVER_END`` or the last receive time of a server copy, and for a log that
+carries no wall-clock end (libLogHelper writes none) at the file's modification time when that is plausible,
+else at start + kernel time (a lower bound). ``end_source`` says which.
 """
 
 from __future__ import annotations
@@ -74,7 +76,6 @@ class Run:
     excluded: bool = False
     exclude_reason: str = ""
     events: list[EventMark] = field(default_factory=list)
-    first_acc_time: float | None = None
 
     @property
     def wall_s(self) -> float:
@@ -182,17 +183,21 @@ def build_run(primary: Scan, server: Scan | None, copies: int, campaign, clocks:
             start, source = to_utc(when, zone), label
             break
     kernel = s.kernel_time
+    due, due_class, cause = due_of(s, server.summary if server is not None else None)
+    # A run that ended in a DUE stopped working at its last line, not when the server noticed (a liveness
+    # timeout later): the workload's time under beam ends there.
+    srv_scan = server if server is not None else primary
+    ends = [(srv_scan.last_dut_stamp, "last DUT line before the DUE")] if due else []
+    ends += [(srv.server_end_time, "#SERVER_END time"), (srv.last_stamp, "last timestamp")]
     end, end_source = None, ""
     if start is not None:
-        for when, label in ((srv.server_end_time, "#SERVER_END time"), (srv.last_stamp, "last timestamp")):
+        for when, label in ends:
             t = to_utc(when, clocks.server)
             if t is not None and t > start:
                 end, end_source = t, label
                 break
         else:
             end, end_source = _fallback_end(s.path, start, kernel, wall_end)
-
-    due, due_class, cause = due_of(s, server.summary if server is not None else None)
     first = s.first_acc_time
     events = [EventMark(None if e.acc_time is None or first is None else e.acc_time - first, e.critical) for e in s.sdc]
     run = Run(
@@ -221,7 +226,6 @@ def build_run(primary: Scan, server: Scan | None, copies: int, campaign, clocks:
         unparsed_lines=s.unparsed,
         copies=copies,
         events=events,
-        first_acc_time=first,
     )
     if start is None and dut_zone is None and (s.begin or s.name_time):
         run.excluded = True
@@ -265,7 +269,7 @@ def attach_flux(
         return
     a, b = run.start_utc.timestamp(), run.end_utc.timestamp()
     ordered = sorted(logs, key=lambda log: log.path != prefer)
-    chosen = next((log for log in ordered if log.start <= a and log.end >= b), None)
+    chosen = next((log for log in ordered if log.covers(a, b)), None)
     run.fluence_method = method
     if chosen is None:
         span = (

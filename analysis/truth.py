@@ -47,6 +47,15 @@ def load_truths(paths: Sequence[Path]) -> dict[str, dict]:
     return out
 
 
+def _observed_as(event: dict, cls: str) -> bool:
+    observed, kind = event.get("observed"), event.get("kind")
+    if cls == "sdc":
+        return observed == "sdc"
+    if cls == "due":
+        return observed == "due" and kind in ("crash", "hang")
+    return observed == "due" and kind == TRUE_CLASSES[cls]
+
+
 def compare(runs: pd.DataFrame, groups: pd.DataFrame, truths: dict[str, dict]) -> pd.DataFrame:
     """One row per (group, error class) that has a true value: true sigma, measured interval, contained."""
     if not truths or runs.empty:
@@ -56,10 +65,12 @@ def compare(runs: pd.DataFrame, groups: pd.DataFrame, truths: dict[str, dict]) -
     for label, sub in used.groupby("group"):
         for cls, key in TRUE_CLASSES.items():
             num = den = 0.0
+            seen = 0  # events the simulator says the runner observed in this class
             for _, r in sub.iterrows():
                 doc = truths.get(r["name"])
                 if doc is None:
                     continue
+                seen += sum(1 for e in doc.get("events", []) if _observed_as(e, cls))
                 true = doc["true_sigma_cm2"].get(key)
                 if key == "due" and true is None:
                     parts = [doc["true_sigma_cm2"].get(k) for k in ("crash", "hang")]
@@ -82,6 +93,7 @@ def compare(runs: pd.DataFrame, groups: pd.DataFrame, truths: dict[str, dict]) -
                     "group": label,
                     "error_class": cls,
                     "events": int(g["events"]),
+                    "truth_events": seen,
                     "fluence_n_cm2": float(g["fluence_n_cm2"]),
                     "true_sigma_cm2": true,
                     "sigma_cm2": float(g["sigma_cm2"]),

@@ -29,8 +29,11 @@ def test_fit_bad_campaign_is_a_clear_error(tmp_path):
         '[[dut.benchmark]]\nname = "b"\nargv = ["b"]\n'
     )
     r = run_diehard("fit", "--campaign", str(bad), "--logs", str(tmp_path), block=("torch",))
+    assert r.returncode == 2 and "no .log files under" in r.stderr
+    dut_log(tmp_path / "logs", T0)
+    r = run_diehard("fit", "--campaign", str(bad), "--logs", str(tmp_path / "logs"), block=("torch",))
     assert r.returncode == 2
-    assert "[facility]" in r.stderr
+    assert "no [facility] table (no beam-simulator truth files beside the logs)" in r.stderr
 
 
 def test_stats_and_help_without_torch():

@@ -11,6 +11,7 @@ import pytest
 from scipy.stats import chi2
 
 from analysis.fit import fit, write_result
+from diehardlab.errors import ConfigError
 from tests.analysis.conftest import T0, campaign_file, chipir_rows, write
 from tests.analysis.logs import dut_log
 
@@ -132,14 +133,24 @@ def test_simulated_campaign_truth_comparison(tmp_path):
     fluence = 1000 * 10 * 1.0e5
     truth = {"simulated": True, "log_file": log.name, "spec": {}, "flux_n_cm2_s": 1e6, "seed": 1,
              "true_sigma_cm2": {"sdc": 20 / fluence, "due": 1e-12, "crash": 5e-13, "hang": 5e-13, "nan": 0.0},
-             "beam_on_kernel_time_s": 1000.0, "events": []}  # fmt: skip
+             "beam_on_kernel_time_s": 1000.0,
+             "events": [{"kind": "corrupt", "observed": "sdc"}] * 20 + [{"kind": "crash", "observed": "due"}],
+             }  # fmt: skip
     log.with_name(log.name + ".truth.json").write_text(json.dumps(truth))
+    (logs / "board1.console.log").write_text("U-Boot 2016.01\nStarting kernel ...\n")
     cfile = campaign_file(tmp_path, kind="simulated", factor=1.0e5)
     res = fit(cfile, [logs])
+    assert any("board1.console.log: skipped: not a libLogHelper log" in n for n in res.notes)
+    truth["flux_factor"] = 5.0e5
+    log.with_name(log.name + ".truth.json").write_text(json.dumps(truth))
+    assert any("WARNING" in n and "set flux_factor = 500000" in n for n in fit(cfile, [logs]).notes)
+    truth["flux_factor"] = 1.0e5
+    log.with_name(log.name + ".truth.json").write_text(json.dumps(truth))
     assert res.simulated and "SIMULATED" in res.meta["simulated_note"]
     t = res.truth.set_index("error_class")
     assert t.loc["sdc", "true_sigma_cm2"] == pytest.approx(20 / fluence)
-    assert t.loc["sdc", "contains_true"] and t.loc["sdc", "events"] == 20
+    assert t.loc["sdc", "contains_true"] and t.loc["sdc", "events"] == 20 == t.loc["sdc", "truth_events"]
+    assert t.loc["due_crash", "truth_events"] == 1 and t.loc["due_hang", "truth_events"] == 0
     assert t.loc["due", "true_sigma_cm2"] == pytest.approx(1e-12)
     out = write_result(res, tmp_path / "out")
     assert (tmp_path / "out" / "truth.csv") in out
@@ -224,3 +235,60 @@ def test_wall_end_from_file_time_when_plausible(tmp_path):
     os.utime(log, (now.replace(tzinfo=timezone.utc).timestamp() + 86400 * 30,) * 2)  # copied a month later
     r = fit(cfile, [tmp_path / "logs"], [tmp_path / "flux.txt"]).runs.iloc[0]
     assert r["end_source"].startswith("start + kernel")
+
+
+def test_due_run_ends_at_its_last_dut_line(tmp_path):
+    """A server copy with receive-time prefixes: the crashed run stops at its last DUT line, not when the
+    server noticed it 30 s later (the flux log may end with the run, as the beam simulator's does)."""
+    logs = tmp_path / "logs"
+    start = T0 + timedelta(minutes=5)
+    due = ("#SERVER_DUE:soft APP reboot", start + timedelta(seconds=3600))
+    log = dut_log(logs, start, iters=50, server=due, due_cause="app-hang", end="none", iso=True)
+    write(tmp_path / "flux.txt", chipir_rows(3600, 10.0))
+    res = fit(campaign_file(tmp_path), [logs], [tmp_path / "flux.txt"])
+    r = res.runs.iloc[0]
+    lines = log.read_text().splitlines()
+    last_dut = next(i for i, ln in enumerate(lines) if "DUE cause" in ln) - 1  # the line before the server's
+    assert (r["due_class"], r["end_source"]) == ("hang", "last DUT line before the DUE")
+    assert r["wall_s"] == pytest.approx(last_dut, abs=0.01)  # dut_log stamps line k at start + k s
+    assert not r["excluded"]
+
+
+def test_lansce_distance_and_dated_factors(tmp_path):
+    """LANSCE: inverse-square attenuation from the 20 m reference and a factor that changes on a date (facility
+    clock America/Denver, UTC-7 in March); the DUT clock is UTC."""
+    rows = [f"{(T0 + timedelta(hours=-7, seconds=s)):%Y-%m-%d %H:%M:%S},000 {1000 + 4 * s}" for s in range(0, 3601, 2)]
+    write(tmp_path / "lansce.txt", rows)
+    (tmp_path / "c.toml").write_text(
+        '[campaign]\nname = "l"\n[facility]\nkind = "lansce"\ntimezone = "America/Denver"\nflux_logs = ["lansce.txt"]\n'
+        "flux_factors = [{since = 2026-03-01T00:00:00, value = 10.0}, {since = 2026-03-01T03:30:00, value = 30.0}]\n"
+        '[[dut]]\nname = "dut1"\ntransport = "local"\ndistance_m = 5.0\n[[dut.benchmark]]\nname = "cudaDarknet"\n'
+        'argv = ["x"]\n'
+    )
+    dut_log(tmp_path / "logs", T0 + timedelta(minutes=20), iters=1200)  # 10:20..10:40 UTC = 03:20..03:40 Denver
+    r = fit(tmp_path / "c.toml", [tmp_path / "logs"]).runs.iloc[0]
+    att = 20**2 / 25**2
+    assert r["fluence_n_cm2"] == pytest.approx((600 * 4 * 10.0 + 600 * 4 * 30.0) * att)
+
+
+def test_simulated_campaign_without_facility_table(tmp_path):
+    """The demo's campaign file has no [facility]: the truth files give the simulator's flux factor, and the
+    fluence defaults to the simulator's own definition unless the user chose one."""
+    logs = tmp_path / "logs"
+    log = dut_log(logs, T0 + timedelta(minutes=1), iters=100, sdc_at={5: True})
+    write(log.with_name(log.name + ".chipir.txt"), chipir_rows(3600, 10.0))
+    truth = {"simulated": True, "log_file": log.name, "flux_factor": 3.0e5, "true_sigma_cm2": {"sdc": 1e-9},
+             "events": [{"kind": "corrupt", "observed": "sdc"}]}  # fmt: skip
+    log.with_name(log.name + ".truth.json").write_text(json.dumps(truth))
+    text = campaign_file(tmp_path).read_text()
+    cfile = tmp_path / "nofac.toml"
+    cfile.write_text(text[: text.index("[facility]")] + text[text.index("[analysis]") :])
+    res = fit(cfile, [logs])
+    assert res.simulated and res.meta["facility"] == "simulated"
+    assert res.options.fluence == "mean-flux-x-acc-time"
+    assert res.runs.iloc[0]["fluence_n_cm2"] == pytest.approx(100 * 10 * 3.0e5)
+    assert any("flux_factor 300000 from the truth files" in n for n in res.notes)
+    assert fit(cfile, [logs], fluence="integrated").options.fluence == "integrated"
+    log.with_name(log.name + ".truth.json").unlink()
+    with pytest.raises(ConfigError, match=r"no \[facility\] table"):
+        fit(cfile, [logs])

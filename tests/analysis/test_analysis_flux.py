@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from analysis.flux import exposure, factor_schedule, read_flux_log
 from diehardlab.errors import DataError
@@ -102,3 +105,29 @@ def test_merged_semicolon_file_with_repeated_header_and_overlap(tmp_path):
     assert len(log.t) == len(rows) - 1 and log.duplicates == 20 and not log.malformed
     assert exposure(log, ts(0), ts(300), factor_schedule(1.0)).fluence == pytest.approx(3000)
     assert "repeat an earlier time stamp" in log.notes()[0]
+
+
+def test_edges_within_two_rows_are_extrapolated(tmp_path):
+    """A run whose whole-second #BEGIN lies a fraction of a row before the log's first row is covered."""
+    log = read_flux_log(write(tmp_path / "c.txt", chipir_rows(300, 10.0)))
+    assert log.edge_slack_s == 6.0
+    e = exposure(log, ts(-2.5), ts(302), factor_schedule(1.0))
+    assert e.covered and e.fluence == pytest.approx(10 * 304.5) and e.beam_on_s == pytest.approx(304.5)
+    assert not exposure(log, ts(-7), ts(100), factor_schedule(1.0)).covered
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    cuts=st.lists(st.floats(min_value=0.0, max_value=600.0, allow_nan=False), min_size=3, max_size=6),
+    rate=st.floats(min_value=0.5, max_value=50.0),
+)
+def test_fluence_is_additive_over_adjacent_windows(tmp_path_factory, cuts, rate):
+    path = tmp_path_factory.mktemp("add") / "c.txt"
+    log = read_flux_log(write(path, chipir_rows(600, rate, off=(200, 260), gap=(400, 450))))
+    f = factor_schedule(3.0)
+    t = sorted(cuts)
+    parts = [exposure(log, ts(a), ts(b), f) for a, b in itertools.pairwise(t)]
+    whole = exposure(log, ts(t[0]), ts(t[-1]), f)
+    assert sum(p.fluence for p in parts) == pytest.approx(whole.fluence, rel=1e-9, abs=1e-6)
+    assert sum(p.beam_off_s for p in parts) == pytest.approx(whole.beam_off_s, abs=1e-6)
+    assert whole.beam_on_s + whole.beam_off_s == pytest.approx(t[-1] - t[0], abs=1e-6)

@@ -35,7 +35,12 @@ def make_campaign(tmp_path):
         )
         if icount in (19, 20):  # the two extra category-17 SDCs write a DUT log
             log = dut_log(dut, T0 + timedelta(minutes=icount), iters=5, sdc_at={2: icount == 19})
-            (folder / "stdout.txt").write_text(f"running...\nlog file: /var/radiation-benchmarks/log/{log.name}\n")
+            # 'diehard run --once' prints the absolute path; other benchmarks print where the DUT wrote it
+            text = (
+                f"Log file path {log.resolve()}" if icount == 19 else f"log: /var/radiation-benchmarks/log/{log.name}"
+            )
+            (folder / "stdout.txt").write_text(f"running...\n{text}\nresult: SDC\n")
+    lines[1] = lines[1].split(":value_before")[0]  # an injection whose values were not recorded
     lines.append("garbage line without fields")
     (app / "results-mode-igid1.bfm0.23.txt").write_text("\n".join(lines) + "\n")
     return tmp_path / "logs", dut
@@ -47,6 +52,8 @@ def test_pvf_counts_every_category_and_joins_dut_logs(tmp_path):
     assert res.injections["injected"].sum() == 21 and len(res.injections) == 22
     cats = dict(zip(res.categories["category"], res.categories["count"]))
     assert set(cats) == set(CATEGORIES) and cats[19] == 1 and cats[17] == 3 and cats[1] == 1
+    assert res.injections.set_index("category").loc[2, "value_before"] == ""
+    assert res.injections.set_index("category").loc[3, "value_after"] == "0x3f800400"
     dmesg = res.injections.set_index("category").loc[15, "dmesg"]
     assert "Xid (PCI:0000:01:00): 13; Graphics" in dmesg
     assert any(":23: malformed NVBitFI result line" in n for n in res.notes)
@@ -70,7 +77,8 @@ def test_mapping_is_configurable(tmp_path):
     res = pvf(root, mapping=parse_mapping(["19=potential-due"]), method="wilson")
     p = res.pvf.set_index("outcome")
     assert p.loc["due", "count"] == 2 and p.loc["potential_due", "count"] == 11
-    assert "sdc_critical" not in p.index  # no DUT logs given, none found: no split claimed
+    # without --dut-logs only the log printed with its absolute path is found
+    assert (p.loc["sdc_critical", "count"], p.loc["sdc_unjoined", "count"]) == (1, 4)
     with pytest.raises(ConfigError, match="CATEGORY=OUTCOME"):
         parse_mapping(["20=sdc"])
 

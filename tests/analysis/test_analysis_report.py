@@ -72,10 +72,27 @@ def test_markdown_report_from_written_folders(tmp_path, simulated):
 def test_report_command_without_torch(tmp_path, simulated):
     write_result(simulated, tmp_path / "fit")
     truth_dir = tmp_path / "logs"
-    r = run_diehard("report", "--fit", str(tmp_path / "fit"), "--truth", str(truth_dir), "--out",
+    evals = []
+    for name in ("relu6-model", "diehardnet-model"):
+        evals += ["--evaluate", str(tmp_path / f"{name}.json")]
+        (tmp_path / f"{name}.json").write_text(json.dumps(EVAL | {"config": {"name": name}}))
+    r = run_diehard("report", "--fit", str(tmp_path / "fit"), "--truth", str(truth_dir), *evals, "--out",
                     str(tmp_path / "rep.html"), block=("torch",))  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert "SIMULATED BEAM" in (tmp_path / "rep.html").read_text()
+    text = (tmp_path / "rep.html").read_text()
+    assert "SIMULATED BEAM" in text and "relu6-model" in text and "diehardnet-model" in text
+
+
+def test_evaluate_labels_from_the_evaluate_json_layout():
+    from analysis.report import load_evaluate
+
+    base = {k: v for k, v in EVAL.items() if k != "config"}
+    ev = load_evaluate([
+        base | {"configuration": {"checkpoint": "out/checkpoints/digits_relu6", "model_name": None}},
+        base | {"configuration": {"checkpoint": "x", "model_name": "digits_diehardnet"}},
+        base | {"label": "mine"},
+    ])  # fmt: skip
+    assert list(ev["label"]) == ["digits_relu6", "digits_diehardnet", "mine"]
 
 
 def test_report_bad_inputs(tmp_path):
@@ -85,3 +102,14 @@ def test_report_bad_inputs(tmp_path):
         build_report(tmp_path / "x.html", evaluate=[{"clean_accuracy": 1.0}])
     with pytest.raises(DataError, match=r"\.html or \.md"):
         build_report(tmp_path / "x.pdf", evaluate=[EVAL])
+
+
+def test_report_when_every_run_is_excluded(tmp_path, beam_logs, facility_logs):
+    from tests.conftest import ROOT
+
+    hog = beam_logs / "2016_12_13_06_24_22_cudaHOG_carol-k402.log"
+    res = fit(ROOT / "setups" / "analysis" / "chipir-2016-11.toml", [hog], [facility_logs / "countlog-2016-11-24.txt"])
+    assert res.groups.empty and res.runs["excluded"].all()
+    write_result(res, tmp_path / "fit")
+    text = build_report(tmp_path / "r.html", fit=tmp_path / "fit").read_text()
+    assert "1 runs, 1 excluded" in text and "no flux log covers" in text
