@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -45,14 +46,17 @@ class Budget:
     epochs: int
     eval_campaigns: int
     golden_samples: int
-    serve_s: float
+    serve_s: float  # the simulated beam runs at least this long...
+    serve_max_s: float  # ...and until the watchdog has shown each of its actions, at most this long
     beam_spec: str
 
     @staticmethod
     def for_mode(quick: bool) -> Budget:
         if quick:
-            return Budget("quick", epochs=3, eval_campaigns=2, golden_samples=32, serve_s=22.0, beam_spec="demo-quick")
-        return Budget("full", epochs=15, eval_campaigns=5, golden_samples=64, serve_s=150.0, beam_spec="demo-full")
+            return Budget("quick", epochs=3, eval_campaigns=2, golden_samples=32, serve_s=10.0, serve_max_s=60.0,
+                          beam_spec="demo-quick")  # fmt: skip
+        return Budget("full", epochs=12, eval_campaigns=5, golden_samples=64, serve_s=150.0, serve_max_s=240.0,
+                      beam_spec="demo-full")  # fmt: skip
 
 
 def repo_root() -> Path:
@@ -142,6 +146,37 @@ class Demo:
         self.state["steps"][name] = {"done": True, "seconds": round(secs, 2), "summary": summary}
         self.save()
         self.echo(f"[{index}/{total}] {name}: {summary} ({secs:.1f} s; {time.monotonic() - self.t0:.0f} s so far)")
+
+    def diehard_many(self, name: str, jobs: Sequence[tuple[Sequence[str], str]], timeout: float) -> None:
+        """Run several ``diehard`` commands side by side (one per model), each logging to its own file."""
+        logs = self.out / "logs"
+        logs.mkdir(exist_ok=True)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        procs = []
+        try:
+            for args, log in jobs:
+                f = open(logs / log, "w")  # noqa: SIM115 - closed below, after the process ends
+                f.write("$ diehard " + " ".join(args) + "\n")
+                f.flush()
+                cmd = [sys.executable, "-m", "diehardlab", *args]
+                procs.append((args, logs / log, f, subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)))
+            deadline = time.monotonic() + timeout
+            for args, path, _f, p in procs:
+                try:
+                    rc = p.wait(timeout=max(1.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired as exc:
+                    raise DiehardError(
+                        f"step {name!r}: 'diehard {args[0]}' ran past {timeout:.0f} s; see {path}"
+                    ) from exc
+                if rc != 0:
+                    tail = "\n".join(path.read_text(errors="replace").splitlines()[-15:])
+                    raise DiehardError(f"step {name!r}: 'diehard {args[0]}' failed (exit {rc}); see {path}:\n{tail}")
+        finally:
+            for _args, _path, f, p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+                f.close()
 
     def diehard(self, name: str, args: Sequence[str], log: str, timeout: float) -> str:
         """Run ``diehard ARGS`` as a real subprocess, keeping its output in ``OUT/logs/LOG``."""
@@ -308,43 +343,43 @@ def run_demo(demo: Demo) -> int:
     demo.echo(f"output: {demo.out}  (mode {b.mode}, seed {demo.seed})")
     models = demo.out / "models"
     models.mkdir(exist_ok=True)
-    total = 8
+    total = 7
+    # The two models' steps run side by side, one core each: the demo's budget is the 2-core laptop's.
+    one = ["--threads", "1"]
 
-    def train(m: str) -> Callable[[], str]:
-        def body() -> str:
+    def train() -> str:
+        jobs = []
+        for m in MODELS:
             cfg = demo.root / "setups" / "models" / f"digits_{m}.toml"
-            demo.diehard(f"train {m}", ["train", "--config", str(cfg), "--epochs", str(b.epochs), "--seed",
-                                        str(demo.seed), "--out", str(models / m), "--no-progress"],
-                         f"train-{m}.log", timeout=600)  # fmt: skip
-            return _last_metrics(models / m)
+            jobs.append((["train", "--config", str(cfg), "--epochs", str(b.epochs), "--seed", str(demo.seed),
+                          "--out", str(models / m), "--no-progress", *one], f"train-{m}.log"))  # fmt: skip
+        demo.diehard_many("train", jobs, timeout=900)
+        return "; ".join(f"{m}: {_last_metrics(models / m)}" for m in MODELS)
 
-        return body
-
-    for i, m in enumerate(MODELS, start=1):
-        demo.step(i, total, f"train {m}", [models / m], train(m))
+    demo.step(1, total, "train baseline and DieHardNet", [models / m for m in MODELS], train)
 
     def evaluate() -> str:
+        (demo.out / "evaluate").mkdir()
+        jobs = [(["evaluate", str(models / m), "--fault-model", "block", "--campaigns", str(b.eval_campaigns),
+                  "--seed", str(demo.seed), "--json", str(demo.out / "evaluate" / f"{m}.json"), *one],
+                 f"evaluate-{m}.log") for m in MODELS]  # fmt: skip
+        demo.diehard_many("evaluate", jobs, timeout=600)
         out = []
         for m in MODELS:
-            js = demo.out / "evaluate" / f"{m}.json"
-            js.parent.mkdir(exist_ok=True)
-            demo.diehard("evaluate", ["evaluate", str(models / m), "--fault-model", "block", "--campaigns",
-                                      str(b.eval_campaigns), "--seed", str(demo.seed), "--json", str(js)],
-                         f"evaluate-{m}.log", timeout=600)  # fmt: skip
-            r = json.loads(js.read_text())
-            out.append(f"{m} regret {100 * r['regret_mean']:.1f} %")
-        return ", ".join(out)
+            r = json.loads((demo.out / "evaluate" / f"{m}.json").read_text())
+            out.append(f"{m}: clean {100 * r['clean_accuracy']:.1f} %, regret {100 * r['regret_mean']:.1f} %")
+        return "; ".join(out)
 
-    demo.step(3, total, "evaluate regret", [demo.out / "evaluate"], evaluate)
+    demo.step(2, total, "regret under injected block errors", [demo.out / "evaluate"], evaluate)
 
     def golden() -> str:
-        for m in MODELS:
-            demo.diehard("golden", ["golden", str(models / m), "--out", str(models / f"{m}.golden.pt"),
-                                    "--samples", str(b.golden_samples), "--batch-size", str(b.golden_samples)],
-                         f"golden-{m}.log", timeout=300)  # fmt: skip
+        jobs = [(["golden", str(models / m), "--out", str(models / f"{m}.golden.pt"), "--samples",
+                  str(b.golden_samples), "--batch-size", str(b.golden_samples), *one], f"golden-{m}.log")
+                for m in MODELS]  # fmt: skip
+        demo.diehard_many("golden", jobs, timeout=300)
         return f"{len(MODELS)} goldens of {b.golden_samples} images"
 
-    demo.step(4, total, "goldens", [models / f"{m}.golden.pt" for m in MODELS], golden)
+    demo.step(3, total, "goldens", [models / f"{m}.golden.pt" for m in MODELS], golden)
 
     campaign_dir = demo.out / "campaign"
 
@@ -353,38 +388,30 @@ def run_demo(demo: Demo) -> int:
         demo.diehard("check", ["serve", "--check", str(path)], "serve-check.log", timeout=60)
         return f"wrote {path.relative_to(demo.out)}"
 
-    demo.step(5, total, "campaign file", [campaign_dir], campaign)
+    demo.step(4, total, "campaign file", [campaign_dir], campaign)
 
     def serve() -> str:
-        path = campaign_dir / "campaign.toml"
-        demo.echo(
-            f"      serving for {b.serve_s:.0f} s under the simulated beam (journal: {campaign_dir / 'journal.jsonl'})"
-        )
         started = time.time()
-        demo.diehard("serve", ["serve", str(path), "--duration", str(b.serve_s)], "serve.log",
-                     timeout=b.serve_s + 120)  # fmt: skip
+        counts = serve_until_shown(demo, campaign_dir / "campaign.toml", campaign_dir / "journal.jsonl")
         write_facility_log(demo, campaign_dir / "facility", started - 5.0, time.time() + 5.0)
-        counts = journal_counts(campaign_dir / "journal.jsonl")
         keys = ("crash-detected", "hang-detected", "app-restart", "power-cycle")
         return ", ".join(f"{k} {counts.get(k, 0)}" for k in keys)
 
     # A served campaign cannot be resumed half-way into the same folders: redo it (and what follows) whole.
-    demo.step(6, total, "simulated beam campaign", [campaign_dir / "server-logs", campaign_dir / "local-duts",
-                                                    campaign_dir / "journal.jsonl",
-                                                    campaign_dir / "facility.chipir.txt"], serve)  # fmt: skip
+    served = ["server-logs", "local-duts", "journal.jsonl", "journal.status.json", "facility.chipir.txt"]
+    demo.step(5, total, "simulated beam campaign", [campaign_dir / p for p in served], serve)
 
     analysis_dir = demo.out / "analysis"
 
     def fit() -> str:
-        logs = [campaign_dir / "server-logs", campaign_dir / "local-duts"]
         args = ["fit", "--campaign", str(campaign_dir / "campaign.toml")]
-        for d in logs:
+        for d in (campaign_dir / "server-logs", campaign_dir / "local-duts"):
             args += ["--logs", str(d)]
         args += ["--flux", str(campaign_dir / "facility.chipir.txt"), "--out", str(analysis_dir)]
         demo.diehard("fit", args, "fit.log", timeout=300)
         return f"tables in {analysis_dir.relative_to(demo.out)}"
 
-    demo.step(7, total, "analysis", [analysis_dir], fit)
+    demo.step(6, total, "analysis", [analysis_dir], fit)
 
     report = demo.out / "report.html"
 
@@ -395,7 +422,7 @@ def run_demo(demo: Demo) -> int:
         demo.diehard("report", args, "report.log", timeout=300)
         return f"report {report.relative_to(demo.out)}"
 
-    demo.step(8, total, "report", [report], build_report)
+    demo.step(7, total, "report", [report], build_report)
 
     demo.state["finished"] = True
     demo.state["report"] = str(report)
@@ -404,6 +431,74 @@ def run_demo(demo: Demo) -> int:
     demo.echo("")
     demo.echo(summary(demo, campaign_dir, analysis_dir, report))
     return 0
+
+
+# What the watchdog must have shown before a demo campaign may stop early.
+SHOWN = {
+    "an app restart": lambda evs: any(e.get("event") == "app-restart" for e in evs),
+    "a hang recovered": lambda evs: _recovered_hang(evs),
+    "a power cycle": lambda evs: any(e.get("event") == "power-cycle" for e in evs),
+}
+
+
+def _recovered_hang(evs: list[dict]) -> bool:
+    hung = set()
+    for e in evs:
+        if e.get("event") == "hang-detected":
+            hung.add(e.get("dut"))
+        elif e.get("event") == "benchmark-start" and e.get("dut") in hung:
+            return True
+    return False
+
+
+def read_journal(path: Path) -> list[dict]:
+    evs = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                evs.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a torn last line while the server writes
+    return evs
+
+
+def serve_until_shown(demo: Demo, campaign: Path, journal: Path) -> dict[str, int]:
+    """Serve the campaign at least ``serve_s`` seconds and until the watchdog has restarted an app,
+    recovered a hang and power-cycled a board (at most ``serve_max_s``); then stop it as a user would
+    (SIGINT: the server stops the benchmarks, closes the server copies and journals it)."""
+    b = demo.budget
+    logs = demo.out / "logs"
+    logs.mkdir(exist_ok=True)
+    cmd = [sys.executable, "-m", "diehardlab", "serve", str(campaign), "--duration", str(b.serve_max_s)]
+    demo.echo(f"      serving {campaign.name} (at least {b.serve_s:.0f} s, at most {b.serve_max_s:.0f} s): {journal}")
+    t0 = time.monotonic()
+    shown: set[str] = set()
+    with open(logs / "serve.log", "w") as f:
+        f.write("$ diehard " + " ".join(cmd[3:]) + "\n")
+        f.flush()
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        try:
+            while proc.poll() is None:
+                time.sleep(0.5)
+                evs = read_journal(journal)
+                for what, seen in SHOWN.items():
+                    if what not in shown and seen(evs):
+                        shown.add(what)
+                        demo.echo(f"      {time.monotonic() - t0:5.1f} s: the watchdog has shown {what}")
+                if len(shown) == len(SHOWN) and time.monotonic() - t0 >= b.serve_s:
+                    proc.send_signal(signal.SIGINT)
+                    break
+            proc.wait(timeout=120)
+        except BaseException:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=120)
+            raise
+    if proc.returncode not in (0, -signal.SIGINT, 130):
+        raise DiehardError(f"'diehard serve' failed (exit {proc.returncode}); see {logs / 'serve.log'}")
+    missing = [w for w in SHOWN if w not in shown]
+    if missing:
+        demo.echo(f"      note: within {b.serve_max_s:.0f} s the watchdog did not show {', '.join(missing)}")
+    return journal_counts(journal)
 
 
 def _last_metrics(ckpt: Path) -> str:
