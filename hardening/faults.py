@@ -9,8 +9,9 @@ A fault corrupts part of one conv layer's output for one image:
 - ``channel``: one whole channel;
 - ``mix``: one of the four above, drawn per image.
 
-``value="magnitude"`` multiplies each corrupted value by ``s * m`` with ``m`` uniform in ``magnitude`` and ``s`` a
-random sign (``magnitude_scale`` scales ``m``: the training curriculum grows it linearly with the epoch);
+``value="magnitude"`` multiplies the corrupted values by ``s * m`` with ``m`` uniform in ``magnitude`` and ``s`` a
+random sign, drawn per image and channel (``magnitude_scale`` scales ``m``: the training curriculum grows it
+linearly with the epoch);
 ``value="nan"`` / ``"inf"`` writes NaN / +-Inf instead.
 
 Everything is vectorised on the tensor's device: masks come from comparisons of broadcast index ranges with
@@ -99,57 +100,78 @@ def _device_generator(gen: torch.Generator, device: torch.device) -> torch.Gener
     return dev_gen
 
 
-def _randint(hi: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Uniform integers in ``[0, hi)`` elementwise (``hi`` >= 1), vectorised."""
-    u = torch.rand(hi.shape, generator=gen, device=hi.device)
-    return torch.minimum((u * hi).long(), hi.long() - 1)
+def _scaled(u: torch.Tensor, hi: torch.Tensor | int) -> torch.Tensor:
+    """Uniform integers in ``[0, hi)`` from uniforms ``u`` in [0, 1), elementwise."""
+    if isinstance(hi, int):
+        return torch.clamp((u * hi).long(), max=hi - 1)
+    return torch.minimum((u * hi).long(), hi - 1)
 
 
 def fault_mask(
-    shape: Sequence[int], spec: FaultSpec, gen: torch.Generator, device: torch.device, kinds: torch.Tensor | None = None
+    shape: Sequence[int],
+    spec: FaultSpec,
+    gen: torch.Generator,
+    device: torch.device,
+    kinds: torch.Tensor | None = None,
+    select: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A bool mask of ``shape`` (N, C, H, W) with one fault per image, and the per-image kind index.
 
     ``kinds`` (N,) selects the fault model per image as an index into ``BASE_KINDS``; by default it
-    follows ``spec.kind`` (random per image for ``mix``).
+    follows ``spec.kind`` (random per image for ``mix``). ``select`` (N,) bool leaves the other images clean.
     """
     n, c, h, w = (int(s) for s in shape)
+    # Every random number of the mask in one draw (few kernel launches): per image kind, channel, row, column,
+    # block height and width, block corner, row-or-column, then the per-channel block selection.
+    u = torch.rand((n, 9 + c), generator=gen, device=device)
+    kinds_given = kinds is not None
     if kinds is None:
         if spec.kind == "mix":
-            kinds = _randint(torch.full((n,), len(BASE_KINDS), device=device), gen)
+            kinds = _scaled(u[:, 0], len(BASE_KINDS))
         else:
             kinds = torch.full((n,), BASE_KINDS.index(spec.kind), device=device, dtype=torch.long)
-    full = torch.ones(n, device=device)
-    ch = _randint(full * c, gen).view(n, 1, 1, 1)
-    row = _randint(full * h, gen)
-    col = _randint(full * w, gen)
+    ch = _scaled(u[:, 1], c).view(n, 1, 1, 1)
+    row = _scaled(u[:, 2], h).view(n, 1, 1, 1)
+    col = _scaled(u[:, 3], w).view(n, 1, 1, 1)
     # Block extent; the rectangle lies inside the map, its corner is uniform over valid positions.
-    bh = 1 + _randint(full * max(1, math.ceil(spec.block_max_frac * h)), gen)
-    bw = 1 + _randint(full * max(1, math.ceil(spec.block_max_frac * w)), gen)
-    r0 = _randint(h - bh + 1, gen).view(n, 1, 1, 1)
-    c0 = _randint(w - bw + 1, gen).view(n, 1, 1, 1)
-    by_row = torch.rand(n, generator=gen, device=device).view(n, 1, 1, 1) < 0.5
-    chan_p = torch.rand(n, c, generator=gen, device=device) < spec.block_channel_p
-    row, col = row.view(n, 1, 1, 1), col.view(n, 1, 1, 1)
+    bh = 1 + _scaled(u[:, 4], max(1, math.ceil(spec.block_max_frac * h)))
+    bw = 1 + _scaled(u[:, 5], max(1, math.ceil(spec.block_max_frac * w)))
+    r0 = _scaled(u[:, 6], h - bh + 1).view(n, 1, 1, 1)
+    c0 = _scaled(u[:, 7], w - bw + 1).view(n, 1, 1, 1)
+    by_row = (u[:, 8] < 0.5).view(n, 1, 1, 1)
+    chan_p = u[:, 9:] < spec.block_channel_p
     bh, bw = bh.view(n, 1, 1, 1), bw.view(n, 1, 1, 1)
 
     ci = torch.arange(c, device=device).view(1, c, 1, 1)
     hi = torch.arange(h, device=device).view(1, 1, h, 1)
     wi = torch.arange(w, device=device).view(1, 1, 1, w)
     in_channel = ci == ch
+    if select is not None:
+        in_channel = in_channel & select.to(device=device, dtype=torch.bool).view(n, 1, 1, 1)
+    # Which kinds occur is known on the host unless the kind is drawn per image (mix), so a single-kind spec
+    # builds only its own mask and never waits on the device.
+    present = range(len(BASE_KINDS)) if spec.kind == "mix" or kinds_given else (BASE_KINDS.index(spec.kind),)
     k = kinds.view(n, 1, 1, 1)
-    mask = torch.zeros((n, c, h, w), dtype=torch.bool, device=device)
-    if bool((kinds == 0).any()):  # single
-        mask |= (k == 0) & in_channel & (hi == row) & (wi == col)
-    if bool((kinds == 1).any()):  # line: a row or a column of one channel
-        line = torch.where(by_row, hi == row, wi == col)
-        mask |= (k == 1) & in_channel & line
-    if bool((kinds == 2).any()):  # block
-        chans = (chan_p.view(n, c, 1, 1) | in_channel) & (k == 2)
-        mask |= chans & (hi >= r0) & (hi < r0 + bh) & (wi >= c0) & (wi < c0 + bw)
-    if bool((kinds == 3).any()):  # channel
-        mask |= (k == 3) & in_channel
-    return mask, kinds
+    parts: list[torch.Tensor] = []
+    # Factor each mask into (channel) x (row) x (column) parts so only the last AND is full-size.
+    for kind in present:
+        if kind == 0:  # single
+            part = (in_channel & (hi == row)) & (wi == col)
+        elif kind == 1:  # line: a row or a column of one channel
+            rows = in_channel & (~by_row | (hi == row))
+            part = rows & (by_row | (wi == col))
+        elif kind == 2:  # block: the same rectangle in each selected channel
+            chans = chan_p.view(n, c, 1, 1) | (ci == ch)
+            if select is not None:
+                chans = chans & select.to(device=device, dtype=torch.bool).view(n, 1, 1, 1)
+            part = (chans & ((hi >= r0) & (hi < r0 + bh))) & ((wi >= c0) & (wi < c0 + bw))
+        else:  # channel
+            part = in_channel.expand(n, c, h, w)
+        parts.append(part & (k == kind) if len(present) > 1 else part)
+    mask = parts[0]
+    for part in parts[1:]:
+        mask = mask | part
+    return mask.expand(n, c, h, w), kinds
 
 
 def corrupt(
@@ -166,21 +188,20 @@ def corrupt(
     view = out.view(out.shape[0], out.shape[1], 1, 1) if flat else out
     if view.dim() != 4:
         raise ValueError(f"corrupt expects an (N, C, H, W) or (N, F) tensor, got shape {tuple(out.shape)}")
-    mask, _ = fault_mask(view.shape, spec, g, device)
-    if select is not None:
-        mask &= select.to(device=device, dtype=torch.bool).view(-1, 1, 1, 1)
+    mask, _ = fault_mask(view.shape, spec, g, device, select=select)
+    # One random factor (magnitude and sign) per image and channel: a corrupted block or line keeps one error
+    # per channel. Drawing per element would cost two full-size random tensors on every forward.
+    n, c = view.shape[0], view.shape[1]
+    r = torch.rand((2, n, c, 1, 1), generator=g, device=device)
+    sign = torch.where(r[0] < 0.5, -1.0, 1.0)
     if spec.value == "magnitude":
         lo, hi = spec.magnitude
-        u = torch.rand(view.shape, generator=g, device=device, dtype=torch.float32)
-        sign = torch.where(torch.rand(view.shape, generator=g, device=device) < 0.5, -1.0, 1.0)
-        factor = (lo + (hi - lo) * u) * spec.magnitude_scale * sign
-        bad = view * factor.to(view.dtype)
-    elif spec.value == "nan":
-        bad = torch.full_like(view, float("nan"))
+        factor = ((lo + (hi - lo) * r[1]) * spec.magnitude_scale * sign).to(view.dtype)
+        # out * where(mask, factor, 1): one full-size product, whose backward is one product too.
+        result = view * torch.where(mask, factor, torch.ones((), dtype=view.dtype, device=device))
     else:
-        sign = torch.where(torch.rand(view.shape, generator=g, device=device) < 0.5, -1.0, 1.0)
-        bad = (sign * float("inf")).to(view.dtype)
-    result = torch.where(mask, bad, view)
+        bad = float("nan") if spec.value == "nan" else (sign * float("inf")).to(view.dtype)
+        result = torch.where(mask, bad, view)
     if flat:
         return result.view(out.shape), mask.view(out.shape)
     return result, mask

@@ -164,9 +164,20 @@ def config_from_dict(data: dict[str, Any], source: str) -> TrainConfig:
 
 
 def load_config(path: str | Path) -> TrainConfig:
-    from diehardlab.config import read_toml
-
-    return config_from_dict(read_toml(path), str(path))
+    """Read a model config TOML. Parsed with the standard library so training needs no pydantic."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return config_from_dict(data, str(path))
 
 
 # ---------------------------------------------------------------- device, data, augmentation
