@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--campaigns", type=int, default=5)
     ap.add_argument("--fault-model", default="block")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--data-dir", default="", help="dataset folder (default: the configs' / Debian's)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default="runs/regret")
     ap.add_argument("--json", help="write all results to this file")
@@ -55,7 +56,7 @@ def main() -> None:
     for seed in range(args.seeds):
         for variant in variants:
             cfg = load_config(ROOT / "setups" / "models" / f"{args.scale}_{variant}.toml")
-            cfg = replace(cfg, seed=seed, device=args.device)
+            cfg = replace(cfg, seed=seed, device=args.device, data_dir=args.data_dir or cfg.data_dir)
             if args.epochs:
                 cfg = replace(cfg, epochs=args.epochs)
             if args.train_limit >= 0:
@@ -69,7 +70,8 @@ def main() -> None:
             res["test_accuracy_after_training"] = summary["test_accuracy"]
             results.append(res)
             print(
-                f"seed {seed}  {variant:<12} clean {res['clean_accuracy']:.4f}  faulty {res['faulty_accuracy_mean']:.4f}"
+                f"seed {seed}  {variant:<12} clean {res['clean_accuracy']:.4f}"
+                f"  faulty {res['faulty_accuracy_mean']:.4f}"
                 f"  regret {res['regret_mean']:.4f} +- {res['regret_std']:.4f}  critical {res['critical_rate']:.4f}"
                 f"  (train {t_train:.0f} s, {cfg.epochs} epochs, limit {cfg.train_limit or 'all'})",
                 flush=True,
