@@ -191,9 +191,10 @@ def cmd_curve(argv: Sequence[str]) -> int:
     )
     p.add_argument("--orders", type=int, default=5, help="random image orders to average (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random orders")
+    p.add_argument("--selection", type=Path, help="order the run's images by this ranking instead of the run's order")
     p.add_argument("--out", type=Path, required=True, help="output prefix: writes PREFIX.csv and PREFIX.png")
     args = p.parse_args(argv)
-    res = curve_from_run(args.run, args.orders, args.seed, args.out)
+    res = curve_from_run(args.run, args.orders, args.seed, args.out, args.selection)
     print(json.dumps(res["summary"], indent=1))
     print(f"wrote {res['csv']}" + (f" and {res['png']}" if res["png"] else " (no plot: matplotlib missing)"))
     return 0

@@ -27,15 +27,21 @@ def detection_curve(outcomes: np.ndarray, order: np.ndarray | None = None) -> np
     return np.stack([masked, noncrit, crit], axis=1)
 
 
-def curves(outcomes: np.ndarray, orders: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ranked curve, mean and std over ``orders`` random image orders."""
+def curves(
+    outcomes: np.ndarray, orders: int = 5, seed: int = 0, ranking: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ranked curve (columns in ``ranking`` order, default as stored), mean and std over random orders.
+
+    The random orders depend only on the seed and the number of images, so rankings of the same run are
+    compared with the same random baseline.
+    """
     rng = np.random.default_rng(seed)
     n = outcomes.shape[1]
     rand = np.stack([detection_curve(outcomes, rng.permutation(n)) for _ in range(orders)])
-    return detection_curve(outcomes), rand.mean(axis=0), rand.std(axis=0)
+    return detection_curve(outcomes, ranking), rand.mean(axis=0), rand.std(axis=0)
 
 
-def curve_from_run(run_dir: Path, orders: int, seed: int, out: Path) -> dict:
+def curve_from_run(run_dir: Path, orders: int, seed: int, out: Path, selection: Path | None = None) -> dict:
     path = run_dir / "outcomes.npy"
     if not path.is_file():
         raise DataError(f"--run: {run_dir} has no outcomes.npy; run 'diehard sfi run ... --out {run_dir}' first")
@@ -43,8 +49,19 @@ def curve_from_run(run_dir: Path, orders: int, seed: int, out: Path) -> dict:
     if done is not None and not done.all():
         raise DataError(f"--run: {run_dir} is unfinished ({int(done.sum())}/{done.size} faults); resume it first")
     outcomes = np.load(path)
-    ranked, mean, std = curves(outcomes, orders, seed)
     meta = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    ranking = None
+    if selection is not None:
+        # rank the run's images by another ranking: the same outcomes, another order of the columns
+        from hardening.sfi.sources import read_selection
+
+        ids = meta.get("image_ids", [])
+        pos = {iid: i for i, iid in enumerate(ids)}
+        order = [pos[i] for i in read_selection(selection) if i in pos]
+        if len(order) != len(ids):
+            raise DataError(f"--selection: {selection} does not rank every image of the run in {run_dir}")
+        ranking = np.array(order)
+    ranked, mean, std = curves(outcomes, orders, seed, ranking)
     out.parent.mkdir(parents=True, exist_ok=True)
     csv_path = out.with_suffix(".csv")
     with open(csv_path, "w", newline="") as fh:
