@@ -73,7 +73,7 @@ def test_real_lenet_selection_and_sfi(real_lenet, tmp_path):
 
     model, images = real_lenet
     assert images.x.shape == (20, 3, 32, 32) and images.y.tolist()[:3] == [3, 8, 8]  # labels from file names
-    order, s, pred = rank(model, images.x, images.y, "el2n")
+    order, _, pred = rank(model, images.x, images.y, "el2n")
     wrong = {i for i in range(20) if pred[i] != images.y[i]}
     assert 0 < len(wrong) < 10  # a real trained model: most right, some wrong
     assert set(order[: len(wrong)]) == wrong  # the misclassified images are the hardest by EL2N here
