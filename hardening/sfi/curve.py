@@ -88,16 +88,17 @@ def curve_from_run(run_dir: Path, orders: int, seed: int, out: Path, selection: 
         import matplotlib.pyplot as plt
 
         x = np.arange(1, ranked.shape[0] + 1)
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for col, name, color in ((2, "critical (SDC-1)", "C3"), (1, "non-critical", "C1")):
-            ax.plot(x, ranked[:, col], "-o", ms=3, color=color, label=f"{name}, ranked")
-            ax.plot(x, mean[:, col], "--", color=color, label=f"{name}, mean of {orders} random orders")
-            if col == 2:
-                ax.fill_between(x, mean[:, 2] - std[:, 2], mean[:, 2] + std[:, 2], color=color, alpha=0.15)
-        ax.set_xlabel("images used")
-        ax.set_ylabel("faults")
-        ax.set_title(f"fault detection curve ({outcomes.shape[0]} faults; {meta.get('model', run_dir.name)})")
-        ax.legend(fontsize=7)
+        label = f"ranked by {selection.stem}" if selection is not None else "ranked (run order)"
+        # one panel per outcome: critical faults are few and would be flattened next to non-critical ones
+        fig, axes = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
+        for ax, col, name, color in ((axes[0], 2, "critical (SDC-1)", "C3"), (axes[1], 1, "non-critical", "C1")):
+            ax.plot(x, ranked[:, col], "-o", ms=3, color=color, label=label)
+            ax.plot(x, mean[:, col], "--", color="k", label=f"mean of {orders} random orders")
+            ax.fill_between(x, mean[:, col] - std[:, col], mean[:, col] + std[:, col], color="k", alpha=0.12)
+            ax.set_ylabel(f"{name} faults")
+            ax.legend(fontsize=7, loc="lower right")
+        axes[1].set_xlabel("images used")
+        axes[0].set_title(f"fault detection curve: {outcomes.shape[0]} faults, {meta.get('model', run_dir.name)}")
         fig.tight_layout()
         png = out.with_suffix(".png")
         fig.savefig(png, dpi=120)
