@@ -22,6 +22,12 @@ def _device(name: str) -> str:
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
+    try:
+        torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"--device {name!r}: not a torch device ({exc})") from exc
     return name
 
 

@@ -157,6 +157,11 @@ def test_cli_run_select_curve_on_a_checkpoint(digits_ckpt, tmp_path, run_cli):
 def test_cli_errors_name_the_option(digits_ckpt, tmp_path, run_cli):
     r = run_cli("sfi", "run", str(digits_ckpt), "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "--plan" in r.stderr
+    if not torch.cuda.is_available():
+        r = run_cli(
+            "sfi", "run", str(digits_ckpt), "--method", "layer", "--device", "cuda", "--out", str(tmp_path / "z")
+        )
+        assert r.returncode == 2 and "--device cuda: CUDA is not available" in r.stderr
     bad = tmp_path / "bad.csv"
     bad.write_text('Injection,Layer,TensorIndex,Bit\n0,stem.conv.weight,"(99, 0, 0, 0)",3\n')
     r = run_cli("sfi", "run", str(digits_ckpt), "--faults", str(bad), "--images", "3", "--out", str(tmp_path / "y"))
