@@ -213,10 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", help="dataset folder (default: the one of the training config)")
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--json", help="write the result as JSON to this file")
     p.add_argument("--fault-list", help="write one CSV row per injected fault (campaign, image, layer, ...)")
     p.add_argument("--reproduce", help="take fault spec, seeds, split, limit and layer distribution from a JSON result")
     args = p.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     base: dict[str, Any] = {"campaigns": 5, "seed": 0, "split": "test", "limit": 0, "layer_distribution": "uniform"}
     spec_dict: dict[str, Any] = {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import sys
 import time
@@ -163,9 +164,20 @@ def config_from_dict(data: dict[str, Any], source: str) -> TrainConfig:
 
 
 def load_config(path: str | Path) -> TrainConfig:
-    from diehardlab.config import read_toml
-
-    return config_from_dict(read_toml(path), str(path))
+    """Read a model config TOML. Parsed with the standard library so training needs no pydantic."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return config_from_dict(data, str(path))
 
 
 # ---------------------------------------------------------------- device, data, augmentation
@@ -437,8 +449,12 @@ def train(
     resume: bool = False,
     progress: bool = False,
     log=print,
+    stop_after: int = 0,
 ) -> dict[str, Any]:
-    """Train ``cfg`` into the checkpoint folder ``out`` (continuing it with ``resume``); returns the summary."""
+    """Train ``cfg`` into the checkpoint folder ``out`` (continuing it with ``resume``); returns the summary.
+
+    ``stop_after`` ends this session after that many epochs (0: run to the end); ``resume`` continues later.
+    """
     out = Path(out)
     if resume:
         saved_cfg = ckpt.read_config(out)
@@ -482,7 +498,8 @@ def train(
         f"train {cfg.name}: {cfg.dataset} ({len(y)} train / {len(vy)} val images), {cfg.model.arch}, "
         f"{cfg.epochs} epochs on {device}, seed {cfg.seed}, fault-aware {cfg.fault_aware} -> {out}"
     )
-    while state.epoch < cfg.epochs:
+    last = min(cfg.epochs, state.epoch + stop_after) if stop_after else cfg.epochs
+    while state.epoch < last:
         t0 = time.perf_counter()
         lr = state.optimizer.param_groups[0]["lr"]
         scale = state.injector.spec.magnitude_scale if state.injector else 0.0
@@ -517,9 +534,13 @@ def train(
         )
     if state.injector:
         state.injector.detach()
+    if state.epoch < cfg.epochs:
+        log(f"stopped after epoch {state.epoch}/{cfg.epochs}; continue with --resume --out {out}")
+        return {"checkpoint": str(out), "epochs": state.epoch, "test_accuracy": None}
     test_ds = load_dataset(cfg.dataset, "test", data_dir)
     test = evaluate(state.model, test_ds.x.to(device), test_ds.y.to(device), cfg)
     summary = {"checkpoint": str(out), "epochs": state.epoch, "test_accuracy": test["accuracy"]}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log(f"test accuracy {test['accuracy']:.4f}; checkpoint {out}")
     return summary
 
@@ -542,8 +563,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, help="override the seed")
     p.add_argument("--train-limit", type=int, help="use only N training images (0: all)")
     p.add_argument("--device", help="auto (default: cuda when available), cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--out", help="checkpoint folder (default: checkpoints/<name>-seed<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out from its last epoch")
+    p.add_argument("--stop-after", type=int, default=0, help="stop this session after N epochs (resume later)")
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -551,6 +574,8 @@ def main(argv: list[str] | None = None) -> int:
         help="show a progress bar (default: on a tty)",
     )
     args = p.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     if args.config is None and not (args.resume and args.out):
         p.error("--config is required (or --resume with --out to continue a saved run)")
     if args.config:
@@ -573,5 +598,5 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"command line: {exc}") from None
     out = Path(args.out) if args.out else Path("checkpoints") / f"{cfg.name}-seed{cfg.seed}"
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    train(cfg, out, resume=args.resume, progress=progress)
+    train(cfg, out, resume=args.resume, progress=progress, stop_after=args.stop_after)
     return 0
