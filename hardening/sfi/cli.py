@@ -129,7 +129,7 @@ def cmd_run(argv: Sequence[str]) -> int:
     if args.faults:
         faults = faultlist.read_csv(args.faults)
         source = {"faults_file": str(args.faults)}
-        plan_t, fault_model = None, None
+        plan_t, fault_model, conf = None, None, args.confidence
     else:
         plan = (
             load_plan(args.plan)
@@ -140,7 +140,7 @@ def cmd_run(argv: Sequence[str]) -> int:
         )
         faults = faultlist.draw(plan, args.seed)
         source = {"plan": plan.to_json() if not args.plan else str(args.plan), "seed": args.seed}
-        plan_t, fault_model = plan.t, plan.fault_model
+        plan_t, fault_model, conf = plan.t, plan.fault_model, plan.confidence
     if any(f.is_activation for f in faults):
         layers = layers + activation_layers(target.model, images.x[:1].to(device))
     if args.max_faults is not None and args.max_faults < len(faults):
@@ -155,7 +155,7 @@ def cmd_run(argv: Sequence[str]) -> int:
         "dataset": target.dataset,
         "image_ids": images.ids,
         "fault_model": fault_model,
-        "confidence": args.confidence,
+        "confidence": conf,
         "t": t,
         "batch_size": args.batch_size,
         "device": device,
@@ -183,6 +183,11 @@ def cmd_run(argv: Sequence[str]) -> int:
         f"faults {s['faults']}: masked {s['masked']}, non-critical {s['non_critical']}, SDC-1 {s['sdc1']} "
         f"(p_sdc1 {s['p_sdc1']:.4f}); {s['faults_per_s_this_call'] or 0} faults/s"
         + (f"; resumed after {s['resumed_from']} faults" if s["resumed_from"] else "")
+    )
+    est = s["estimate_sdc1"]
+    print(
+        f"network SDC-1 probability per fault: {est['p']:.4f} +/- {est['margin']:.4f} at {conf:g} confidence"
+        + (" (stratum-weighted)" if est["weighted"] else "")
     )
     print(f"wrote {args.out}/per_fault.csv, per_layer_bit.csv, per_layer.csv, summary.json")
     return 0

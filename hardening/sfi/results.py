@@ -116,6 +116,47 @@ FAULT_HEADER = [
 ]
 
 
+def _stratum_population(label: str, layers: list[Layer], model: str) -> int | None:
+    by_module = {x.module: x for x in layers}
+    layer, _, bit = label.rpartition("/")
+    vals = 2 if model.startswith("stuck-at") else 1
+    if layer == "*":
+        return sum(x.numel for x in layers if not x.tensors[0].endswith(".output")) * FLOAT_BITS * vals
+    if layer not in by_module or not bit:
+        return None
+    return by_module[layer].numel * vals * (FLOAT_BITS if bit == "all" else 1)
+
+
+def estimate(faults: list[Fault], hit: np.ndarray, layers: list[Layer], t: float) -> dict:
+    """Network-wide proportion of faults with ``hit`` and its margin at the run's confidence.
+
+    Each fault belongs to the population it was drawn from (its stratum); a stratified sample (layer, per-bit
+    methods) is weighted by population size, p = sum_h N_h p_h / N, with variance
+    sum_h (N_h / N)^2 p_h (1 - p_h) / n_h (N_h - n_h) / (N_h - 1). An unweighted proportion would over-count small
+    layers. Lists without strata (a hand-written fault list) give the plain proportion.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, f in enumerate(faults):
+        groups.setdefault(f.stratum, []).append(i)
+    pops = {h: _stratum_population(h, layers, faults[idx[0]].model) for h, idx in groups.items()}
+    if not faults:
+        return {"p": math.nan, "margin": math.nan, "weighted": False}
+    if any(v is None for v in pops.values()):
+        n, k = len(faults), int(hit.sum())
+        p = k / n
+        return {"p": p, "margin": t * math.sqrt(p * (1 - p) / n), "weighted": False}
+    total = sum(pops.values())
+    p = var = 0.0
+    for h, idx in groups.items():
+        n_h, pop = len(idx), pops[h]
+        p_h = float(hit[idx].mean())
+        w = pop / total
+        p += w * p_h
+        fpc = (pop - n_h) / (pop - 1) if pop > 1 else 0.0
+        var += w * w * p_h * (1 - p_h) / n_h * max(fpc, 0.0)
+    return {"p": p, "margin": t * math.sqrt(var), "weighted": len(groups) > 1}
+
+
 def write_tables(out: Path, faults: list[Fault], outcomes: np.ndarray, layers: list[Layer], t: float) -> dict:
     """Write per_fault.csv, per_layer_bit.csv, per_layer.csv; return the network summary."""
     with open(out / "per_fault.csv", "w", newline="") as fh:
@@ -153,5 +194,8 @@ def write_tables(out: Path, faults: list[Fault], outcomes: np.ndarray, layers: l
         "non_critical": ks[1],
         "sdc1": ks[2],
         "p_sdc1": ks[2] / n if n else math.nan,
+        # population estimates (stratum-weighted) with their margin at the run's confidence
+        "estimate_sdc1": estimate(faults, w == 2, layers, t),
+        "estimate_not_masked": estimate(faults, w >= 1, layers, t),
         "fault_image_pairs": {name: int((outcomes == k).sum()) for k, name in enumerate(OUTCOME_NAMES)},
     }

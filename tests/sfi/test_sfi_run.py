@@ -178,3 +178,20 @@ def test_ray_engine_matches_in_process(tiny_resnet, tiny_images, tmp_path):
     np.testing.assert_array_equal(
         np.load(tmp_path / "ray" / "outcomes.npy"), np.load(tmp_path / "local" / "outcomes.npy")
     )
+
+
+def test_stratified_estimate_weights_by_population():
+    from hardening.sfi.faultlist import Fault
+    from hardening.sfi.plan import Layer
+    from hardening.sfi.results import estimate
+
+    layers = [Layer("a", "conv", ["a.weight"], [(10,)]), Layer("b", "conv", ["b.weight"], [(990,)])]
+    # 10 faults from each layer's population (layer method, bit flips): a is all SDC-1, b none
+    faults = [Fault(i, "a.weight", (0,), 3, "bitflip", None, "a/all") for i in range(10)]
+    faults += [Fault(10 + i, "b.weight", (0,), 3, "bitflip", None, "b/all") for i in range(10)]
+    hit = np.array([True] * 10 + [False] * 10)
+    e = estimate(faults, hit, layers, 2.58)
+    assert e["weighted"] and e["p"] == pytest.approx(10 / 1000)  # not the unweighted 0.5
+    assert e["margin"] == 0.0  # both strata have p_h in {0, 1}
+    plain = estimate([Fault(i, "a.weight", (0,), 3) for i in range(4)], np.array([1, 0, 0, 0], bool), layers, 2.58)
+    assert not plain["weighted"] and plain["p"] == 0.25 and plain["margin"] == pytest.approx(2.58 * (0.1875 / 4) ** 0.5)
