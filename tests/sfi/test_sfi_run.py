@@ -195,3 +195,20 @@ def test_stratified_estimate_weights_by_population():
     assert e["margin"] == 0.0  # both strata have p_h in {0, 1}
     plain = estimate([Fault(i, "a.weight", (0,), 3) for i in range(4)], np.array([1, 0, 0, 0], bool), layers, 2.58)
     assert not plain["weighted"] and plain["p"] == 0.25 and plain["margin"] == pytest.approx(2.58 * (0.1875 / 4) ** 0.5)
+
+
+def test_activation_campaign_tables(tiny_resnet, tiny_images, tmp_path):
+    from hardening.sfi.plan import activation_layers
+
+    x, y = tiny_images
+    plan = make_plan(tiny_resnet, "layer", error=0.25, fault_model="bitflip", target="activations", example=x)
+    faults = draw(plan, seed=4)
+    layers = injectable_layers(tiny_resnet) + activation_layers(tiny_resnet, x[:1])
+    imgs = Images(x, y, [str(i) for i in range(len(y))])
+    s = run_campaign(tiny_resnet, imgs, faults, tmp_path / "a", layers, 2.58, {}, "h")
+    rows = _rows(tmp_path / "a" / "per_layer.csv")
+    by_name = {r["layer"]: r for r in rows}
+    assert set(by_name) == {st.layer for st in plan.strata} and all(n.endswith(".output") for n in by_name)
+    for st in plan.strata:
+        assert int(by_name[st.layer]["population"]) == st.population and int(by_name[st.layer]["faults"]) == st.n
+    assert s["estimate_sdc1"]["weighted"] and 0 <= s["estimate_sdc1"]["p"] <= 1
