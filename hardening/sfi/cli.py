@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -215,9 +216,9 @@ def main(argv: Sequence[str]) -> int:
     argv = list(argv)
     subs = {"plan": cmd_plan, "run": cmd_run, "curve": cmd_curve}
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage:\n" + USAGE)
+        print("usage: diehard sfi {plan,run,curve} [options]   (diehard sfi <action> --help for each)\n\n" + USAGE)
         return 0
     if argv[0] not in subs:
-        print(f"diehard sfi: unknown action {argv[0]!r}; use plan, run or curve\n{USAGE}")
+        print(f"diehard sfi: unknown action {argv[0]!r}; use plan, run or curve\n{USAGE}", file=sys.stderr)
         return 2
     return subs[argv[0]](argv[1:])
