@@ -22,11 +22,17 @@ import torch
 from diehardlab.cli import main as diehard
 
 
+def _diehard(argv: list[str]) -> None:
+    code = diehard(argv)
+    if code != 0:
+        raise SystemExit(f"diehard {' '.join(argv[:2])} failed with exit status {code}")
+
+
 def experiment(name: str, model_args: list[str], out: Path, error: float, images: list[str]) -> None:
     for metric in ("el2n", "deepgini", "ce"):
-        assert diehard(["select", *model_args, *images, "--metric", metric, "--out", str(out / f"{metric}.csv")]) == 0
+        _diehard(["select", *model_args, *images, "--metric", metric, "--out", str(out / f"{metric}.csv")])
     run = out / "run"
-    code = diehard(
+    _diehard(
         [
             "sfi",
             "run",
@@ -46,7 +52,6 @@ def experiment(name: str, model_args: list[str], out: Path, error: float, images
             str(run),
         ]
     )
-    assert code == 0
     from hardening.sfi.curve import curve_from_run
 
     print(f"\n{name}: critical faults found with the first k images, ranked vs mean±std of 5 random orders")
