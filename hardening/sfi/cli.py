@@ -120,7 +120,14 @@ def cmd_run(argv: Sequence[str]) -> int:
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
     p.add_argument("--chunk", type=int, default=64, help="faults between progress checkpoints (default 64)")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--threads", type=int, help="CPU threads of torch (default: torch's choice)")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     if sum(x is not None for x in (args.plan, args.faults, args.method)) != 1:
         raise ConfigError("give exactly one of --plan FILE, --faults FILE or --method METHOD")
     device = _device(args.device)
