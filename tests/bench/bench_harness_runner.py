@@ -1,0 +1,116 @@
+"""Overhead of ``diehard run``'s loop against a bare loop of the same forward passes (same process, same batch).
+
+The runner's iteration adds the on-device comparison with the golden outputs (one bool to the host), the
+libLogHelper bookkeeping (``#IT`` every ``--interval`` iterations) and the liveness check. The bare loop runs
+only ``[model(x) for x in batches]`` + synchronize under ``torch.inference_mode``. Both run N iterations,
+interleaved (alternating which goes first), R times; the printed ratio is the median of the per-round
+ratios of iterations per second. Target: overhead <= 3 % at batch 32 and 128.
+
+    MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 \\
+        PYTHONPATH=. python tests/bench/bench_harness_runner.py [--rounds 7] [--seconds 1.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from hardening.checkpoint import load_model, save_config, save_model
+from hardening.models import ModelConfig, build_model
+from harness.device import pick_device, synchronize
+from harness.golden import golden_record, save_golden
+from harness.runner import Runner, RunOptions
+
+CASES = [
+    # name, model config, channels, image size
+    ("resnet20-cifar", ModelConfig(arch="resnet20"), 3, 32),
+    ("smallnet-digits", ModelConfig(arch="smallnet", width=8), 1, 8),
+]
+
+
+def make_case(root: Path, name: str, cfg: ModelConfig, channels: int, size: int, batch: int, dev) -> tuple[Path, Path]:
+    ckpt = root / f"{name}-ckpt"
+    if not (ckpt / "model.pt").is_file():
+        torch.manual_seed(0)
+        save_config(ckpt, {"model": cfg.to_dict(), "dataset": "bench", "in_channels": channels, "num_classes": 10})
+        save_model(ckpt, build_model(cfg, channels, 10).eval())
+    loaded = load_model(ckpt, dev)
+    gen = torch.Generator().manual_seed(1)
+    inputs = torch.randn(batch, channels, size, size, generator=gen)
+    golden = save_golden(golden_record(loaded, inputs, torch.zeros(batch, dtype=torch.long), batch, 1e-3, dev),
+                         root / f"{name}-b{batch}.pt")  # fmt: skip
+    return ckpt, golden
+
+
+def bare_loop(model, batches, n: int, dev) -> float:
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for _ in range(n):
+            _ = [model(x) for x in batches]
+            synchronize(dev)
+    return time.perf_counter() - t0
+
+
+def runner_loop(runner: Runner, w, n: int) -> float:
+    """n iterations of the runner's loop on an open log (opening and closing a log is not the loop)."""
+    runner.o.iterations = w.iteration + n
+    runner.stop_reason = None
+    t0 = time.perf_counter()
+    runner.loop(w)
+    return time.perf_counter() - t0
+
+
+def measure(ckpt: Path, golden: Path, log_dir: Path, rounds: int, seconds: float, dev) -> tuple[float, float, float]:
+    runner = Runner(RunOptions(ckpt_dir=ckpt, golden=golden, log_dir=log_dir, hostname="bench", benchmark="bench",
+                               interval=10, device=str(dev)))  # fmt: skip
+    runner.prepare()
+    model, batches = runner.model, runner.batches
+    per_iter = bare_loop(model, batches, 3, dev) / 3
+    n = max(10, int(seconds / per_iter))
+    w = runner.open_log()
+    ratios, bare_ips, run_ips = [], [], []
+    for r in range(rounds):
+        if r % 2:
+            t_run = runner_loop(runner, w, n)
+            t_bare = bare_loop(model, batches, n, dev)
+        else:
+            t_bare = bare_loop(model, batches, n, dev)
+            t_run = runner_loop(runner, w, n)
+        bare_ips.append(n / t_bare)
+        run_ips.append(n / t_run)
+        ratios.append(t_bare / t_run)  # = (runner it/s) / (bare it/s)
+    w.end_log_file()
+    assert runner.sdc_iterations == 0, "the bench model must run fault-free"
+    return statistics.median(bare_ips), statistics.median(run_ips), statistics.median(ratios)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--seconds", type=float, default=1.5, help="length of each timed loop")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batches", default="32,128")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the CI runners are shared)")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    dev = pick_device(a.device)
+    print(f"device {dev}, torch {torch.__version__}, {torch.get_num_threads()} threads, {a.rounds} rounds")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for name, cfg, ch, size in CASES:
+            for batch in (int(b) for b in a.batches.split(",")):
+                ckpt, golden = make_case(root, name, cfg, ch, size, batch, dev)
+                bare, run, ratio = measure(ckpt, golden, root / "logs", a.rounds, a.seconds, dev)
+                print(
+                    f"{name:16s} batch {batch:4d}: bare {bare:9.2f} it/s  diehard run {run:9.2f} it/s  "
+                    f"ratio {ratio:.4f}  overhead {100 * (1 - ratio):+.2f} %"
+                )
+
+
+if __name__ == "__main__":
+    main()
