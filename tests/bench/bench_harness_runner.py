@@ -1,6 +1,6 @@
 """Overhead of ``diehard run``'s loop against a bare loop of the same forward passes (same process, same batch).
 
-The runner's iteration adds the on-device comparison with the golden outputs (one bool to the host), the
+The runner's iteration adds the on-device comparison with the golden outputs (one number to the host), the
 libLogHelper bookkeeping (``#IT`` every ``--interval`` iterations) and the liveness check. The bare loop runs
 only ``[model(x) for x in batches]`` + synchronize under ``torch.inference_mode``. Both run N iterations,
 interleaved (alternating which goes first), R times; the printed ratio is the median of the per-round
