@@ -2,4 +2,7 @@
 
 from diehardlab.cli import Command
 
-COMMANDS: list[Command] = []
+COMMANDS: list[Command] = [
+    Command("train", "hardening.train", "train a (fault-aware, hardened) model into a checkpoint folder"),
+    Command("evaluate", "hardening.evaluate", "clean accuracy and regret under injected faults (K campaigns)"),
+]

@@ -1,0 +1,602 @@
+"""``diehard train``: (fault-aware) training of the models of ``hardening.models`` into checkpoint folders.
+
+The configuration is a ``TrainConfig`` dataclass, read from a TOML file (``setups/models/*.toml``): top-level
+training keys, a ``[model]`` table (``ModelConfig``) and a ``[faults]`` table (``FaultSpec``) used when
+``fault_aware = true`` and for the injected validation accuracy of every epoch.
+
+Data lives on the device as whole tensors; batches are index slices of a seeded permutation, and the random
+crop and flip are done on the batch with tensor indexing, so an epoch has no Python loop over images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diehardlab.errors import ConfigError
+from hardening import checkpoint as ckpt
+from hardening.data import NAMES, Dataset, load_dataset
+from hardening.faults import FaultInjector, FaultSpec, curriculum_scale
+from hardening.models import ModelConfig, build_model
+
+METRIC_FIELDS = [
+    "epoch",
+    "lr",
+    "magnitude_scale",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "val_injected_accuracy",
+    "epoch_time_s",
+]
+
+
+@dataclass
+class TrainConfig:
+    name: str = "model"
+    dataset: str = "digits"
+    data_dir: str = ""
+    # Use only the first N training images of a seeded shuffle (0: all); for quick runs and benchmarks.
+    train_limit: int = 0
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | constant; stepped every batch
+    loss: str = "ce"  # ce | bce (BCE on one-hot targets, as the DieHardNet paper)
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0  # max gradient norm; 0: off
+    crop_pad: int = 0  # random crop after zero padding by this many pixels; 0: off
+    flip: bool = False  # random horizontal flip
+    fault_aware: bool = False
+    # After each fault-aware epoch, re-estimate the BN running statistics on this many clean training images
+    # (0: off). Faults injected before a BN layer (conv -> BN order) inflate its running variance during
+    # training; the deployed model sees clean data almost always, so its statistics should be the clean ones.
+    bn_recalibrate: int = 0
+    curriculum: str = "linear"  # linear | none: fault magnitude scale grows linearly over the epochs
+    curriculum_start: float = 0.1
+    seed: int = 0
+    amp: bool = True  # mixed precision (bfloat16, or float16 with loss scaling) on CUDA only
+    channels_last: bool = True
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    eval_batch_size: int = 1024
+    model: ModelConfig = field(default_factory=ModelConfig)
+    faults: FaultSpec = field(default_factory=FaultSpec)
+
+    def __post_init__(self) -> None:
+        checks = {
+            "dataset": (self.dataset in NAMES, f"one of {', '.join(NAMES)}"),
+            "optimizer": (self.optimizer in ("sgd", "adamw"), "sgd or adamw"),
+            "schedule": (self.schedule in ("cosine", "constant"), "cosine or constant"),
+            "loss": (self.loss in ("ce", "bce"), "ce or bce"),
+            "curriculum": (self.curriculum in ("linear", "none"), "linear or none"),
+            "epochs": (self.epochs >= 1, ">= 1"),
+            "batch_size": (self.batch_size >= 1, ">= 1"),
+            "eval_batch_size": (self.eval_batch_size >= 1, ">= 1"),
+            "lr": (self.lr > 0, "> 0"),
+            "label_smoothing": (0 <= self.label_smoothing < 1, "within [0, 1)"),
+            "grad_clip": (self.grad_clip >= 0, ">= 0"),
+            "crop_pad": (self.crop_pad >= 0, ">= 0"),
+            "train_limit": (self.train_limit >= 0, ">= 0"),
+            "bn_recalibrate": (self.bn_recalibrate >= 0, ">= 0"),
+            "curriculum_start": (0 <= self.curriculum_start <= 1, "within [0, 1]"),
+        }
+        for key, (ok, want) in checks.items():
+            if not ok:
+                raise ConfigError(f"{key}: must be {want} (got {getattr(self, key)!r})")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["model"] = self.model.to_dict()
+        d["faults"] = self.faults.to_dict()
+        return d
+
+
+def _check_value(value: Any, hint: Any, where: str) -> Any:
+    """Type-check one TOML value against a dataclass field annotation (the simple types these configs use)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif hint is str:
+        ok = isinstance(value, str)
+    elif origin in (tuple, list):
+        ok = isinstance(value, list | tuple) and all(isinstance(v, int | float) for v in value)
+        if origin is tuple:
+            ok = ok and len(value) == len(typing.get_args(hint))
+    else:
+        ok = True
+    if not ok:
+        name = getattr(hint, "__name__", str(hint))
+        raise ConfigError(f"{where}: expected {name} (got {value!r})")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a table (got {data!r})")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{where} -> {key}")
+        else:
+            kwargs[key] = _check_value(value, hint, f"{where} -> {key}")
+    if "magnitude" in kwargs:
+        kwargs["magnitude"] = tuple(kwargs["magnitude"])
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def config_from_dict(data: dict[str, Any], source: str) -> TrainConfig:
+    """A ``TrainConfig`` from a parsed TOML document; errors name ``source`` and the field."""
+    return _build(TrainConfig, data, source)
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a model config TOML. Parsed with the standard library so training needs no pydantic."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return config_from_dict(data, str(path))
+
+
+# ---------------------------------------------------------------- device, data, augmentation
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} requested but CUDA is not available here (use auto or cpu)")
+    return torch.device(name)
+
+
+def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """Random crop (zero padding ``crop_pad``) and horizontal flip, per image, without a loop over images."""
+    n, _, h, w = x.shape
+    if cfg.crop_pad > 0:
+        p = cfg.crop_pad
+        padded = F.pad(x, (p, p, p, p))
+        oy = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device)
+        ox = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device)
+        rows = (oy[:, None] + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+        cols = (ox[:, None] + torch.arange(w, device=x.device)).view(n, 1, 1, w)
+        batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+        chan = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+        x = padded[batch, chan, rows, cols]
+    if cfg.flip:
+        flip = (torch.rand(n, generator=gen) < 0.5).to(x.device).view(n, 1, 1, 1)
+        x = torch.where(flip, x.flip(3), x)
+    return x
+
+
+def _amp_context(device: torch.device, cfg: TrainConfig):
+    if cfg.amp and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast(device_type="cuda", dtype=dtype)
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def loss_fn(logits: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    logits = logits.float()
+    if cfg.loss == "ce":
+        return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+    target = F.one_hot(y, logits.shape[1]).float()
+    if cfg.label_smoothing:
+        target = target * (1 - cfg.label_smoothing) + cfg.label_smoothing / logits.shape[1]
+    return F.binary_cross_entropy_with_logits(logits, target)
+
+
+# ---------------------------------------------------------------- one epoch, evaluation
+
+
+@dataclass
+class TrainState:
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    data_gen: torch.Generator
+    fault_gen: torch.Generator
+    device: torch.device
+    injector: FaultInjector | None = None
+    epoch: int = 0  # epochs completed
+
+
+def train_one_epoch(state: TrainState, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, progress: bool = False):
+    """One pass over (x, y) in seeded random batches; returns mean loss and accuracy (dict)."""
+    model, device = state.model, state.device
+    model.train()
+    if state.injector is not None:
+        scale = curriculum_scale(state.epoch, cfg.epochs, cfg.curriculum_start) if cfg.curriculum == "linear" else 1.0
+        state.injector.spec.magnitude_scale = scale
+        state.injector.enabled = True
+    n = x.shape[0]
+    order = torch.randperm(n, generator=state.data_gen).to(device)
+    steps = math.ceil(n / cfg.batch_size)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    bar = _progress(steps, f"epoch {state.epoch + 1}/{cfg.epochs}", progress)
+    memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    for i in range(steps):
+        idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+        xb = augment(x[idx], cfg, state.data_gen).contiguous(memory_format=memory)
+        yb = y[idx]
+        with _amp_context(device, cfg):
+            logits = model(xb)
+        loss = loss_fn(logits, yb, cfg)
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            state.scaler.unscale_(state.optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.scheduler.step()
+        loss_sum += loss.detach() * yb.shape[0]
+        correct += (logits.detach().argmax(1) == yb).sum()
+        if bar is not None:
+            bar.update(1)
+            if i % 10 == 9 or i == steps - 1:
+                seen = min((i + 1) * cfg.batch_size, n)
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}")
+    if bar is not None:
+        bar.close()
+    if state.injector is not None:
+        state.injector.enabled = False
+        if cfg.bn_recalibrate:
+            recalibrate_bn(model, x[: cfg.bn_recalibrate], cfg)
+    return {"train_loss": loss_sum.item() / n, "train_accuracy": correct.item() / n}
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, x: torch.Tensor, cfg: TrainConfig) -> None:
+    """Recompute every BatchNorm's running mean and variance on the clean images ``x`` (cumulative average)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or len(x) == 0:
+        return
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the batches below
+    model.train()
+    memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    for i in range(0, len(x), cfg.batch_size):
+        with _amp_context(x.device, cfg):
+            model(x[i : i + cfg.batch_size].contiguous(memory_format=memory))
+    for m, momentum in zip(bns, saved):
+        m.momentum = momentum
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024, memory=torch.contiguous_format) -> torch.Tensor:
+    """Logits of ``model`` (eval mode) on ``x`` in batches, float32, on x's device."""
+    model.eval()
+    outs = [model(x[i : i + batch_size].contiguous(memory_format=memory)).float() for i in range(0, len(x), batch_size)]
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: TrainConfig,
+    spec: FaultSpec | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Loss and accuracy on (x, y); with ``spec``, under one injected fault per image (seeded)."""
+    memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    if spec is None:
+        logits = predict(model, x, cfg.eval_batch_size, memory)
+    else:
+        inj_spec = replace(spec, p=1.0, layer_choice="per-image", magnitude_scale=1.0)
+        with FaultInjector(model, inj_spec, torch.Generator().manual_seed(seed)):
+            logits = predict(model, x, cfg.eval_batch_size, memory)
+    finite = torch.isfinite(logits).all(dim=1)
+    pred = torch.where(finite, logits.nan_to_num().argmax(1), torch.full_like(y, -1))
+    loss = loss_fn(logits.nan_to_num(), y, cfg).item() if len(y) else float("nan")
+    return {"loss": loss, "accuracy": (pred == y).float().mean().item() if len(y) else float("nan")}
+
+
+# ---------------------------------------------------------------- the run
+
+
+def _limit(ds: Dataset, limit: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if not limit or limit >= len(ds):
+        return ds.x, ds.y
+    keep = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    return ds.x[keep], ds.y[keep]
+
+
+def make_state(cfg: TrainConfig, in_channels: int, num_classes: int, steps_per_epoch: int) -> TrainState:
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, in_channels, num_classes).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    # No weight decay on BN parameters and biases (standard for these ResNets).
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    else:
+        opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    total = max(1, cfg.epochs * steps_per_epoch)
+    if cfg.schedule == "cosine":
+        sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    else:
+        sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+    use_scaler = cfg.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    state = TrainState(
+        model=model,
+        optimizer=opt,
+        scheduler=sched,
+        scaler=scaler,
+        data_gen=torch.Generator().manual_seed(cfg.seed + 1),
+        fault_gen=torch.Generator().manual_seed(cfg.seed + 2),
+        device=device,
+    )
+    if cfg.fault_aware:
+        state.injector = FaultInjector(model, replace(cfg.faults), state.fault_gen).attach()
+        state.injector.enabled = False
+    return state
+
+
+def _resume_state(state: TrainState) -> dict[str, Any]:
+    return {
+        "model": {k: v.detach().cpu() for k, v in state.model.state_dict().items()},
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "scaler": state.scaler.state_dict(),
+        "epoch": state.epoch,
+        "data_gen": state.data_gen.get_state(),
+        "fault_gen": state.fault_gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
+def _restore(state: TrainState, saved: dict[str, Any]) -> None:
+    state.model.load_state_dict(saved["model"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.scheduler.load_state_dict(saved["scheduler"])
+    if saved.get("scaler"):
+        state.scaler.load_state_dict(saved["scaler"])
+    state.epoch = int(saved["epoch"])
+    state.data_gen.set_state(saved["data_gen"].cpu())
+    state.fault_gen.set_state(saved["fault_gen"].cpu())
+    torch.set_rng_state(saved["torch_rng"].cpu())
+
+
+def _read_metrics(path: Path, upto: int) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [row for row in csv.DictReader(f) if int(row["epoch"]) <= upto]
+
+
+def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+def run_config(cfg: TrainConfig, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config.json content: the training config plus what is needed to rebuild and reproduce the model."""
+    from diehardlab import __version__
+
+    return {**cfg.to_dict(), **(extra or {}), "diehardlab_version": __version__, "torch_version": torch.__version__}
+
+
+def train(
+    cfg: TrainConfig,
+    out: str | Path,
+    resume: bool = False,
+    progress: bool = False,
+    log=print,
+    stop_after: int = 0,
+) -> dict[str, Any]:
+    """Train ``cfg`` into the checkpoint folder ``out`` (continuing it with ``resume``); returns the summary.
+
+    ``stop_after`` ends this session after that many epochs (0: run to the end); ``resume`` continues later.
+    """
+    out = Path(out)
+    if resume:
+        saved_cfg = ckpt.read_config(out)
+        fresh = run_config(cfg, {k: saved_cfg.get(k) for k in ("in_channels", "num_classes", "normalisation")})
+        # Where the data is and which device runs it may change between sessions; the recipe may not.
+        free = ("diehardlab_version", "torch_version", "data_dir", "device", "eval_batch_size")
+        diff = sorted(k for k in fresh if k not in free and fresh[k] != saved_cfg.get(k))
+        if diff:
+            raise ConfigError(
+                f"{out / ckpt.CONFIG}: --resume continues the saved run, but the config differs in: {', '.join(diff)} "
+                "(resume without --config to use the saved one, or train into a new --out)"
+            )
+    elif (out / ckpt.LAST).exists():
+        raise ConfigError(f"{out}: holds a training run already; pass --resume to continue it or choose another --out")
+    data_dir = cfg.data_dir or None
+    train_ds = load_dataset(cfg.dataset, "train", data_dir)
+    val_ds = load_dataset(cfg.dataset, "val", data_dir)
+    info = train_ds.info
+    x, y = _limit(train_ds, cfg.train_limit, cfg.seed)
+    state = make_state(cfg, info.in_channels, info.num_classes, math.ceil(len(y) / cfg.batch_size))
+    device = state.device
+    x, y = x.to(device), y.to(device)
+    vx, vy = val_ds.x.to(device), val_ds.y.to(device)
+    config = run_config(
+        cfg,
+        {
+            "in_channels": info.in_channels,
+            "num_classes": info.num_classes,
+            "normalisation": {"mean": list(info.mean), "std": list(info.std)},
+        },
+    )
+    rows: list[dict[str, Any]] = []
+    if resume:
+        _restore(state, ckpt.load_last(out))
+        rows = _read_metrics(out / ckpt.METRICS, state.epoch)
+        if state.epoch >= cfg.epochs:
+            log(f"{out}: all {cfg.epochs} epochs are done already")
+    else:
+        ckpt.save_config(out, config)
+    log(
+        f"train {cfg.name}: {cfg.dataset} ({len(y)} train / {len(vy)} val images), {cfg.model.arch}, "
+        f"{cfg.epochs} epochs on {device}, seed {cfg.seed}, fault-aware {cfg.fault_aware} -> {out}"
+    )
+    last = min(cfg.epochs, state.epoch + stop_after) if stop_after else cfg.epochs
+    while state.epoch < last:
+        t0 = time.perf_counter()
+        lr = state.optimizer.param_groups[0]["lr"]
+        scale = state.injector.spec.magnitude_scale if state.injector else 0.0
+        stats = train_one_epoch(state, x, y, cfg, progress)
+        if state.injector:
+            scale = state.injector.spec.magnitude_scale
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t0
+        clean = evaluate(state.model, vx, vy, cfg)
+        injected = evaluate(state.model, vx, vy, cfg, cfg.faults, seed=cfg.seed + 3)
+        state.epoch += 1
+        row = {
+            "epoch": state.epoch,
+            "lr": f"{lr:.6g}",
+            "magnitude_scale": f"{scale:.6g}",
+            "train_loss": f"{stats['train_loss']:.6f}",
+            "train_accuracy": f"{stats['train_accuracy']:.6f}",
+            "val_loss": f"{clean['loss']:.6f}",
+            "val_accuracy": f"{clean['accuracy']:.6f}",
+            "val_injected_accuracy": f"{injected['accuracy']:.6f}",
+            "epoch_time_s": f"{elapsed:.3f}",
+        }
+        rows.append(row)
+        ckpt.save_model(out, state.model)
+        ckpt.save_last(out, _resume_state(state))
+        _write_metrics(out / ckpt.METRICS, rows)
+        log(
+            f"epoch {state.epoch:>3}/{cfg.epochs}  loss {stats['train_loss']:.4f}"
+            f"  train acc {stats['train_accuracy']:.4f}  val acc {clean['accuracy']:.4f}"
+            f"  injected {injected['accuracy']:.4f}  {elapsed:.1f}s"
+        )
+    if state.injector:
+        state.injector.detach()
+    if state.epoch < cfg.epochs:
+        log(f"stopped after epoch {state.epoch}/{cfg.epochs}; continue with --resume --out {out}")
+        return {"checkpoint": str(out), "epochs": state.epoch, "test_accuracy": None}
+    test_ds = load_dataset(cfg.dataset, "test", data_dir)
+    test = evaluate(state.model, test_ds.x.to(device), test_ds.y.to(device), cfg)
+    summary = {"checkpoint": str(out), "epochs": state.epoch, "test_accuracy": test["accuracy"]}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log(f"test accuracy {test['accuracy']:.4f}; checkpoint {out}")
+    return summary
+
+
+# ---------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    from diehardlab.cli import make_parser
+
+    p = make_parser(
+        "train",
+        "Train a model (optionally fault-aware) into a checkpoint folder: config.json, model.pt, last.pt,\n"
+        "metrics.csv. Example: diehard train --config setups/models/digits_diehardnet.toml --out ckpt/dhn",
+    )
+    p.add_argument("--config", help="model config TOML (setups/models/*.toml); optional with --resume")
+    p.add_argument("--dataset", choices=NAMES, help="override the config's dataset")
+    p.add_argument("--data-dir", help="folder with the dataset files (fashion-mnist/mnist idx, cifar pickles)")
+    p.add_argument("--epochs", type=int, help="override the number of epochs")
+    p.add_argument("--seed", type=int, help="override the seed")
+    p.add_argument("--train-limit", type=int, help="use only N training images (0: all)")
+    p.add_argument("--device", help="auto (default: cuda when available), cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--out", help="checkpoint folder (default: runs/<name>-seed<seed>)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out from its last epoch")
+    p.add_argument("--stop-after", type=int, default=0, help="stop this session after N epochs (resume later)")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar (default: on a tty)",
+    )
+    args = p.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.config is None and not (args.resume and args.out):
+        p.error("--config is required (or --resume with --out to continue a saved run)")
+    if args.config:
+        cfg = load_config(args.config)
+    else:
+        saved = ckpt.read_config(args.out)
+        keep = {f.name for f in fields(TrainConfig)}
+        cfg = config_from_dict({k: v for k, v in saved.items() if k in keep}, str(Path(args.out) / ckpt.CONFIG))
+    overrides = {
+        "dataset": args.dataset,
+        "data_dir": args.data_dir,
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "train_limit": args.train_limit,
+        "device": args.device,
+    }
+    try:
+        cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as exc:
+        raise ConfigError(f"command line: {exc}") from None
+    out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-seed{cfg.seed}"
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    train(cfg, out, resume=args.resume, progress=progress, stop_after=args.stop_after)
+    return 0
