@@ -9,8 +9,9 @@ A fault corrupts part of one conv layer's output for one image:
 - ``channel``: one whole channel;
 - ``mix``: one of the four above, drawn per image.
 
-``value="magnitude"`` multiplies each corrupted value by ``s * m`` with ``m`` uniform in ``magnitude`` and ``s`` a
-random sign (``magnitude_scale`` scales ``m``: the training curriculum grows it linearly with the epoch);
+``value="magnitude"`` multiplies the corrupted values by ``s * m`` with ``m`` uniform in ``magnitude`` and ``s`` a
+random sign, drawn per image and channel (``magnitude_scale`` scales ``m``: the training curriculum grows it
+linearly with the epoch);
 ``value="nan"`` / ``"inf"`` writes NaN / +-Inf instead.
 
 Everything is vectorised on the tensor's device: masks come from comparisons of broadcast index ranges with
@@ -99,57 +100,87 @@ def _device_generator(gen: torch.Generator, device: torch.device) -> torch.Gener
     return dev_gen
 
 
-def _randint(hi: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Uniform integers in ``[0, hi)`` elementwise (``hi`` >= 1), vectorised."""
-    u = torch.rand(hi.shape, generator=gen, device=hi.device)
-    return torch.minimum((u * hi).long(), hi.long() - 1)
+_CONST_CACHE: dict[tuple[Any, ...], tuple[torch.Tensor, ...]] = {}
+
+
+def _constants(c: int, h: int, w: int, bmh: int, bmw: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Per-shape constant tensors, made once per device: a host-to-device copy on every forward would stall."""
+    key = (c, h, w, bmh, bmw, str(device))
+    found = _CONST_CACHE.get(key)
+    if found is None:
+        limits = torch.tensor([len(BASE_KINDS), c, h, w, bmh, bmw], dtype=torch.float32, device=device)
+        sizes = torch.tensor([h + 1, w + 1], dtype=torch.long, device=device)
+        ci = torch.arange(c, device=device).view(1, c, 1, 1)
+        hi = torch.arange(h, device=device).view(1, 1, h, 1)
+        wi = torch.arange(w, device=device).view(1, 1, 1, w)
+        found = (limits, limits.long() - 1, sizes, ci, hi, wi)
+        if len(_CONST_CACHE) > 256:
+            _CONST_CACHE.clear()
+        _CONST_CACHE[key] = found
+    return found
 
 
 def fault_mask(
-    shape: Sequence[int], spec: FaultSpec, gen: torch.Generator, device: torch.device, kinds: torch.Tensor | None = None
+    shape: Sequence[int],
+    spec: FaultSpec,
+    gen: torch.Generator,
+    device: torch.device,
+    kinds: torch.Tensor | None = None,
+    select: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A bool mask of ``shape`` (N, C, H, W) with one fault per image, and the per-image kind index.
 
     ``kinds`` (N,) selects the fault model per image as an index into ``BASE_KINDS``; by default it
-    follows ``spec.kind`` (random per image for ``mix``).
+    follows ``spec.kind`` (random per image for ``mix``). ``select`` (N,) bool leaves the other images clean.
     """
     n, c, h, w = (int(s) for s in shape)
+    bmh = max(1, math.ceil(spec.block_max_frac * h))
+    bmw = max(1, math.ceil(spec.block_max_frac * w))
+    limits, top, sizes, ci, hi, wi = _constants(c, h, w, bmh, bmw, device)
+    # Every random number of the mask in one draw, and all integer draws in one product (a handful of kernels
+    # whatever the fault model): kind, channel, row, column, block height - 1, block width - 1 | block corner
+    # (row, column) | row-or-column | per-channel block selection.
+    u = torch.rand((n, 9 + c), generator=gen, device=device)
+    ints = torch.minimum((u[:, :6] * limits).long(), top)
+    kinds_given = kinds is not None
     if kinds is None:
         if spec.kind == "mix":
-            kinds = _randint(torch.full((n,), len(BASE_KINDS), device=device), gen)
+            kinds = ints[:, 0]
         else:
             kinds = torch.full((n,), BASE_KINDS.index(spec.kind), device=device, dtype=torch.long)
-    full = torch.ones(n, device=device)
-    ch = _randint(full * c, gen).view(n, 1, 1, 1)
-    row = _randint(full * h, gen)
-    col = _randint(full * w, gen)
-    # Block extent; the rectangle lies inside the map, its corner is uniform over valid positions.
-    bh = 1 + _randint(full * max(1, math.ceil(spec.block_max_frac * h)), gen)
-    bw = 1 + _randint(full * max(1, math.ceil(spec.block_max_frac * w)), gen)
-    r0 = _randint(h - bh + 1, gen).view(n, 1, 1, 1)
-    c0 = _randint(w - bw + 1, gen).view(n, 1, 1, 1)
-    by_row = torch.rand(n, generator=gen, device=device).view(n, 1, 1, 1) < 0.5
-    chan_p = torch.rand(n, c, generator=gen, device=device) < spec.block_channel_p
-    row, col = row.view(n, 1, 1, 1), col.view(n, 1, 1, 1)
-    bh, bw = bh.view(n, 1, 1, 1), bw.view(n, 1, 1, 1)
-
-    ci = torch.arange(c, device=device).view(1, c, 1, 1)
-    hi = torch.arange(h, device=device).view(1, 1, h, 1)
-    wi = torch.arange(w, device=device).view(1, 1, 1, w)
+    pos = ints.view(n, 6, 1, 1)
+    ch, row, col = pos[:, 1:2], pos[:, 2:3], pos[:, 3:4]
     in_channel = ci == ch
-    k = kinds.view(n, 1, 1, 1)
-    mask = torch.zeros((n, c, h, w), dtype=torch.bool, device=device)
-    if bool((kinds == 0).any()):  # single
-        mask |= (k == 0) & in_channel & (hi == row) & (wi == col)
-    if bool((kinds == 1).any()):  # line: a row or a column of one channel
-        line = torch.where(by_row, hi == row, wi == col)
-        mask |= (k == 1) & in_channel & line
-    if bool((kinds == 2).any()):  # block
-        chans = (chan_p.view(n, c, 1, 1) | in_channel) & (k == 2)
-        mask |= chans & (hi >= r0) & (hi < r0 + bh) & (wi >= c0) & (wi < c0 + bw)
-    if bool((kinds == 3).any()):  # channel
-        mask |= (k == 3) & in_channel
-    return mask, kinds
+    if select is not None:
+        keep = select.to(device=device, dtype=torch.bool).view(n, 1, 1, 1)
+        in_channel = in_channel & keep
+    # Which kinds occur is known on the host unless the kind is drawn per image (mix), so a single-kind spec
+    # builds only its own mask and never waits on the device.
+    present = range(len(BASE_KINDS)) if spec.kind == "mix" or kinds_given else (BASE_KINDS.index(spec.kind),)
+    parts: list[torch.Tensor] = []
+    # Each mask is (channel) x (row) x (column) parts, so only the last AND is full-size.
+    for kind in present:
+        if kind == 0:  # single
+            part = (in_channel & (hi == row)) & (wi == col)
+        elif kind == 1:  # line: a row or a column of one channel
+            by_row = (u[:, 8] < 0.5).view(n, 1, 1, 1)
+            part = (in_channel & (~by_row | (hi == row))) & (by_row | (wi == col))
+        elif kind == 2:  # block: the same rectangle, inside the map, in each selected channel
+            extent = ints[:, 4:6] + 1
+            corner = (u[:, 6:8] * (sizes - extent)).long()
+            r0, c0 = corner[:, 0].view(n, 1, 1, 1), corner[:, 1].view(n, 1, 1, 1)
+            bh, bw = extent[:, 0].view(n, 1, 1, 1), extent[:, 1].view(n, 1, 1, 1)
+            chans = (u[:, 9:] < spec.block_channel_p).view(n, c, 1, 1) | (ci == ch)
+            if select is not None:
+                chans = chans & keep
+            part = (chans & ((hi >= r0) & (hi < r0 + bh))) & ((wi >= c0) & (wi < c0 + bw))
+        else:  # channel
+            part = in_channel.expand(n, c, h, w)
+        parts.append(part & (kinds.view(n, 1, 1, 1) == kind) if len(present) > 1 else part)
+    mask = parts[0]
+    for part in parts[1:]:
+        mask = mask | part
+    return mask.expand(n, c, h, w), kinds
 
 
 def corrupt(
@@ -166,21 +197,21 @@ def corrupt(
     view = out.view(out.shape[0], out.shape[1], 1, 1) if flat else out
     if view.dim() != 4:
         raise ValueError(f"corrupt expects an (N, C, H, W) or (N, F) tensor, got shape {tuple(out.shape)}")
-    mask, _ = fault_mask(view.shape, spec, g, device)
-    if select is not None:
-        mask &= select.to(device=device, dtype=torch.bool).view(-1, 1, 1, 1)
+    mask, _ = fault_mask(view.shape, spec, g, device, select=select)
+    # One random factor (magnitude and sign) per image and channel: a corrupted block or line keeps one error
+    # per channel. Drawing per element would cost two full-size random tensors on every forward.
+    n, c = view.shape[0], view.shape[1]
+    r = torch.rand((2, n, c, 1, 1), generator=g, device=device)
+    sign = (r[0] < 0.5).to(view.dtype).mul_(2).sub_(1)  # -1 or +1
     if spec.value == "magnitude":
         lo, hi = spec.magnitude
-        u = torch.rand(view.shape, generator=g, device=device, dtype=torch.float32)
-        sign = torch.where(torch.rand(view.shape, generator=g, device=device) < 0.5, -1.0, 1.0)
-        factor = (lo + (hi - lo) * u) * spec.magnitude_scale * sign
-        bad = view * factor.to(view.dtype)
-    elif spec.value == "nan":
-        bad = torch.full_like(view, float("nan"))
+        factor = r[1].to(view.dtype).mul_((hi - lo) * spec.magnitude_scale).add_(lo * spec.magnitude_scale)
+        factor.mul_(sign)
+        # out * where(mask, factor, 1): one full-size product, whose backward is one product too.
+        result = view * torch.where(mask, factor, 1.0)
     else:
-        sign = torch.where(torch.rand(view.shape, generator=g, device=device) < 0.5, -1.0, 1.0)
-        bad = (sign * float("inf")).to(view.dtype)
-    result = torch.where(mask, bad, view)
+        bad = float("nan") if spec.value == "nan" else sign * float("inf")
+        result = torch.where(mask, bad, view)
     if flat:
         return result.view(out.shape), mask.view(out.shape)
     return result, mask
@@ -193,6 +224,9 @@ class FaultInjector:
     ``spec.p`` (``select`` overrides). Use as a context manager, or ``attach()`` / ``detach()``; set ``enabled``
     to pause it (the trainer turns it off for clean evaluation). ``last["layer"]`` holds the latest
     forward's layer index per image (-1 = not corrupted); with ``record`` set, ``last["masks"]`` its masks.
+
+    Only the layers drawn for a forward carry a hook during it: a hook on every conv would put each of them on
+    PyTorch's slower hooked call path.
     """
 
     def __init__(
@@ -218,23 +252,22 @@ class FaultInjector:
         self.weights = torch.tensor(w, dtype=torch.float64)
         self.enabled = True
         self.select: torch.Tensor | None = None
-        self._handles: list[Any] = []
-        self._target: torch.Tensor | None = None  # per-image layer index for this forward (-1: none)
-        self._target_cpu = torch.empty(0, dtype=torch.long)
+        self._pre: Any = None
+        self._layer_hooks: list[Any] = []
+        self._target: torch.Tensor | None = None  # per-image layer index for this forward (-1: none), on device
         self.record = False  # keep the masks of the latest forward in ``last["masks"]`` (tests, fault lists)
         self.last: dict[str, Any] = {}
 
     def attach(self) -> FaultInjector:
-        if not self._handles:
-            self._handles.append(self.model.register_forward_pre_hook(self._choose))
-            for idx, (_, layer) in enumerate(self.layers):
-                self._handles.append(layer.register_forward_hook(self._make_hook(idx)))
+        if self._pre is None:
+            self._pre = self.model.register_forward_pre_hook(self._choose)
         return self
 
     def detach(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        self._clear_layer_hooks()
+        if self._pre is not None:
+            self._pre.remove()
+            self._pre = None
 
     def __enter__(self) -> FaultInjector:
         return self.attach()
@@ -242,9 +275,14 @@ class FaultInjector:
     def __exit__(self, *exc: object) -> None:
         self.detach()
 
+    def _clear_layer_hooks(self) -> None:
+        for h in self._layer_hooks:
+            h.remove()
+        self._layer_hooks.clear()
+
     def _choose(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self._clear_layer_hooks()
         if not self.enabled:
-            self._target = None
             return
         x = args[0]
         n = x.shape[0]
@@ -254,22 +292,26 @@ class FaultInjector:
             chosen = torch.rand(n, generator=self.gen) < self.spec.p
         if self.spec.layer_choice == "per-image":
             layer = torch.multinomial(self.weights, n, replacement=True, generator=self.gen)
+            hit = sorted(set(layer[chosen].tolist()))
         else:
-            layer = torch.multinomial(self.weights, 1, generator=self.gen).expand(n)
-        target = torch.where(chosen, layer, torch.full_like(layer, -1))
-        self._target_cpu = target
-        self._target = target.to(x.device)
+            one = int(torch.multinomial(self.weights, 1, generator=self.gen))
+            layer = torch.full((n,), one, dtype=torch.long)
+            hit = [one] if bool(chosen.any()) else []
+        target = torch.where(chosen, layer, -1)
         self.last = {"layer": target, "masks": []}
+        if not hit:
+            return
+        if x.device.type == "cuda":
+            # Pinned and asynchronous: a plain copy from pageable memory would wait for the whole queue.
+            self._target = target.pin_memory().to(x.device, non_blocking=True)
+        else:
+            self._target = target.to(x.device)
+        for idx in hit:
+            self._layer_hooks.append(self.layers[idx][1].register_forward_hook(self._make_hook(idx)))
 
     def _make_hook(self, idx: int):
         def hook(module: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor | None:
-            target = self._target
-            if target is None:
-                return None
-            # The choice lives on the host too, so skipping untargeted layers costs no device sync.
-            if not bool((self._target_cpu == idx).any()):
-                return None
-            bad, mask = corrupt(out, self.spec, self.gen, target == idx)
+            bad, mask = corrupt(out, self.spec, self.gen, self._target == idx)
             if self.record:
                 self.last["masks"].append((idx, mask))
             return bad

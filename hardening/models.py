@@ -86,7 +86,8 @@ class BoundedReLU(nn.Module):
         self.bound = float(bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(x, 0.0, self.bound)
+        # hardtanh, not clamp: same values, and its CPU kernel is several times faster than clamp's.
+        return F.hardtanh(x, 0.0, self.bound)
 
     def extra_repr(self) -> str:
         return f"bound={self.bound}"
@@ -100,17 +101,34 @@ class BoundedGELU(nn.Module):
         self.bound = float(bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(F.gelu(x), max=self.bound)
+        # GELU is >= -0.17, so a lower limit of -1 changes nothing.
+        return F.hardtanh(F.gelu(x), -1.0, self.bound)
 
     def extra_repr(self) -> str:
         return f"bound={self.bound}"
+
+
+class _StraightThroughNanToZero(torch.autograd.Function):
+    """``nan_to_num(x, 0, 0, 0)`` whose gradient passes through unchanged.
+
+    Autograd's own backward of ``nan_to_num`` costs several times its forward on a CPU, and only differs at
+    non-finite inputs, where no upstream gradient is meaningful anyway (fault injection blocks its own).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad
 
 
 class NanFilter(nn.Module):
     """Replaces NaN and +/-Inf by 0, so one non-finite value cannot poison every later layer."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        return _StraightThroughNanToZero.apply(x)
 
 
 def make_activation(cfg: ModelConfig) -> nn.Module:

@@ -61,7 +61,9 @@ def main(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     if args.selection:
         raise ConfigError("--selection is an input of 'diehard sfi run', not of 'diehard select'")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    from hardening.sfi.cli import _device
+
+    device = _device(args.device)
     target = load_target(args, device)
     images = load_images(args, target)
     order, s, pred = rank(target.model, images.x, images.y, args.metric)

@@ -164,9 +164,20 @@ def config_from_dict(data: dict[str, Any], source: str) -> TrainConfig:
 
 
 def load_config(path: str | Path) -> TrainConfig:
-    from diehardlab.config import read_toml
-
-    return config_from_dict(read_toml(path), str(path))
+    """Read a model config TOML. Parsed with the standard library so training needs no pydantic."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return config_from_dict(data, str(path))
 
 
 # ---------------------------------------------------------------- device, data, augmentation
@@ -553,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-limit", type=int, help="use only N training images (0: all)")
     p.add_argument("--device", help="auto (default: cuda when available), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
-    p.add_argument("--out", help="checkpoint folder (default: checkpoints/<name>-seed<seed>)")
+    p.add_argument("--out", help="checkpoint folder (default: runs/<name>-seed<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out from its last epoch")
     p.add_argument("--stop-after", type=int, default=0, help="stop this session after N epochs (resume later)")
     p.add_argument(
@@ -585,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     except ConfigError as exc:
         raise ConfigError(f"command line: {exc}") from None
-    out = Path(args.out) if args.out else Path("checkpoints") / f"{cfg.name}-seed{cfg.seed}"
+    out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-seed{cfg.seed}"
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     train(cfg, out, resume=args.resume, progress=progress, stop_after=args.stop_after)
     return 0

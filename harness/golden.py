@@ -54,7 +54,6 @@ def make_golden(
     data_dir: str | None = None,
 ) -> dict[str, Any]:
     """Build the golden record (module docstring); ``ConfigError`` when the device is not deterministic."""
-    from diehardlab import __version__
     from hardening.checkpoint import load_model
     from hardening.data import load_dataset
 
@@ -75,9 +74,20 @@ def make_golden(
         raise ConfigError(f"--samples {samples}: the {split} split of {name} has only {len(data)} images")
     gen = torch.Generator().manual_seed(seed)
     indices = torch.randperm(len(data), generator=gen)[:samples].sort().values
-    inputs = data.x[indices].contiguous()
-    labels = data.y[indices].contiguous()
+    rec = golden_record(loaded, data.x[indices].contiguous(), data.y[indices].contiguous(), batch_size, threshold, dev)
+    rec.update(indices=indices, dataset=name, split=split, seed=seed)
+    return rec
 
+
+def golden_record(
+    loaded: Any, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int, threshold: float, dev: torch.device
+) -> dict[str, Any]:
+    """The golden record of ``loaded`` (a ``hardening.checkpoint.LoadedModel``) on these inputs."""
+    from diehardlab import __version__
+
+    if batch_size < 1:
+        raise ConfigError("--batch-size must be >= 1")
+    ckpt_dir = loaded.path
     batches = [b.to(dev) for b in split_batches(inputs, batch_size)]
     first = forward_batches(loaded.model, batches)
     synchronize(dev)
@@ -102,10 +112,10 @@ def make_golden(
         "outputs": out1,
         "topk": torch.topk(out1, k, dim=1).indices,
         "labels": labels,
-        "indices": indices,
-        "dataset": name,
-        "split": split,
-        "seed": seed,
+        "indices": torch.arange(inputs.shape[0]),
+        "dataset": loaded.dataset,
+        "split": "",
+        "seed": -1,
         "batch_size": batch_size,
         "threshold": float(threshold),
         "max_run_difference": diff,

@@ -233,7 +233,7 @@ class Runner:
         try:
             w = self.open_log()
             try:
-                self._loop(w)
+                self.loop(w)
             except BenchmarkAborted:
                 if self.sim is not None:
                     self.sim.finish()
@@ -261,7 +261,8 @@ class Runner:
             f"sdc_iterations:{self.sdc_iterations} reloads:{self.reloads} stop:{self.stop_reason or 'end'}"
         )
 
-    def _loop(self, w: LogWriter) -> None:
+    def loop(self, w: LogWriter) -> None:
+        """Iterate until a stop condition (signal, --iterations, --duration, --once); the log stays open."""
         o = self.o
         model, batches, compare, dev = self.model, self.batches, self.compare, self.dev
         sender = self.sender if self.sender is not None and self.sender.dut is not None else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +23,12 @@ def _device(name: str) -> str:
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
+    try:
+        torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"--device {name!r}: not a torch device ({exc})") from exc
     return name
 
 
@@ -113,7 +120,14 @@ def cmd_run(argv: Sequence[str]) -> int:
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
     p.add_argument("--chunk", type=int, default=64, help="faults between progress checkpoints (default 64)")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--threads", type=int, help="CPU threads of torch (default: torch's choice)")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     if sum(x is not None for x in (args.plan, args.faults, args.method)) != 1:
         raise ConfigError("give exactly one of --plan FILE, --faults FILE or --method METHOD")
     device = _device(args.device)
@@ -123,7 +137,7 @@ def cmd_run(argv: Sequence[str]) -> int:
     if args.faults:
         faults = faultlist.read_csv(args.faults)
         source = {"faults_file": str(args.faults)}
-        plan_t, fault_model = None, None
+        plan_t, fault_model, conf = None, None, args.confidence
     else:
         plan = (
             load_plan(args.plan)
@@ -134,7 +148,7 @@ def cmd_run(argv: Sequence[str]) -> int:
         )
         faults = faultlist.draw(plan, args.seed)
         source = {"plan": plan.to_json() if not args.plan else str(args.plan), "seed": args.seed}
-        plan_t, fault_model = plan.t, plan.fault_model
+        plan_t, fault_model, conf = plan.t, plan.fault_model, plan.confidence
     if any(f.is_activation for f in faults):
         layers = layers + activation_layers(target.model, images.x[:1].to(device))
     if args.max_faults is not None and args.max_faults < len(faults):
@@ -149,7 +163,7 @@ def cmd_run(argv: Sequence[str]) -> int:
         "dataset": target.dataset,
         "image_ids": images.ids,
         "fault_model": fault_model,
-        "confidence": args.confidence,
+        "confidence": conf,
         "t": t,
         "batch_size": args.batch_size,
         "device": device,
@@ -178,6 +192,11 @@ def cmd_run(argv: Sequence[str]) -> int:
         f"(p_sdc1 {s['p_sdc1']:.4f}); {s['faults_per_s_this_call'] or 0} faults/s"
         + (f"; resumed after {s['resumed_from']} faults" if s["resumed_from"] else "")
     )
+    est = s["estimate_sdc1"]
+    print(
+        f"network SDC-1 probability per fault: {est['p']:.4f} +/- {est['margin']:.4f} at {conf:g} confidence"
+        + (" (stratum-weighted)" if est["weighted"] else "")
+    )
     print(f"wrote {args.out}/per_fault.csv, per_layer_bit.csv, per_layer.csv, summary.json")
     return 0
 
@@ -191,9 +210,10 @@ def cmd_curve(argv: Sequence[str]) -> int:
     )
     p.add_argument("--orders", type=int, default=5, help="random image orders to average (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random orders")
+    p.add_argument("--selection", type=Path, help="order the run's images by this ranking instead of the run's order")
     p.add_argument("--out", type=Path, required=True, help="output prefix: writes PREFIX.csv and PREFIX.png")
     args = p.parse_args(argv)
-    res = curve_from_run(args.run, args.orders, args.seed, args.out)
+    res = curve_from_run(args.run, args.orders, args.seed, args.out, args.selection)
     print(json.dumps(res["summary"], indent=1))
     print(f"wrote {res['csv']}" + (f" and {res['png']}" if res["png"] else " (no plot: matplotlib missing)"))
     return 0
@@ -203,9 +223,9 @@ def main(argv: Sequence[str]) -> int:
     argv = list(argv)
     subs = {"plan": cmd_plan, "run": cmd_run, "curve": cmd_curve}
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage:\n" + USAGE)
+        print("usage: diehard sfi {plan,run,curve} [options]   (diehard sfi <action> --help for each)\n\n" + USAGE)
         return 0
     if argv[0] not in subs:
-        print(f"diehard sfi: unknown action {argv[0]!r}; use plan, run or curve\n{USAGE}")
+        print(f"diehard sfi: unknown action {argv[0]!r}; use plan, run or curve\n{USAGE}", file=sys.stderr)
         return 2
     return subs[argv[0]](argv[1:])

@@ -27,15 +27,21 @@ def detection_curve(outcomes: np.ndarray, order: np.ndarray | None = None) -> np
     return np.stack([masked, noncrit, crit], axis=1)
 
 
-def curves(outcomes: np.ndarray, orders: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ranked curve, mean and std over ``orders`` random image orders."""
+def curves(
+    outcomes: np.ndarray, orders: int = 5, seed: int = 0, ranking: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ranked curve (columns in ``ranking`` order, default as stored), mean and std over random orders.
+
+    The random orders depend only on the seed and the number of images, so rankings of the same run are
+    compared with the same random baseline.
+    """
     rng = np.random.default_rng(seed)
     n = outcomes.shape[1]
     rand = np.stack([detection_curve(outcomes, rng.permutation(n)) for _ in range(orders)])
-    return detection_curve(outcomes), rand.mean(axis=0), rand.std(axis=0)
+    return detection_curve(outcomes, ranking), rand.mean(axis=0), rand.std(axis=0)
 
 
-def curve_from_run(run_dir: Path, orders: int, seed: int, out: Path) -> dict:
+def curve_from_run(run_dir: Path, orders: int, seed: int, out: Path, selection: Path | None = None) -> dict:
     path = run_dir / "outcomes.npy"
     if not path.is_file():
         raise DataError(f"--run: {run_dir} has no outcomes.npy; run 'diehard sfi run ... --out {run_dir}' first")
@@ -43,8 +49,19 @@ def curve_from_run(run_dir: Path, orders: int, seed: int, out: Path) -> dict:
     if done is not None and not done.all():
         raise DataError(f"--run: {run_dir} is unfinished ({int(done.sum())}/{done.size} faults); resume it first")
     outcomes = np.load(path)
-    ranked, mean, std = curves(outcomes, orders, seed)
     meta = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    ranking = None
+    if selection is not None:
+        # rank the run's images by another ranking: the same outcomes, another order of the columns
+        from hardening.sfi.sources import read_selection
+
+        ids = meta.get("image_ids", [])
+        pos = {iid: i for i, iid in enumerate(ids)}
+        order = [pos[i] for i in read_selection(selection) if i in pos]
+        if len(order) != len(ids):
+            raise DataError(f"--selection: {selection} does not rank every image of the run in {run_dir}")
+        ranking = np.array(order)
+    ranked, mean, std = curves(outcomes, orders, seed, ranking)
     out.parent.mkdir(parents=True, exist_ok=True)
     csv_path = out.with_suffix(".csv")
     with open(csv_path, "w", newline="") as fh:
@@ -71,16 +88,17 @@ def curve_from_run(run_dir: Path, orders: int, seed: int, out: Path) -> dict:
         import matplotlib.pyplot as plt
 
         x = np.arange(1, ranked.shape[0] + 1)
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for col, name, color in ((2, "critical (SDC-1)", "C3"), (1, "non-critical", "C1")):
-            ax.plot(x, ranked[:, col], "-o", ms=3, color=color, label=f"{name}, ranked")
-            ax.plot(x, mean[:, col], "--", color=color, label=f"{name}, mean of {orders} random orders")
-            if col == 2:
-                ax.fill_between(x, mean[:, 2] - std[:, 2], mean[:, 2] + std[:, 2], color=color, alpha=0.15)
-        ax.set_xlabel("images used")
-        ax.set_ylabel("faults")
-        ax.set_title(f"fault detection curve ({outcomes.shape[0]} faults; {meta.get('model', run_dir.name)})")
-        ax.legend(fontsize=7)
+        label = f"ranked by {selection.stem}" if selection is not None else "ranked (run order)"
+        # one panel per outcome: critical faults are few and would be flattened next to non-critical ones
+        fig, axes = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
+        for ax, col, name, color in ((axes[0], 2, "critical (SDC-1)", "C3"), (axes[1], 1, "non-critical", "C1")):
+            ax.plot(x, ranked[:, col], "-o", ms=3, color=color, label=label)
+            ax.plot(x, mean[:, col], "--", color="k", label=f"mean of {orders} random orders")
+            ax.fill_between(x, mean[:, col] - std[:, col], mean[:, col] + std[:, col], color="k", alpha=0.12)
+            ax.set_ylabel(f"{name} faults")
+            ax.legend(fontsize=7, loc="lower right")
+        axes[1].set_xlabel("images used")
+        axes[0].set_title(f"fault detection curve: {outcomes.shape[0]} faults, {meta.get('model', run_dir.name)}")
         fig.tight_layout()
         png = out.with_suffix(".png")
         fig.savefig(png, dpi=120)

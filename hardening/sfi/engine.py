@@ -125,8 +125,18 @@ class Injector:
             from hardening.sfi.graph import CachedGraph
 
             self.graph = CachedGraph(self.model)
+        if self.device.type == "cuda":
+            # outcomes compare bits: the golden pass must give the same bits every time
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
         with torch.no_grad():
             self.golden = [self.model(x) for x in self.batches]
+            again = self.model(self.batches[0]) if self.batches else None
+        if again is not None and not bits_equal(again, self.golden[0]):
+            raise ConfigError(
+                "the model gives different outputs for the same input on this device (non-deterministic kernels); "
+                "fault outcomes compare outputs bit for bit, so they would be meaningless here"
+            )
 
     # -- golden caches -------------------------------------------------------------------------------------
     def _cache(self, b: int) -> dict:
@@ -135,6 +145,11 @@ class Injector:
         if self._current is not None and self._current[0] == b:
             return self._current[1]
         cache = self.graph.golden(self.batches[b])
+        if not bits_equal(cache[self.graph.output_node], self.golden[b]):
+            raise ConfigError(
+                "the traced model does not reproduce the model's own output bit for bit on this device; "
+                "use --engine naive"
+            )
         self._current = (b, cache)
         size = sum(v.numel() * v.element_size() for v in cache.values() if isinstance(v, torch.Tensor))
         if self._cached_total + size <= self.cache_bytes:

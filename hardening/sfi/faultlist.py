@@ -39,6 +39,11 @@ class Fault:
         return self.tensor.endswith(".output")
 
     @property
+    def target_layer(self) -> str:
+        """The layer name of tables and strata: the module, or ``<module>.output`` for an activation fault."""
+        return self.tensor if self.is_activation else self.module
+
+    @property
     def module(self) -> str:
         return self.tensor.rsplit(".", 1)[0] if "." in self.tensor else ""
 
@@ -68,7 +73,7 @@ def draw(plan: Plan, seed: int) -> list[Fault]:
     rng = np.random.default_rng(seed)
     vals = plan.values_per_bit
     models = ("stuck-at-0", "stuck-at-1") if plan.fault_model == "stuck-at" else ("bitflip",)
-    by_module = {x.module: x for x in plan.layers}
+    by_name = {x.name: x for x in plan.layers}
     faults: list[Fault] = []
     for s in plan.strata:
         if s.n <= 0:
@@ -87,7 +92,7 @@ def draw(plan: Plan, seed: int) -> list[Fault]:
                     bits, v = np.divmod(r, vals)
                     faults += _faults_in_layer(layer, elems, bits, v, models, label, len(faults))
             continue
-        layer = by_module[s.layer]
+        layer = by_name[s.layer]
         if s.bit >= 0:
             elems, v = np.divmod(picks, vals)
             bits = np.full_like(elems, s.bit)

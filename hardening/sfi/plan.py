@@ -46,6 +46,11 @@ class Layer:
     def numel(self) -> int:
         return sum(math.prod(s) for s in self.shapes)
 
+    @property
+    def name(self) -> str:
+        """The module for weight targets, ``<module>.output`` for activation targets (tables and strata)."""
+        return self.tensors[0] if self.tensors and self.tensors[0].endswith(".output") else self.module
+
 
 @dataclass
 class Stratum:
@@ -92,9 +97,9 @@ class Plan:
             pop = layer.numel * FLOAT_BITS * self.values_per_bit
             if self.method == "network":
                 n = self.total * pop / self.population if self.population else 0
-                out.append((layer.module, pop, round(n)))
+                out.append((layer.name, pop, round(n)))
             else:
-                out.append((layer.module, pop, sum(s.n for s in self.strata if s.layer == layer.module)))
+                out.append((layer.name, pop, sum(s.n for s in self.strata if s.layer == layer.name)))
         return out
 
     def to_json(self) -> dict:
@@ -242,17 +247,17 @@ def make_plan(
     elif method == "layer":
         for x in layers:
             pop = x.numel * FLOAT_BITS * vals
-            strata.append(Stratum(x.module, -1, pop, 0.5, sample_size(pop, error, t, 0.5)))
+            strata.append(Stratum(x.name, -1, pop, 0.5, sample_size(pop, error, t, 0.5)))
     else:
         for x in layers:
             pop = x.numel * vals
             if method == "data-aware":
                 p = data_aware_p(bit_change_stats(layer_values(model, x)))
-                p_table[x.module] = [float(v) for v in p]
+                p_table[x.name] = [float(v) for v in p]
             else:
                 p = np.full(FLOAT_BITS, 0.5)
             for bit in range(FLOAT_BITS):
-                strata.append(Stratum(x.module, bit, pop, float(p[bit]), sample_size(pop, error, t, float(p[bit]))))
+                strata.append(Stratum(x.name, bit, pop, float(p[bit]), sample_size(pop, error, t, float(p[bit]))))
     return Plan(method, error, confidence, t, fault_model, target, layers, strata, p_table)
 
 

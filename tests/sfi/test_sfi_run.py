@@ -157,6 +157,11 @@ def test_cli_run_select_curve_on_a_checkpoint(digits_ckpt, tmp_path, run_cli):
 def test_cli_errors_name_the_option(digits_ckpt, tmp_path, run_cli):
     r = run_cli("sfi", "run", str(digits_ckpt), "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "--plan" in r.stderr
+    if not torch.cuda.is_available():
+        r = run_cli(
+            "sfi", "run", str(digits_ckpt), "--method", "layer", "--device", "cuda", "--out", str(tmp_path / "z")
+        )
+        assert r.returncode == 2 and "--device cuda: CUDA is not available" in r.stderr
     bad = tmp_path / "bad.csv"
     bad.write_text('Injection,Layer,TensorIndex,Bit\n0,stem.conv.weight,"(99, 0, 0, 0)",3\n')
     r = run_cli("sfi", "run", str(digits_ckpt), "--faults", str(bad), "--images", "3", "--out", str(tmp_path / "y"))
@@ -173,3 +178,37 @@ def test_ray_engine_matches_in_process(tiny_resnet, tiny_images, tmp_path):
     np.testing.assert_array_equal(
         np.load(tmp_path / "ray" / "outcomes.npy"), np.load(tmp_path / "local" / "outcomes.npy")
     )
+
+
+def test_stratified_estimate_weights_by_population():
+    from hardening.sfi.faultlist import Fault
+    from hardening.sfi.plan import Layer
+    from hardening.sfi.results import estimate
+
+    layers = [Layer("a", "conv", ["a.weight"], [(10,)]), Layer("b", "conv", ["b.weight"], [(990,)])]
+    # 10 faults from each layer's population (layer method, bit flips): a is all SDC-1, b none
+    faults = [Fault(i, "a.weight", (0,), 3, "bitflip", None, "a/all") for i in range(10)]
+    faults += [Fault(10 + i, "b.weight", (0,), 3, "bitflip", None, "b/all") for i in range(10)]
+    hit = np.array([True] * 10 + [False] * 10)
+    e = estimate(faults, hit, layers, 2.58)
+    assert e["weighted"] and e["p"] == pytest.approx(10 / 1000)  # not the unweighted 0.5
+    assert e["margin"] == 0.0  # both strata have p_h in {0, 1}
+    plain = estimate([Fault(i, "a.weight", (0,), 3) for i in range(4)], np.array([1, 0, 0, 0], bool), layers, 2.58)
+    assert not plain["weighted"] and plain["p"] == 0.25 and plain["margin"] == pytest.approx(2.58 * (0.1875 / 4) ** 0.5)
+
+
+def test_activation_campaign_tables(tiny_resnet, tiny_images, tmp_path):
+    from hardening.sfi.plan import activation_layers
+
+    x, y = tiny_images
+    plan = make_plan(tiny_resnet, "layer", error=0.25, fault_model="bitflip", target="activations", example=x)
+    faults = draw(plan, seed=4)
+    layers = injectable_layers(tiny_resnet) + activation_layers(tiny_resnet, x[:1])
+    imgs = Images(x, y, [str(i) for i in range(len(y))])
+    s = run_campaign(tiny_resnet, imgs, faults, tmp_path / "a", layers, 2.58, {}, "h")
+    rows = _rows(tmp_path / "a" / "per_layer.csv")
+    by_name = {r["layer"]: r for r in rows}
+    assert set(by_name) == {st.layer for st in plan.strata} and all(n.endswith(".output") for n in by_name)
+    for st in plan.strata:
+        assert int(by_name[st.layer]["population"]) == st.population and int(by_name[st.layer]["faults"]) == st.n
+    assert s["estimate_sdc1"]["weighted"] and 0 <= s["estimate_sdc1"]["p"] <= 1
