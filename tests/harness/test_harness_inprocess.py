@@ -139,3 +139,10 @@ def test_no_event_while_the_simulated_beam_is_off(ckpt, golden, tmp_path):
     rows = Path(str(log) + ".chipir.txt").read_text().splitlines()[1:]
     assert rows and all(row.endswith(" 0.00") for row in rows)  # proton current 0 while off
     assert len({row.split()[6] for row in rows}) == 1  # the fission counter stalls
+
+
+def test_unwritable_log_dir_is_a_clear_error(ckpt, golden, tmp_path):
+    (tmp_path / "file").write_text("x")
+    r = _runner(ckpt, golden, tmp_path / "file" / "logs", iterations=1)
+    with pytest.raises(ConfigError, match="--log-dir"):
+        r.run()
