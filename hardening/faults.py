@@ -127,11 +127,14 @@ def fault_mask(
     device: torch.device,
     kinds: torch.Tensor | None = None,
     select: torch.Tensor | None = None,
+    channels_last: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A bool mask of ``shape`` (N, C, H, W) with one fault per image, and the per-image kind index.
 
     ``kinds`` (N,) selects the fault model per image as an index into ``BASE_KINDS``; by default it
     follows ``spec.kind`` (random per image for ``mix``). ``select`` (N,) bool leaves the other images clean.
+    ``channels_last`` lays the mask out in memory as a channels-last tensor, so that combining it with a
+    channels-last feature map runs the fast same-layout kernels.
     """
     n, c, h, w = (int(s) for s in shape)
     bmh = max(1, math.ceil(spec.block_max_frac * h))
@@ -158,13 +161,20 @@ def fault_mask(
     # builds only its own mask and never waits on the device.
     present = range(len(BASE_KINDS)) if spec.kind == "mix" or kinds_given else (BASE_KINDS.index(spec.kind),)
     parts: list[torch.Tensor] = []
+
+    def full_and(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        # The one full-size operation of each mask; done on NHWC views for a channels-last result.
+        if channels_last:
+            return (a.permute(0, 2, 3, 1) & b.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return a & b
+
     # Each mask is (channel) x (row) x (column) parts, so only the last AND is full-size.
     for kind in present:
         if kind == 0:  # single
-            part = (in_channel & (hi == row)) & (wi == col)
+            part = full_and(in_channel & (hi == row), wi == col)
         elif kind == 1:  # line: a row or a column of one channel
             by_row = (u[:, 8] < 0.5).view(n, 1, 1, 1)
-            part = (in_channel & (~by_row | (hi == row))) & (by_row | (wi == col))
+            part = full_and(in_channel & (~by_row | (hi == row)), by_row | (wi == col))
         elif kind == 2:  # block: the same rectangle, inside the map, in each selected channel
             extent = ints[:, 4:6] + 1
             corner = (u[:, 6:8] * (sizes - extent)).long()
@@ -173,9 +183,9 @@ def fault_mask(
             chans = (u[:, 9:] < spec.block_channel_p).view(n, c, 1, 1) | (ci == ch)
             if select is not None:
                 chans = chans & keep
-            part = (chans & ((hi >= r0) & (hi < r0 + bh))) & ((wi >= c0) & (wi < c0 + bw))
+            part = full_and(chans & ((hi >= r0) & (hi < r0 + bh)), (wi >= c0) & (wi < c0 + bw))
         else:  # channel
-            part = in_channel.expand(n, c, h, w)
+            part = full_and(in_channel, torch.ones_like(wi, dtype=torch.bool))
         parts.append(part & (kinds.view(n, 1, 1, 1) == kind) if len(present) > 1 else part)
     mask = parts[0]
     for part in parts[1:]:
@@ -197,7 +207,8 @@ def corrupt(
     view = out.view(out.shape[0], out.shape[1], 1, 1) if flat else out
     if view.dim() != 4:
         raise ValueError(f"corrupt expects an (N, C, H, W) or (N, F) tensor, got shape {tuple(out.shape)}")
-    mask, _ = fault_mask(view.shape, spec, g, device, select=select)
+    cl = not flat and view.is_contiguous(memory_format=torch.channels_last) and not view.is_contiguous()
+    mask, _ = fault_mask(view.shape, spec, g, device, select=select, channels_last=cl)
     # One random factor (magnitude and sign) per image and channel: a corrupted block or line keeps one error
     # per channel. Drawing per element would cost two full-size random tensors on every forward.
     n, c = view.shape[0], view.shape[1]

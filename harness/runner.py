@@ -14,6 +14,7 @@ iteration runs and a deterministic summary is printed for NVBitFI (``harness.nvb
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -201,6 +202,13 @@ class Runner:
 
     def open_log(self) -> LogWriter:
         o = self.o
+        try:
+            Path(o.log_dir).mkdir(parents=True, exist_ok=True)
+            probe = Path(o.log_dir) / f".diehard-write-test-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigError(f"--log-dir {o.log_dir}: cannot write there ({exc.strerror})") from exc
         self.writer = LogWriter(
             o.log_dir,
             self.benchmark,

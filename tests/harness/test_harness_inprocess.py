@@ -117,3 +117,32 @@ def test_missing_golden_says_how_to_make_one(ckpt, tmp_path):
     with pytest.raises(Exception, match="diehard golden"):
         r.prepare()
     assert os.listdir(tmp_path) == []
+
+
+def test_no_event_while_the_simulated_beam_is_off(ckpt, golden, tmp_path):
+    import json
+    import time
+
+    from harness.beam import ANCHOR
+    from tests.harness.conftest import write_spec
+
+    # A beam-off period that began a second ago and lasts a minute, with rates that would hit every iteration.
+    phase = ((time.time() - ANCHOR) - 1.0) % 100.0
+    spec = write_spec(tmp_path / "off.toml", {"corrupt": 1.0, "crash": 1.0},
+                      off_every_s=100.0, off_duration_s=60.0, off_phase_s=phase)  # fmt: skip
+    r = _runner(ckpt, golden, tmp_path / "logs", iterations=20, simulate_beam=spec)
+    assert r.run() == 0
+    log = only_log(tmp_path / "logs")
+    truth = json.loads(Path(str(log) + ".truth.json").read_text())
+    assert truth["events"] == [] and truth["beam_on_kernel_time_s"] == 0.0 and truth["kernel_time_s"] > 0
+    assert summarize(log).sdc_count == 0
+    rows = Path(str(log) + ".chipir.txt").read_text().splitlines()[1:]
+    assert rows and all(row.endswith(" 0.00") for row in rows)  # proton current 0 while off
+    assert len({row.split()[6] for row in rows}) == 1  # the fission counter stalls
+
+
+def test_unwritable_log_dir_is_a_clear_error(ckpt, golden, tmp_path):
+    (tmp_path / "file").write_text("x")
+    r = _runner(ckpt, golden, tmp_path / "file" / "logs", iterations=1)
+    with pytest.raises(ConfigError, match="--log-dir"):
+        r.run()
