@@ -127,12 +127,44 @@ def fault_mask(
     device: torch.device,
     kinds: torch.Tensor | None = None,
     select: torch.Tensor | None = None,
+    channels_last: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A bool mask of ``shape`` (N, C, H, W) with one fault per image, and the per-image kind index.
 
     ``kinds`` (N,) selects the fault model per image as an index into ``BASE_KINDS``; by default it
     follows ``spec.kind`` (random per image for ``mix``). ``select`` (N,) bool leaves the other images clean.
+    ``channels_last`` lays the mask out in memory as a channels-last tensor, so that combining it with a
+    channels-last feature map runs the fast same-layout kernels.
     """
+    pairs, kinds = _mask_factors(shape, spec, gen, device, kinds, select)
+    return _combine(pairs, shape, device, channels_last), kinds
+
+
+def _combine(
+    pairs: list[tuple[torch.Tensor, torch.Tensor]], shape: Sequence[int], device: torch.device, channels_last: bool
+) -> torch.Tensor:
+    # Written into a tensor of the wanted layout: an elementwise result otherwise follows its inputs' strides.
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    mask = torch.empty(tuple(shape), dtype=torch.bool, device=device, memory_format=layout)
+    torch.logical_and(pairs[0][0], pairs[0][1], out=mask)
+    if len(pairs) > 1:
+        part = torch.empty_like(mask)
+        for a, b in pairs[1:]:
+            torch.logical_and(a, b, out=part)
+            mask.logical_or_(part)
+    return mask
+
+
+def _mask_factors(
+    shape: Sequence[int],
+    spec: FaultSpec,
+    gen: torch.Generator,
+    device: torch.device,
+    kinds: torch.Tensor | None,
+    select: torch.Tensor | None,
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """The mask as (a, b) pairs, one per fault kind present: mask = OR over pairs of (a AND b), where ``a`` is
+    (N, C, H, 1) and ``b`` (N or 1, 1, 1, W). Only combining them costs a full-size pass."""
     n, c, h, w = (int(s) for s in shape)
     bmh = max(1, math.ceil(spec.block_max_frac * h))
     bmw = max(1, math.ceil(spec.block_max_frac * w))
@@ -157,14 +189,14 @@ def fault_mask(
     # Which kinds occur is known on the host unless the kind is drawn per image (mix), so a single-kind spec
     # builds only its own mask and never waits on the device.
     present = range(len(BASE_KINDS)) if spec.kind == "mix" or kinds_given else (BASE_KINDS.index(spec.kind),)
-    parts: list[torch.Tensor] = []
-    # Each mask is (channel) x (row) x (column) parts, so only the last AND is full-size.
+    # Each mask is a (channel x row) part AND a (column) part, so only that AND is full-size.
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
     for kind in present:
         if kind == 0:  # single
-            part = (in_channel & (hi == row)) & (wi == col)
+            a, b = in_channel & (hi == row), wi == col
         elif kind == 1:  # line: a row or a column of one channel
             by_row = (u[:, 8] < 0.5).view(n, 1, 1, 1)
-            part = (in_channel & (~by_row | (hi == row))) & (by_row | (wi == col))
+            a, b = in_channel & (~by_row | (hi == row)), by_row | (wi == col)
         elif kind == 2:  # block: the same rectangle, inside the map, in each selected channel
             extent = ints[:, 4:6] + 1
             corner = (u[:, 6:8] * (sizes - extent)).long()
@@ -173,14 +205,13 @@ def fault_mask(
             chans = (u[:, 9:] < spec.block_channel_p).view(n, c, 1, 1) | (ci == ch)
             if select is not None:
                 chans = chans & keep
-            part = (chans & ((hi >= r0) & (hi < r0 + bh))) & ((wi >= c0) & (wi < c0 + bw))
+            a, b = chans & ((hi >= r0) & (hi < r0 + bh)), (wi >= c0) & (wi < c0 + bw)
         else:  # channel
-            part = in_channel.expand(n, c, h, w)
-        parts.append(part & (kinds.view(n, 1, 1, 1) == kind) if len(present) > 1 else part)
-    mask = parts[0]
-    for part in parts[1:]:
-        mask = mask | part
-    return mask.expand(n, c, h, w), kinds
+            a, b = in_channel & (hi >= 0), wi >= 0
+        if len(present) > 1:
+            a = a & (kinds.view(n, 1, 1, 1) == kind)
+        pairs.append((a, b))
+    return pairs, kinds
 
 
 def corrupt(
@@ -191,29 +222,47 @@ def corrupt(
     ``select`` (N,) bool chooses the images to corrupt (None: all). ``gen`` seeds everything; a CPU generator
     works with a CUDA tensor (a device generator is seeded from it).
     """
+    result, mask = _corrupt(out, spec, gen, select, need_mask=True)
+    return result, mask  # type: ignore[return-value]
+
+
+def _corrupt(
+    out: torch.Tensor, spec: FaultSpec, gen: torch.Generator, select: torch.Tensor | None, need_mask: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     device = out.device
     g = _device_generator(gen, device)
     flat = out.dim() == 2
     view = out.view(out.shape[0], out.shape[1], 1, 1) if flat else out
     if view.dim() != 4:
         raise ValueError(f"corrupt expects an (N, C, H, W) or (N, F) tensor, got shape {tuple(out.shape)}")
-    mask, _ = fault_mask(view.shape, spec, g, device, select=select)
+    cl = not flat and view.is_contiguous(memory_format=torch.channels_last) and not view.is_contiguous()
+    pairs, _ = _mask_factors(view.shape, spec, g, device, None, select)
     # One random factor (magnitude and sign) per image and channel: a corrupted block or line keeps one error
     # per channel. Drawing per element would cost two full-size random tensors on every forward.
     n, c = view.shape[0], view.shape[1]
     r = torch.rand((2, n, c, 1, 1), generator=g, device=device)
     sign = (r[0] < 0.5).to(view.dtype).mul_(2).sub_(1)  # -1 or +1
+    mask = _combine(pairs, view.shape, device, cl) if need_mask or spec.value != "magnitude" else None
     if spec.value == "magnitude":
         lo, hi = spec.magnitude
         factor = r[1].to(view.dtype).mul_((hi - lo) * spec.magnitude_scale).add_(lo * spec.magnitude_scale)
-        factor.mul_(sign)
-        # out * where(mask, factor, 1): one full-size product, whose backward is one product too.
-        result = view * torch.where(mask, factor, 1.0)
+        delta = factor.mul_(sign).sub_(1)  # the multiplier minus one, per image and channel
+        # w = 1 + sum over the pairs of (a * delta) * b: the multiplier map in one full-size pass, with no
+        # bool mask in between; out * w is one full-size product, whose backward is one product too.
+        layout = torch.channels_last if cl else torch.contiguous_format
+        w = torch.empty(view.shape, dtype=view.dtype, device=device, memory_format=layout)
+        one = torch.ones((), dtype=view.dtype, device=device)
+        for i, (a, b) in enumerate(pairs):
+            if i == 0:
+                torch.addcmul(one, a * delta, b.to(view.dtype), out=w)
+            else:
+                w.addcmul_(a * delta, b.to(view.dtype))
+        result = view * w
     else:
         bad = float("nan") if spec.value == "nan" else sign * float("inf")
-        result = torch.where(mask, bad, view)
+        result = torch.where(mask, bad, view)  # type: ignore[arg-type]
     if flat:
-        return result.view(out.shape), mask.view(out.shape)
+        return result.view(out.shape), (mask.view(out.shape) if mask is not None else None)
     return result, mask
 
 
@@ -311,7 +360,7 @@ class FaultInjector:
 
     def _make_hook(self, idx: int):
         def hook(module: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor | None:
-            bad, mask = corrupt(out, self.spec, self.gen, self._target == idx)
+            bad, mask = _corrupt(out, self.spec, self.gen, self._target == idx, need_mask=self.record)
             if self.record:
                 self.last["masks"].append((idx, mask))
             return bad

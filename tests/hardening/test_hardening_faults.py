@@ -154,3 +154,14 @@ def test_bad_spec_is_a_config_error():
         FaultSpec(magnitude=(5.0, 1.0))
     with pytest.raises(ConfigError, match="unknown key"):
         FaultSpec.from_dict({"knd": "block"})
+
+
+def test_corrupt_keeps_the_memory_format_and_the_same_faults():
+    out = torch.randn(8, 6, 5, 7)
+    spec = FaultSpec(kind="mix", magnitude=(2.0, 3.0))
+    a, ma = corrupt(out, spec, torch.Generator().manual_seed(9))
+    cl = out.contiguous(memory_format=torch.channels_last)
+    b, mb = corrupt(cl, spec, torch.Generator().manual_seed(9))
+    assert b.is_contiguous(memory_format=torch.channels_last)
+    assert mb.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(ma, mb) and torch.equal(a, b)

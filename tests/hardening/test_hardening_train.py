@@ -74,16 +74,16 @@ def test_curriculum_grows_the_magnitude_linearly_in_training(tmp_path, tiny_cfg,
         faults=FaultSpec(kind="block", magnitude=(1.0, 1.0), p=1.0),
     )
     seen: list[float] = []
-    real = faults_mod.corrupt
+    real = faults_mod._corrupt
 
-    def spy(out, spec, gen, select=None):
-        bad, mask = real(out, spec, gen, select)
+    def spy(out, spec, gen, select, need_mask):
+        bad, mask = real(out, spec, gen, select, True)
         if spec.layer_choice == "per-forward":  # training, not the injected validation
             nz = mask & (out != 0)
             seen.append(float((bad[nz] / out[nz]).abs().mean().detach()))
         return bad, mask
 
-    monkeypatch.setattr(faults_mod, "corrupt", spy)
+    monkeypatch.setattr(faults_mod, "_corrupt", spy)
     train(cfg, tmp_path / "c", log=_quiet)
     steps = 2  # 128 images / batch 64
     assert len(seen) == 4 * steps
