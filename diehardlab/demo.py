@@ -5,12 +5,13 @@ The whole product chain, each step the real command a user would run, in its own
 1. train a baseline and a DieHardNet model on the embedded dataset (scikit-learn's digits);
 2. measure their regret under injected block errors (``diehard evaluate``);
 3. generate their goldens (``diehard golden``);
-4. write a campaign file (two simulated DUTs on the local transport, one per model, a simulated power
-   switch) and serve it (``diehard serve``): each DUT runs ``diehard run --simulate-beam``, whose beam
-   corrupts outputs, writes NaNs, really crashes and really hangs, so the watchdog restarts apps,
-   recovers hangs and power-cycles;
-5. analyse the server copies and the DUTs' own logs with the simulated facility log (``diehard fit``)
-   and write the report, with the true simulated rates beside the measured ones (``diehard report``).
+4. write a campaign file: two simulated DUTs on the local transport, one per model, a simulated power
+   switch;
+5. serve it (``diehard serve``): each DUT runs ``diehard run --simulate-beam``, whose beam corrupts
+   outputs, writes NaNs, really crashes and really hangs, until the watchdog has restarted an app,
+   recovered a hang and power-cycled a board;
+6. analyse the server copies and the DUTs' own logs with the campaign's facility log (``diehard fit``);
+7. write the report, with the true simulated rates beside the measured ones (``diehard report``).
 
 Every step records its state in ``OUT/demo.json``; a second run into the same folder resumes after the
 last finished step (redoing an interrupted one from scratch, so outputs never mix) or, when the demo
@@ -26,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -178,25 +180,9 @@ class Demo:
                     p.wait()
                 f.close()
 
-    def diehard(self, name: str, args: Sequence[str], log: str, timeout: float) -> str:
-        """Run ``diehard ARGS`` as a real subprocess, keeping its output in ``OUT/logs/LOG``."""
-        logs = self.out / "logs"
-        logs.mkdir(exist_ok=True)
-        path = logs / log
-        cmd = [sys.executable, "-m", "diehardlab", *args]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        with open(path, "w") as f:
-            f.write("$ diehard " + " ".join(args) + "\n")
-            f.flush()
-            try:
-                rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=timeout).returncode
-            except subprocess.TimeoutExpired as exc:
-                raise DiehardError(f"step {name!r}: 'diehard {args[0]}' ran past {timeout:.0f} s; see {path}") from exc
-        text = path.read_text(errors="replace")
-        if rc != 0:
-            tail = "\n".join(text.splitlines()[-15:])
-            raise DiehardError(f"step {name!r}: 'diehard {args[0]}' failed (exit {rc}); see {path}:\n{tail}")
-        return text
+    def diehard(self, name: str, args: Sequence[str], log: str, timeout: float) -> None:
+        """Run one ``diehard ARGS`` as a real subprocess, keeping its output in ``OUT/logs/LOG``."""
+        self.diehard_many(name, [(args, log)], timeout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -223,8 +209,10 @@ def write_campaign(demo: Demo, folder: Path) -> Path:
     """The campaign the demo serves: two local DUTs, one per model, a simulated switch, a loopback server."""
     folder.mkdir(parents=True)
     models = demo.out / "models"
-    spec = demo.root / "setups" / "beam" / f"{demo.budget.beam_spec}.toml"
-    flux_factor = _spec_flux_factor(spec)
+    from harness.beam import load_spec
+
+    spec = beam_spec_path(demo)
+    flux_factor = load_spec(spec).beam.flux_factor
     lines = [
         "# Written by 'diehard demo'. " + LABEL,
         "[campaign]",
@@ -293,7 +281,7 @@ def write_campaign(demo: Demo, folder: Path) -> Path:
         ]
     lines += [
         "",
-        "# The simulator writes a ChipIR-format count log beside each DUT log, with this counts-to-flux factor.",
+        "# The demo writes the campaign's ChipIR-format count log (facility.chipir.txt) with the beam spec's factor.",
         "[facility]",
         'kind = "simulated"',
         f"flux_factor = {flux_factor!r}",
@@ -312,6 +300,10 @@ def write_campaign(demo: Demo, folder: Path) -> Path:
     return path
 
 
+def beam_spec_path(demo: Demo) -> Path:
+    return demo.root / "setups" / "beam" / f"{demo.budget.beam_spec}.toml"
+
+
 def write_facility_log(demo: Demo, stem: Path, start: float, end: float) -> Path:
     """One ChipIR-format count log for the whole campaign, as a facility keeps it (``STEM.chipir.txt``).
 
@@ -320,20 +312,9 @@ def write_facility_log(demo: Demo, stem: Path, start: float, end: float) -> Path
     """
     from harness.beam import ChipirLog, load_spec
 
-    spec = load_spec(demo.root / "setups" / "beam" / f"{demo.budget.beam_spec}.toml")
-    log = ChipirLog(stem, spec.beam, start)
+    log = ChipirLog(stem, load_spec(beam_spec_path(demo)).beam, start)
     log.close(end)
     return log.path
-
-
-def _spec_flux_factor(spec: Path) -> float:
-    from diehardlab.config import read_toml
-
-    data = read_toml(spec)
-    try:
-        return float(data["beam"]["flux_factor"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"{spec}: [beam] flux_factor missing or not a number") from exc
 
 
 def run_demo(demo: Demo) -> int:
@@ -398,7 +379,8 @@ def run_demo(demo: Demo) -> int:
         return ", ".join(f"{k} {counts.get(k, 0)}" for k in keys)
 
     # A served campaign cannot be resumed half-way into the same folders: redo it (and what follows) whole.
-    served = ["server-logs", "local-duts", "journal.jsonl", "journal.status.json", "facility.chipir.txt"]
+    served = ["server-logs", "local-duts", "journal.jsonl", "journal.status.json", "facility.chipir.txt",
+              "simulated-switch-bench-switch.json"]  # fmt: skip
     demo.step(5, total, "simulated beam campaign", [campaign_dir / p for p in served], serve)
 
     analysis_dir = demo.out / "analysis"
@@ -433,15 +415,7 @@ def run_demo(demo: Demo) -> int:
     return 0
 
 
-# What the watchdog must have shown before a demo campaign may stop early.
-SHOWN = {
-    "an app restart": lambda evs: any(e.get("event") == "app-restart" for e in evs),
-    "a hang recovered": lambda evs: _recovered_hang(evs),
-    "a power cycle": lambda evs: any(e.get("event") == "power-cycle" for e in evs),
-}
-
-
-def _recovered_hang(evs: list[dict]) -> bool:
+def recovered_hang(evs: list[dict]) -> bool:
     hung = set()
     for e in evs:
         if e.get("event") == "hang-detected":
@@ -451,21 +425,20 @@ def _recovered_hang(evs: list[dict]) -> bool:
     return False
 
 
-def read_journal(path: Path) -> list[dict]:
-    evs = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                evs.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a torn last line while the server writes
-    return evs
+# What the watchdog must have shown before a demo campaign may stop early.
+SHOWN = {
+    "an app restart": lambda evs: any(e.get("event") == "app-restart" for e in evs),
+    "a hang recovered": recovered_hang,
+    "a power cycle": lambda evs: any(e.get("event") == "power-cycle" for e in evs),
+}
 
 
 def serve_until_shown(demo: Demo, campaign: Path, journal: Path) -> dict[str, int]:
     """Serve the campaign at least ``serve_s`` seconds and until the watchdog has restarted an app,
     recovered a hang and power-cycled a board (at most ``serve_max_s``); then stop it as a user would
     (SIGINT: the server stops the benchmarks, closes the server copies and journals it)."""
+    from watchdog.journal import read_journal
+
     b = demo.budget
     logs = demo.out / "logs"
     logs.mkdir(exist_ok=True)
@@ -480,7 +453,7 @@ def serve_until_shown(demo: Demo, campaign: Path, journal: Path) -> dict[str, in
         try:
             while proc.poll() is None:
                 time.sleep(0.5)
-                evs = read_journal(journal)
+                evs = read_journal(journal)  # the watchdog's reader: a torn last line is skipped
                 for what, seen in SHOWN.items():
                     if what not in shown and seen(evs):
                         shown.add(what)
@@ -520,16 +493,9 @@ def _last_metrics(ckpt: Path) -> str:
 
 
 def journal_counts(path: Path) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    if not path.exists():
-        return counts
-    for line in path.read_text().splitlines():
-        try:
-            ev = json.loads(line).get("event", "")
-        except json.JSONDecodeError:
-            continue
-        counts[ev] = counts.get(ev, 0) + 1
-    return counts
+    from watchdog.journal import read_journal
+
+    return dict(Counter(e.get("event", "") for e in read_journal(path)))
 
 
 def summary(demo: Demo, campaign_dir: Path, analysis_dir: Path, report: Path) -> str:
