@@ -244,7 +244,10 @@ class TruthFile:
 
 
 class ChipirLog:
-    """A facility log in the ChipIR count-log format for the period a runner ran (UTC clock).
+    """A facility log in the ChipIR count-log format from ``start`` to :meth:`close` (UTC clock).
+
+    The simulator writes one per run (``<log>.chipir.txt``); ``diehardlab.demo`` writes one for a whole
+    campaign (``ChipirLog(stem, beam, start).close(end)``), as a facility keeps it.
 
     Rows fall on a fixed grid of UTC time (every ``row_interval_s``, at .411 s past), and every counter is
     a function of time alone: the fission counter grows by ``flux / flux_factor`` counts per second of

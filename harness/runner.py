@@ -19,6 +19,7 @@ import re
 import signal
 import socket
 import stat
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,12 +243,9 @@ class Runner:
             w = self.open_log()
             try:
                 self.loop(w)
-            except BenchmarkAborted:
+            finally:  # also after a libLogHelper #ABORT: the truth file says how the run ended
                 if self.sim is not None:
                     self.sim.finish()
-                raise
-            if self.sim is not None:
-                self.sim.finish()
             self._summary(w)
             if self.stop_reason and self.stop_reason not in ("iterations", "duration", "once"):
                 w.log_stop(self.stop_reason)
@@ -345,8 +343,6 @@ class Runner:
 
 
 def threading_main() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -117,7 +118,8 @@ def test_chipir_log_gives_the_flux_back(tmp_path):
     assert lines[0] == "Data From ChipIR"
     rows = [CHIPIR_ROW.match(line) for line in lines[1:]]
     assert all(rows) and len(rows) == 42
-    times = [datetime.strptime(line[:19], "%d/%m/%Y %H:%M:%S") for line in lines[1:]]
+    # The rows are UTC (a naive .timestamp() would read them in the machine's zone).
+    times = [datetime.strptime(line[:19], "%d/%m/%Y %H:%M:%S").replace(tzinfo=timezone.utc) for line in lines[1:]]
     fission = [int(m.group(4)) for m in rows]
     flux = [(b - a) * beam.flux_factor / (tb - ta).total_seconds()
             for a, b, ta, tb in zip(fission, fission[1:], times, times[1:])]  # fmt: skip
@@ -127,10 +129,17 @@ def test_chipir_log_gives_the_flux_back(tmp_path):
     on_s = beam_on_seconds(beam, times[-1].timestamp() + 0.411) - beam_on_seconds(beam, times[0].timestamp() + 0.411)
     assert total == pytest.approx(beam.flux_n_cm2_s * on_s, rel=1e-3)
     # Counters depend on time alone: a second run's log agrees where they overlap.
-    g = ChipirLog(tmp_path / "y.log", beam, start + 30)
+    # Opened and closed at once, as diehardlab.demo writes its campaign-wide STEM.chipir.txt.
+    g = ChipirLog(tmp_path / "facility", beam, start + 30)
     g.close(start + 40)
-    overlap = set(g.path.read_text().splitlines()[1:]) & set(lines[1:])
+    assert g.path.name == "facility.chipir.txt"
+    g_lines = g.path.read_text().splitlines()[1:]
+    overlap = set(g_lines) & set(lines[1:])
     assert len(overlap) >= 3
+    g_times = [datetime.strptime(line[:19], "%d/%m/%Y %H:%M:%S").replace(tzinfo=timezone.utc).timestamp() + 0.411
+               for line in g_lines]  # fmt: skip
+    assert g_times[0] <= start + 30 and g_times[-1] > start + 40  # the row before the start to the row after
+    assert all(b - a == pytest.approx(beam.row_interval_s, abs=1e-3) for a, b in itertools.pairwise(g_times))
 
 
 def test_truth_file_is_complete_json_after_each_save(tmp_path):
