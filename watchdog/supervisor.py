@@ -406,6 +406,7 @@ class Supervisor:
                 await self._power_off_for(self.esc.cool_down_s)
                 self._set_state("recovering")
                 if await self._wait_up():
+                    await self._pull()  # as after any power cycle: the DUT's own log of the lost run
                     return
                 cause = "os-hang"
                 continue
