@@ -392,9 +392,7 @@ class Supervisor:
                 self.snap.total_power_cycles += 1
                 self.log("power-cycle", cause=cause, switch=self.dut.switch, outlet=self.dut.outlet)
                 self._notify("power-cycle", cause=cause)
-                await self._power(False)
-                await asyncio.sleep(self.esc.power_off_s)
-                await self._power(True)
+                await self._power_off_for(self.esc.power_off_s)
                 if await self._wait_up():
                     await self._pull()
                     return
@@ -405,11 +403,10 @@ class Supervisor:
                 self._set_state("cool-down")
                 self.log("cool-down", cause=cause, seconds=self.esc.cool_down_s)
                 self._notify("cool-down", cause=cause, seconds=self.esc.cool_down_s)
-                await self._power(False)
-                await asyncio.sleep(self.esc.cool_down_s)
-                await self._power(True)
+                await self._power_off_for(self.esc.cool_down_s)
                 self._set_state("recovering")
                 if await self._wait_up():
+                    await self._pull()  # as after any power cycle: the DUT's own log of the lost run
                     return
                 cause = "os-hang"
                 continue
@@ -429,6 +426,12 @@ class Supervisor:
         up = await self.transport.wait_up(self.dut.boot_timeout_s)
         self._set_state("recovering")
         return up
+
+    async def _power_off_for(self, seconds: float) -> None:
+        """Outlet off, ``seconds`` without power (a power cycle, a cool-down), outlet on."""
+        await self._power(False)
+        await asyncio.sleep(seconds)
+        await self._power(True)
 
     async def _power(self, on: bool) -> None:
         """Switch the DUT's outlet; a switch that fails is journaled and the escalation goes on."""

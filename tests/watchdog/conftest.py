@@ -26,9 +26,9 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
     return port
 
 
-def app_argv(*extra: str, extended: bool = True) -> str:
-    """The benchmark argv as a TOML list, with the server's placeholders."""
-    argv = [sys.executable, str(DUT_APP), "--server", "{server_host}:{server_port}", "--log-dir", "{log_dir}",
+def app_argv(*extra: str, extended: bool = True, prefix: tuple[str, ...] = ()) -> str:
+    """The benchmark argv as a TOML list, with the server's placeholders (``prefix`` goes before python)."""
+    argv = [*prefix, sys.executable, str(DUT_APP), "--server", "{server_host}:{server_port}", "--log-dir", "{log_dir}",
             "--bench", "{benchmark}", "--hostname", "{hostname}"]  # fmt: skip
     if extended:
         argv += ["--dut", "{dut}", "--key-file", "{key_file}"]

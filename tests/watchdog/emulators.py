@@ -35,15 +35,6 @@ class _Emulator:
             def log_message(self, *a):
                 pass
 
-            def _auth_ok(self) -> bool:
-                want = "Basic " + base64.b64encode(f"{emu.user}:{emu.password}".encode()).decode()
-                if self.headers.get("Authorization") != want:
-                    self.send_response(401)
-                    self.send_header("WWW-Authenticate", 'Basic realm="switch"')
-                    self.end_headers()
-                    return False
-                return True
-
             def _reply(self, code: int, body: str, ctype: str = "text/html") -> None:
                 data = body.encode()
                 self.send_response(code)
@@ -53,10 +44,10 @@ class _Emulator:
                 self.wfile.write(data)
 
             def do_GET(self):
-                emu._handle(self, "GET")
+                emu._serve(self, "GET")
 
             def do_POST(self):
-                emu._handle(self, "POST")
+                emu._serve(self, "POST")
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.httpd.server_address[1]
@@ -77,6 +68,20 @@ class _Emulator:
             if self.on_change:
                 self.on_change(outlet, on)
 
+    def _serve(self, h, method: str) -> None:
+        if self._authorized(h):
+            self._handle(h, method)
+
+    def _authorized(self, h) -> bool:
+        """HTTP Basic auth, as most switches do it; a wrong or missing password gets a 401 challenge."""
+        want = "Basic " + base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+        if h.headers.get("Authorization") == want:
+            return True
+        h.send_response(401)
+        h.send_header("WWW-Authenticate", 'Basic realm="switch"')
+        h.end_headers()
+        return False
+
     def _handle(self, h, method: str) -> None:
         raise NotImplementedError
 
@@ -95,8 +100,6 @@ class LindyEmulator(_Emulator):
     outlets_n = 8
 
     def _handle(self, h, method: str) -> None:
-        if not h._auth_ok():
-            return
         u = urlsplit(h.path)
         self.requests.append((method, u.path, {"referer": h.headers.get("Referer", "")}))
         if method == "POST" and u.path in ("/ons.cgi", "/offs.cgi"):
@@ -131,8 +134,6 @@ class NetioEmulator(_Emulator):
         }
 
     def _handle(self, h, method: str) -> None:
-        if not h._auth_ok():
-            return
         if urlsplit(h.path).path != "/netio.json":
             h._reply(404, "not found")
             return
@@ -194,8 +195,6 @@ class Ip9258Emulator(_Emulator):
     outlets_n = 4
 
     def _handle(self, h, method: str) -> None:
-        if not h._auth_ok():
-            return
         u = urlsplit(h.path)
         if method == "POST" and u.path == "/tgi/iocontrol.tgi":
             length = int(h.headers.get("Content-Length", 0))
@@ -220,14 +219,17 @@ class DliRestEmulator(_Emulator):
 
     outlets_n = 8
 
-    def _handle(self, h, method: str) -> None:
+    def _authorized(self, h) -> bool:
         auth = h.headers.get("Authorization", "")
-        if not auth.startswith("Digest ") or f'username="{self.user}"' not in auth:
-            h.send_response(401)
-            h.send_header("WWW-Authenticate", 'Digest realm="DLI", nonce="abc123", qop="auth", algorithm=MD5')
-            h.send_header("Content-Length", "0")
-            h.end_headers()
-            return
+        if auth.startswith("Digest ") and f'username="{self.user}"' in auth:
+            return True
+        h.send_response(401)
+        h.send_header("WWW-Authenticate", 'Digest realm="DLI", nonce="abc123", qop="auth", algorithm=MD5')
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+        return False
+
+    def _handle(self, h, method: str) -> None:
         if h.headers.get("X-CSRF") != "x":
             h._reply(403, "CSRF")
             return
@@ -248,7 +250,7 @@ class DliRestEmulator(_Emulator):
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         handler = self.httpd.RequestHandlerClass
-        handler.do_PUT = lambda h: self._handle(h, "PUT")
+        handler.do_PUT = lambda h: self._serve(h, "PUT")
 
 
 class SnmpPduEmulator:
@@ -318,8 +320,6 @@ class DliLegacyEmulator(_Emulator):
     outlets_n = 8
 
     def _handle(self, h, method: str) -> None:
-        if not h._auth_ok():
-            return
         u = urlsplit(h.path)
         self.requests.append((method, h.path, {}))
         if u.path == "/outlet":

@@ -174,6 +174,23 @@ def test_example_campaigns_are_valid():
         assert "the file is valid" in r.stdout
 
 
+def test_local_demo_campaign_matches_its_beam_and_the_demo_models():
+    """The simulated facility's counts-to-flux factor is the beam spec's, and the benchmarks run the models
+    and goldens where 'diehard demo' writes them (./diehard-demo/models)."""
+    from diehardlab.campaign import load_campaign
+    from diehardlab.demo import MODELS, _spec_flux_factor
+
+    c = load_campaign(ROOT / "setups" / "campaigns" / "local-demo.toml")
+    models = (ROOT / "diehard-demo" / "models").resolve()
+    for d in c.duts:
+        argv = [a.replace("{campaign_dir}", str(ROOT / "setups" / "campaigns")) for a in d.benchmarks[0].argv]
+        spec = Path(argv[argv.index("--simulate-beam") + 1]).resolve()
+        assert c.facility is not None and c.facility.flux_factor == _spec_flux_factor(spec)
+        model = Path(argv[4]).resolve()
+        assert model.parent == models and model.name in MODELS
+        assert Path(argv[argv.index("--golden") + 1]).resolve() == models / f"{model.name}.golden.pt"
+
+
 def test_server_commands_never_import_torch(tmp_path):
     path = local_campaign(tmp_path, SWITCH + dut("d1", app_argv(), extra='switch = "sim"\noutlet = 1'))
     for args in (("serve", "--check", str(path)), ("status", str(path)), ("power", str(path), "d1", "state")):

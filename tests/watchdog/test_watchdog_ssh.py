@@ -6,24 +6,33 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from diehardlab.campaign import Dut
-from tests.watchdog.conftest import DUT_APP, ServerThread, events, local_campaign, wait_for
+from tests.watchdog.conftest import ServerThread, app_argv, events, local_campaign, wait_for
 from tests.watchdog.emulators import NetioEmulator
 from watchdog.transport.ssh import SshError, SshTransport
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _argv() -> str:
-    argv = ["env", f"PYTHONPATH={ROOT}", sys.executable, str(DUT_APP), "--server", "{server_host}:{server_port}",
-            "--log-dir", "{log_dir}", "--bench", "{benchmark}", "--hostname", "{hostname}"]  # fmt: skip
-    return "[" + ", ".join(f'"{a}"' for a in argv) + "]"
+def netio_switch(port: int) -> str:
+    """The [[switch]] table of a NETIO emulator on loopback (user admin, password from $NETIO_PW)."""
+    return f"""
+[[switch]]
+name = "netio"
+model = "netio"
+host = "127.0.0.1"
+port = {port}
+user = "admin"
+password_env = "NETIO_PW"
+outlets = 4
+timeout_s = 2
+settle_s = 1
+"""
 
 
 def ssh_dut(sshd, tmp: Path, liveness: float = 1.5, extra: str = "", known: str = "strict") -> str:
@@ -53,7 +62,7 @@ keepalive_s = 2
 
 [[dut.benchmark]]
 name = "sshapp"
-argv = {_argv()}
+argv = {app_argv(extended=False, prefix=("env", f"PYTHONPATH={ROOT}"))}
 """
 
 
@@ -122,18 +131,7 @@ def test_sshd_gone_is_power_cycled_through_the_switch(tmp_path, sshd, monkeypatc
                     os.killpg(state["pid"], signal.SIGKILL)
 
     with NetioEmulator(user="admin", password="s3cret", on_change=outlet) as emu:
-        switch = f"""
-[[switch]]
-name = "netio"
-model = "netio"
-host = "127.0.0.1"
-port = {emu.port}
-user = "admin"
-password_env = "NETIO_PW"
-outlets = 4
-timeout_s = 2
-settle_s = 1
-"""
+        switch = netio_switch(emu.port)
         body = switch + ssh_dut(sshd, tmp_path, liveness=1.0, extra='switch = "netio"\noutlet = 3')
         path = local_campaign(tmp_path, body)
         with ServerThread(path) as srv:
@@ -219,18 +217,7 @@ def test_wedged_sshd_that_accepts_but_never_answers_is_power_cycled(tmp_path, ss
                 os.killpg(state["pid"], signal.SIGKILL)
 
     with NetioEmulator(user="admin", password="s3cret", on_change=outlet) as emu:
-        switch = f"""
-[[switch]]
-name = "netio"
-model = "netio"
-host = "127.0.0.1"
-port = {emu.port}
-user = "admin"
-password_env = "NETIO_PW"
-outlets = 4
-timeout_s = 2
-settle_s = 1
-"""
+        switch = netio_switch(emu.port)
         extra = 'switch = "netio"\noutlet = 1\n[dut.escalation]\nmax_os_reboots = 0\npower_off_s = 0.2\n'
         path = local_campaign(tmp_path, switch + ssh_dut(sshd, tmp_path, liveness=1.0, extra=extra))
         with ServerThread(path) as srv:
