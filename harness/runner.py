@@ -29,7 +29,7 @@ import torch
 
 from diehardlab.cli import make_parser
 from diehardlab.errors import ConfigError, DataError
-from diehardlab.formats.datagram import DatagramSender
+from diehardlab.formats.datagram import DatagramSender, decode_key
 from diehardlab.formats.writer import BenchmarkAborted, LogWriter
 from harness.compare import GoldenCompare, Mismatch
 from harness.device import detect_ecc, device_name, parse_ecc_flag, pick_device, synchronize
@@ -77,12 +77,10 @@ def read_key(path: Path) -> bytes:
         raise ConfigError(
             f"--key-file {path}: readable by others (mode {stat.S_IMODE(st.st_mode):o}); chmod 600 {path}"
         )
-    text = data.strip()
-    if len(text) >= 32 and re.fullmatch(rb"[0-9a-fA-F]+", text) and len(text) % 2 == 0:
-        return bytes.fromhex(text.decode())
-    if not text:
-        raise ConfigError(f"--key-file {path}: the file is empty")
-    return text
+    try:
+        return decode_key(data)
+    except ValueError as exc:
+        raise ConfigError(f"--key-file {path}: {exc}") from exc
 
 
 def parse_server(value: str) -> tuple[str, int]:

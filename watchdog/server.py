@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from diehardlab.campaign import CampaignFile, Dut, Escalation, load_campaign
 from diehardlab.config import read_secrets
 from diehardlab.errors import ConfigError
-from diehardlab.formats.datagram import DatagramVerifier
+from diehardlab.formats.datagram import DatagramVerifier, decode_key
 from watchdog.journal import Journal, last_snapshots, read_journal, utc_now_iso
 from watchdog.receiver import Receiver, resolve
 from watchdog.supervisor import Context, Snap, Supervisor, substitute
@@ -55,14 +55,6 @@ def status_path(c: CampaignFile) -> Path:
     return c.server.journal.with_name(c.server.journal.stem + ".status.json")
 
 
-def decode_key(value: str) -> bytes:
-    """A datagram key from the secrets file: hex when it is valid hex, else its UTF-8 bytes."""
-    try:
-        return bytes.fromhex(value) if len(value) >= 32 else value.encode()
-    except ValueError:
-        return value.encode()
-
-
 def datagram_keys(c: CampaignFile) -> dict[str, bytes | None]:
     secrets = read_secrets(c.server.secrets_file) if c.server.secrets_file else None
     keys: dict[str, bytes | None] = {}
@@ -76,7 +68,10 @@ def datagram_keys(c: CampaignFile) -> dict[str, bytes | None]:
                 f"dut {d.name!r}: datagram_key {d.datagram_key!r} is not in the secrets file ([server] secrets_file)"
             )
         else:
-            keys[d.name] = decode_key(secrets[d.datagram_key])
+            try:
+                keys[d.name] = decode_key(secrets[d.datagram_key])
+            except ValueError as exc:
+                raise ConfigError(f"dut {d.name!r}: secrets file entry {d.datagram_key!r}: {exc}") from exc
     return keys
 
 

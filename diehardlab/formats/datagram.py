@@ -86,6 +86,19 @@ def encode_legacy(line: str, ecc: bool) -> bytes:
     return bytes([ECC_ON if ecc else ECC_OFF]) + body
 
 
+def decode_key(text: str | bytes) -> bytes:
+    """A campaign's datagram key as written in the secrets file or a DUT's key file: hex when it is at
+    least 16 bytes of hex digits (as the server writes generated keys), else the text's own bytes.
+
+    The server and the DUT both decode with this, so a key reads the same on both ends."""
+    raw = (text.encode() if isinstance(text, str) else text).strip()
+    if not raw:
+        raise ValueError("the datagram key is empty")
+    if len(raw) >= 32 and len(raw) % 2 == 0 and re.fullmatch(rb"[0-9a-fA-F]+", raw):
+        return bytes.fromhex(raw.decode())
+    return raw
+
+
 def _mac(key: bytes, signed_part: bytes) -> bytes:
     return hmac.new(key, signed_part, hashlib.sha256).hexdigest()[: 2 * _MAC_BYTES].encode()
 

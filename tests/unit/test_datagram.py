@@ -148,3 +148,15 @@ def test_random_bytes_are_rejected_or_decoded_never_crash(data):
         v.verify(data, now=NOW)
     except DatagramError as exc:
         assert exc.reason in {"malformed", "unknown-dut", "bad-mac", "stale", "replay"}
+
+
+def test_key_text_decodes_the_same_for_server_and_dut():
+    from diehardlab.formats.datagram import decode_key
+
+    key = bytes(range(32))
+    assert decode_key(key.hex()) == key  # as the server writes generated keys
+    assert decode_key(key.hex().encode() + b"\n") == key  # a key file with a trailing newline
+    assert decode_key("a passphrase, not hex") == b"a passphrase, not hex"
+    assert decode_key("abcd") == b"abcd"  # short hex-looking text is a passphrase, not 2 bytes
+    with pytest.raises(ValueError, match="empty"):
+        decode_key("  \n")
