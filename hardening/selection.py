@@ -45,12 +45,12 @@ def rank(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, metric: str, 
     logits = torch.cat([model(x[i : i + batch_size].to(device)).cpu() for i in range(0, x.shape[0], batch_size)])
     s = scores(logits, y, metric)
     # stable descending sort: equal scores keep dataset order, so the ranking is reproducible
-    order = sorted(range(len(s)), key=lambda i: (-float(s[i]), i))
+    order = torch.sort(s, descending=True, stable=True).indices.tolist()
     return order, s, logits.argmax(dim=1)
 
 
 def main(argv: Sequence[str]) -> int:
-    from hardening.sfi.sources import add_image_args, add_model_args, load_images, load_target
+    from hardening.sfi.sources import add_image_args, add_model_args, device_name, load_images, load_target
 
     p = make_parser("select", __doc__.split("\n\n")[0].split(": ", 1)[1])
     add_model_args(p)
@@ -61,9 +61,7 @@ def main(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     if args.selection:
         raise ConfigError("--selection is an input of 'diehard sfi run', not of 'diehard select'")
-    from hardening.sfi.cli import _device
-
-    device = _device(args.device)
+    device = device_name(args.device)
     target = load_target(args, device)
     images = load_images(args, target)
     order, s, pred = rank(target.model, images.x, images.y, args.metric)

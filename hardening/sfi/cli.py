@@ -18,20 +18,6 @@ diehard sfi curve --run DIR [--orders 5] --out PREFIX
 MODEL is a checkpoint folder, --model NAME (random weights) or --factory MODULE:CALLABLE --weights FILE."""
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
-    try:
-        torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"--device {name!r}: not a torch device ({exc})") from exc
-    return name
-
-
 def _plan_args(p: argparse.ArgumentParser, required: bool) -> None:
     from hardening.sfi.plan import FAULT_MODELS, METHODS, TARGETS
 
@@ -103,7 +89,7 @@ def cmd_run(argv: Sequence[str]) -> int:
     from hardening.sfi import faultlist
     from hardening.sfi.plan import activation_layers, injectable_layers, load_plan, make_plan
     from hardening.sfi.runner import run_campaign
-    from hardening.sfi.sources import add_image_args, add_model_args, load_images, load_target
+    from hardening.sfi.sources import add_image_args, add_model_args, device_name, load_images, load_target
 
     p = make_parser("sfi run", "Inject a statistical fault list; classify every (fault, image); write tables.")
     add_model_args(p)
@@ -130,7 +116,7 @@ def cmd_run(argv: Sequence[str]) -> int:
         torch.set_num_threads(args.threads)
     if sum(x is not None for x in (args.plan, args.faults, args.method)) != 1:
         raise ConfigError("give exactly one of --plan FILE, --faults FILE or --method METHOD")
-    device = _device(args.device)
+    device = device_name(args.device)
     target = load_target(args, device)
     images = load_images(args, target)
     layers = injectable_layers(target.model)

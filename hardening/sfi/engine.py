@@ -10,7 +10,7 @@ engine must match bit for bit (and the fallback for models torch.fx cannot trace
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -190,8 +190,7 @@ class Injector:
             if n.op != "call_module" or len(n.args) != 1 or n.kwargs or not isinstance(n.args[0], type(n)):
                 continue
             mod = self.modules[n.target]
-            owner = fault.tensor.rpartition(".")[0]
-            if owner != n.target or not _sliceable(mod) or not self._slice_verified(n, cache):
+            if fault.module != n.target or not _sliceable(mod) or not self._slice_verified(n, cache):
                 continue
             k = fault.index[0]
 
@@ -241,11 +240,10 @@ class Injector:
             return self._run_cached(fault, b) if self.graph is not None else self._run_naive(fault, b)
 
     @torch.no_grad()
-    def run(self, faults: list[Fault], on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+    def run(self, faults: list[Fault]) -> np.ndarray:
         """Outcome matrix [faults, images] (int8) for ``faults``.
 
         Batches outside, faults inside: one golden cache alive at a time when they do not all fit.
-        ``on_batch(k)`` is called after each image batch with the number of (fault, batch) runs done.
         """
         n_img = sum(x.shape[0] for x in self.batches)
         out = torch.zeros((len(faults), n_img), dtype=torch.int8, device=self.device)
@@ -259,6 +257,4 @@ class Injector:
                 if y is not None:
                     out[fi, col : col + n] = classify(y, self.golden[b])
             col += n
-            if on_batch is not None:
-                on_batch(len(faults))
         return out.cpu().numpy()

@@ -49,22 +49,19 @@ class Fault:
 
 
 def _faults_in_layer(layer, elems: np.ndarray, bits: np.ndarray, vals: np.ndarray, models, label: str, start: int):
-    """Fault objects for flat element indices of one layer (weight then bias), vectorised unravel."""
+    """Fault objects for flat element indices of one layer (weight then bias), vectorised unravel.
+
+    ``elems`` is ascending (the draws are sorted), so going tensor by tensor keeps the draw order."""
     out = []
     offset = 0
-    pos = np.arange(len(elems))
-    order = []
     for name, shape in zip(layer.tensors, layer.shapes):
         size = math.prod(shape)
         sel = (elems >= offset) & (elems < offset + size)
         if sel.any():
             idx = np.stack(np.unravel_index(elems[sel] - offset, shape), axis=1).tolist()
-            for p, ix, b, v in zip(pos[sel].tolist(), idx, bits[sel].tolist(), vals[sel].tolist()):
-                order.append((p, name, tuple(ix), b, models[v]))
+            for ix, b, v in zip(idx, bits[sel].tolist(), vals[sel].tolist()):
+                out.append(Fault(start + len(out), name, tuple(ix), b, models[v], None, label))
         offset += size
-    order.sort()
-    for k, (_p, name, ix, b, m) in enumerate(order):
-        out.append(Fault(start + k, name, ix, b, m, None, label))
     return out
 
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from diehardlab.errors import ConfigError
 from diehardlab.sampling import achieved_error, sample_size, t_value
-from hardening.sfi.bits import FLOAT_BITS
+from hardening.sfi.bits import FLOAT_BITS, flip, get_bit
 
 METHODS = ("network", "layer", "data-unaware", "data-aware")
 FAULT_MODELS = ("stuck-at", "bitflip")
@@ -173,15 +173,12 @@ def layer_values(model: nn.Module, layer: Layer) -> torch.Tensor:
 def bit_change_stats(w: torch.Tensor) -> np.ndarray:
     """D_avg(i) per bit: mean |w - flip_i(w)| of 0->1 flips times f_0(i) plus that of 1->0 flips times f_1(i)."""
     w = w.reshape(-1).float().contiguous()
-    wi = w.view(torch.int32)
     w64 = w.double()
     out = np.zeros(FLOAT_BITS)
     for bit in range(FLOAT_BITS):
-        mask = torch.tensor(-(1 << 31) if bit == 31 else 1 << bit, dtype=torch.int32)
-        flipped = (wi ^ mask).view(torch.float32).double()
-        d = (w64 - flipped).abs()
+        d = (w64 - flip(w, bit).double()).abs()
         d[~torch.isfinite(d)] = math.inf  # a flip to inf/NaN is an unbounded change
-        ones = ((wi >> bit) & 1).bool()
+        ones = get_bit(w, bit).bool()
         f1 = ones.double().mean().item()
         f0 = 1.0 - f1
         d01 = d[~ones].mean().item() if (~ones).any() else 0.0

@@ -26,15 +26,6 @@ def worst(outcomes: np.ndarray) -> np.ndarray:
     return outcomes.max(axis=1) if outcomes.shape[1] else np.zeros(outcomes.shape[0], dtype=np.int8)
 
 
-def _margin_observed(pop: int, n: int, k: int, t: float) -> float:
-    if n <= 0:
-        return math.inf
-    if n >= pop:
-        return 0.0
-    p = k / n
-    return t * math.sqrt(p * (1 - p) / n * (pop - n) / max(pop - 1, 1))
-
-
 def cell_population(layer: Layer, fault_model: str) -> int:
     """Population of one (layer, bit) cell: elements x fault values per bit."""
     return layer.numel * (2 if fault_model.startswith("stuck-at") else 1)
@@ -83,7 +74,7 @@ def cell_rows(faults: list[Fault], outcomes: np.ndarray, layers: list[Layer], t:
                 *ks,
                 f"{ks[2] / n:.6g}",
                 f"{achieved_error(pop, n, t=t, p=0.5):.6g}" if pop else "",
-                f"{_margin_observed(pop, n, ks[2], t):.6g}" if pop else "",
+                f"{achieved_error(pop, n, t=t, p=ks[2] / n):.6g}" if pop else "",
             ]
         )
     return rows
@@ -152,15 +143,15 @@ def estimate(faults: list[Fault], hit: np.ndarray, layers: list[Layer], t: float
         p = k / n
         return {"p": p, "margin": t * math.sqrt(p * (1 - p) / n), "weighted": False}
     total = sum(pops.values())
-    p = var = 0.0
+    p = margin_sq = 0.0
     for h, idx in groups.items():
         n_h, pop = len(idx), pops[h]
         p_h = float(hit[idx].mean())
         w = pop / total
         p += w * p_h
-        fpc = (pop - n_h) / (pop - 1) if pop > 1 else 0.0
-        var += w * w * p_h * (1 - p_h) / n_h * max(fpc, 0.0)
-    return {"p": p, "margin": t * math.sqrt(var), "weighted": len(groups) > 1}
+        # the stratum's own margin (finite-population corrected) is t times its standard error
+        margin_sq += (w * achieved_error(pop, n_h, t=t, p=p_h)) ** 2
+    return {"p": p, "margin": math.sqrt(margin_sq), "weighted": len(groups) > 1}
 
 
 def write_tables(out: Path, faults: list[Fault], outcomes: np.ndarray, layers: list[Layer], t: float) -> dict:

@@ -58,6 +58,18 @@ def add_image_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--selection", type=Path, help="ranking CSV written by 'diehard select'")
 
 
+def device_name(name: str) -> str:
+    """``--device``: ``hardening.train.pick_device`` (auto = cuda when present), as a string for run.json."""
+    from hardening.train import pick_device
+
+    try:
+        return str(pick_device(name))
+    except ConfigError as exc:  # the only one pick_device raises: CUDA asked for and missing
+        raise ConfigError(f"--device {name}: CUDA is not available here; use --device cpu or auto") from exc
+    except RuntimeError as exc:
+        raise ConfigError(f"--device {name!r}: not a torch device ({exc})") from exc
+
+
 def _sha256_state(model: nn.Module) -> str:
     h = hashlib.sha256()
     for k, v in model.state_dict().items():

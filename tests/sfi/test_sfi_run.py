@@ -193,6 +193,19 @@ def test_stratified_estimate_weights_by_population():
     e = estimate(faults, hit, layers, 2.58)
     assert e["weighted"] and e["p"] == pytest.approx(10 / 1000)  # not the unweighted 0.5
     assert e["margin"] == 0.0  # both strata have p_h in {0, 1}
+    # half of b's faults SDC-1: margin sqrt(sum_h (N_h/N)^2 t^2 p_h (1 - p_h) / n_h (N_h - n_h) / (N_h - 1)) by hand
+    hit[10:15] = True
+    e = estimate(faults, hit, layers, 2.58)
+    w_b, n_b = 990 * 32 / 32_000, 990 * 32
+    assert e["p"] == pytest.approx(10 / 1000 + w_b * 0.5)
+    assert e["margin"] == pytest.approx(2.58 * w_b * (0.25 / 10 * (n_b - 10) / (n_b - 1)) ** 0.5)
+    # per (layer, bit) cell: the margin at the observed proportion, finite-population corrected
+    from hardening.sfi.results import cell_rows
+
+    rows = cell_rows(faults, (hit.astype(np.int8) * 2)[:, None], layers, 2.58)
+    b = next(r for r in rows if r[0] == "b")
+    assert b[3:8] == [990, 10, 5, 0, 5]
+    assert float(b[10]) == pytest.approx(2.58 * (0.25 / 10 * 980 / 989) ** 0.5, rel=1e-5)
     plain = estimate([Fault(i, "a.weight", (0,), 3) for i in range(4)], np.array([1, 0, 0, 0], bool), layers, 2.58)
     assert not plain["weighted"] and plain["p"] == 0.25 and plain["margin"] == pytest.approx(2.58 * (0.1875 / 4) ** 0.5)
 

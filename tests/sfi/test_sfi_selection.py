@@ -26,6 +26,18 @@ def test_metrics_by_hand():
         scores(logits, torch.tensor([0, -1]), "el2n")
 
 
+def test_rank_hardest_first_ties_in_dataset_order():
+    # logits: image 1 and 3 equally wrong (hardest), 0 and 2 equally right; ties keep dataset order
+    model = torch.nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0], [-1.0]]))
+    x = torch.tensor([[2.0], [2.0], [2.0], [2.0], [0.0]])
+    y = torch.tensor([0, 1, 0, 1, 0])
+    order, s, pred = rank(model, x, y, "ce", batch_size=2)
+    assert order == [1, 3, 4, 0, 2]
+    assert pred.tolist() == [0, 0, 0, 0, 0] and s[1] == s[3] and s[0] == s[2] and s[1] > s[4] > s[0]
+
+
 def test_detection_curve_counts_worst_so_far():
     o = np.array([[0, 2, 0], [1, 0, 0], [0, 0, 0], [1, 1, 2]], dtype=np.int8)
     c = detection_curve(o)
