@@ -16,21 +16,21 @@ import json
 import math
 import sys
 import time
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import ConfigDict
 from torch import nn
 
+from diehardlab.config import read_toml
 from diehardlab.errors import ConfigError
 from hardening import checkpoint as ckpt
 from hardening.data import NAMES, Dataset, load_dataset
 from hardening.faults import FaultInjector, FaultSpec, curriculum_scale
-from hardening.models import ModelConfig, build_model
+from hardening.models import ModelConfig, build_model, config_from_dict
 
 METRIC_FIELDS = [
     "epoch",
@@ -47,6 +47,9 @@ METRIC_FIELDS = [
 
 @dataclass
 class TrainConfig:
+    # Read by pydantic when validating a table into this dataclass: a misspelt key is an error.
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
     name: str = "model"
     dataset: str = "digits"
     data_dir: str = ""
@@ -109,75 +112,9 @@ class TrainConfig:
         return d
 
 
-def _check_value(value: Any, hint: Any, where: str) -> Any:
-    """Type-check one TOML value against a dataclass field annotation (the simple types these configs use)."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return value
-    if hint is bool:
-        ok = isinstance(value, bool)
-    elif hint is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif hint is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif hint is str:
-        ok = isinstance(value, str)
-    elif origin in (tuple, list):
-        ok = isinstance(value, list | tuple) and all(isinstance(v, int | float) for v in value)
-        if origin is tuple:
-            ok = ok and len(value) == len(typing.get_args(hint))
-    else:
-        ok = True
-    if not ok:
-        name = getattr(hint, "__name__", str(hint))
-        raise ConfigError(f"{where}: expected {name} (got {value!r})")
-    return value
-
-
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a table (got {data!r})")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        hint = hints[key]
-        if is_dataclass(hint):
-            kwargs[key] = _build(hint, value, f"{where} -> {key}")
-        else:
-            kwargs[key] = _check_value(value, hint, f"{where} -> {key}")
-    if "magnitude" in kwargs:
-        kwargs["magnitude"] = tuple(kwargs["magnitude"])
-    try:
-        return cls(**kwargs)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-
-
-def config_from_dict(data: dict[str, Any], source: str) -> TrainConfig:
-    """A ``TrainConfig`` from a parsed TOML document; errors name ``source`` and the field."""
-    return _build(TrainConfig, data, source)
-
-
 def load_config(path: str | Path) -> TrainConfig:
-    """Read a model config TOML. Parsed with the standard library so training needs no pydantic."""
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - Python 3.10
-        import tomli as tomllib
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: no such file") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    return config_from_dict(data, str(path))
+    """Read a model config TOML (``setups/models/*.toml``); errors name the file and the field."""
+    return config_from_dict(TrainConfig, read_toml(path), str(path))
 
 
 # ---------------------------------------------------------------- device, data, augmentation
@@ -583,7 +520,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         saved = ckpt.read_config(args.out)
         keep = {f.name for f in fields(TrainConfig)}
-        cfg = config_from_dict({k: v for k, v in saved.items() if k in keep}, str(Path(args.out) / ckpt.CONFIG))
+        cfg = config_from_dict(
+            TrainConfig, {k: v for k, v in saved.items() if k in keep}, str(Path(args.out) / ckpt.CONFIG)
+        )
     overrides = {
         "dataset": args.dataset,
         "data_dir": args.data_dir,
