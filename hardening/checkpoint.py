@@ -14,6 +14,7 @@ so an interrupted save never leaves a half-written checkpoint behind.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -77,6 +78,18 @@ def save_model(ckpt_dir: str | Path, model: nn.Module) -> None:
 def save_last(ckpt_dir: str | Path, state: dict[str, Any]) -> None:
     """Resume state (model/optimizer/scheduler state_dicts, epoch, generator states): tensors and plain values."""
     _atomic(Path(ckpt_dir) / LAST, lambda p: torch.save(state, p))
+
+
+def save_metrics(ckpt_dir: str | Path, rows: list[dict[str, Any]], fieldnames: list[str]) -> None:
+    """``metrics.csv``: one row per epoch, rewritten whole (it is small) so it always matches ``last.pt``."""
+
+    def write(p: Path) -> None:
+        with open(p, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fieldnames)
+            w.writeheader()
+            w.writerows(rows)
+
+    _atomic(Path(ckpt_dir) / METRICS, write)
 
 
 def load_last(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:

@@ -263,6 +263,12 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024, memory=to
     return torch.cat(outs) if outs else torch.empty(0)
 
 
+def top1(logits: torch.Tensor) -> torch.Tensor:
+    """The predicted class per row, or -1 where the row is not all finite (such an output is never right)."""
+    finite = torch.isfinite(logits).all(dim=1)
+    return torch.where(finite, logits.nan_to_num().argmax(1), torch.full_like(finite, -1, dtype=torch.long))
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -280,8 +286,7 @@ def evaluate(
         inj_spec = replace(spec, p=1.0, layer_choice="per-image", magnitude_scale=1.0)
         with FaultInjector(model, inj_spec, torch.Generator().manual_seed(seed)):
             logits = predict(model, x, cfg.eval_batch_size, memory)
-    finite = torch.isfinite(logits).all(dim=1)
-    pred = torch.where(finite, logits.nan_to_num().argmax(1), torch.full_like(y, -1))
+    pred = top1(logits)
     loss = loss_fn(logits.nan_to_num(), y, cfg).item() if len(y) else float("nan")
     return {"loss": loss, "accuracy": (pred == y).float().mean().item() if len(y) else float("nan")}
 
@@ -364,15 +369,6 @@ def _read_metrics(path: Path, upto: int) -> list[dict[str, Any]]:
         return [row for row in csv.DictReader(f) if int(row["epoch"]) <= upto]
 
 
-def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
-
-
 def run_config(cfg: TrainConfig, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The config.json content: the training config plus what is needed to rebuild and reproduce the model."""
     from diehardlab import __version__
@@ -439,10 +435,8 @@ def train(
     while state.epoch < last:
         t0 = time.perf_counter()
         lr = state.optimizer.param_groups[0]["lr"]
-        scale = state.injector.spec.magnitude_scale if state.injector else 0.0
         stats = train_one_epoch(state, x, y, cfg, progress)
-        if state.injector:
-            scale = state.injector.spec.magnitude_scale
+        scale = state.injector.spec.magnitude_scale if state.injector else 0.0
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - t0
@@ -463,7 +457,7 @@ def train(
         rows.append(row)
         ckpt.save_model(out, state.model)
         ckpt.save_last(out, _resume_state(state))
-        _write_metrics(out / ckpt.METRICS, rows)
+        ckpt.save_metrics(out, rows, METRIC_FIELDS)
         log(
             f"epoch {state.epoch:>3}/{cfg.epochs}  loss {stats['train_loss']:.4f}"
             f"  train acc {stats['train_accuracy']:.4f}  val acc {clean['accuracy']:.4f}"
