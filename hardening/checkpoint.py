@@ -18,6 +18,7 @@ import csv
 import hashlib
 import json
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,12 @@ def load_last(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> dict[
     path = Path(ckpt_dir) / LAST
     if not path.is_file():
         raise DataError(f"{path}: no resume state in this checkpoint folder")
-    return torch.load(path, map_location=device, weights_only=True)
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError) as exc:
+        raise DataError(
+            f"{path}: not a resume state written by 'diehard train' ({type(exc).__name__}); train into a new --out"
+        ) from exc
 
 
 def file_sha256(path: str | Path) -> str:
