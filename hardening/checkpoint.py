@@ -14,9 +14,11 @@ so an interrupted save never leaves a half-written checkpoint behind.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,11 +81,28 @@ def save_last(ckpt_dir: str | Path, state: dict[str, Any]) -> None:
     _atomic(Path(ckpt_dir) / LAST, lambda p: torch.save(state, p))
 
 
+def save_metrics(ckpt_dir: str | Path, rows: list[dict[str, Any]], fieldnames: list[str]) -> None:
+    """``metrics.csv``: one row per epoch, rewritten whole (it is small) so it always matches ``last.pt``."""
+
+    def write(p: Path) -> None:
+        with open(p, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fieldnames)
+            w.writeheader()
+            w.writerows(rows)
+
+    _atomic(Path(ckpt_dir) / METRICS, write)
+
+
 def load_last(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(ckpt_dir) / LAST
     if not path.is_file():
         raise DataError(f"{path}: no resume state in this checkpoint folder")
-    return torch.load(path, map_location=device, weights_only=True)
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError) as exc:
+        raise DataError(
+            f"{path}: not a resume state written by 'diehard train' ({type(exc).__name__}); train into a new --out"
+        ) from exc
 
 
 def file_sha256(path: str | Path) -> str:

@@ -25,7 +25,7 @@ from hardening.checkpoint import load_model
 from hardening.data import load_dataset
 from hardening.faults import KINDS, VALUES, FaultInjector, FaultSpec
 from hardening.models import conv_layers
-from hardening.train import pick_device
+from hardening.train import pick_device, top1
 
 
 def _layer_weights(model: torch.nn.Module, layers: list[tuple[str, Any]], x: torch.Tensor, dist: str) -> list[float]:
@@ -45,10 +45,13 @@ def _layer_weights(model: torch.nn.Module, layers: list[tuple[str, Any]], x: tor
 
 @torch.no_grad()
 def _logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int, inj: FaultInjector | None = None):
+    """Logits of ``x`` by batches; with a recording injector, also the faulted layer and the number of
+    corrupted elements per image (for the fault list)."""
     outs, counts, layers = [], [], []
+    recording = inj is not None and inj.record
     for i in range(0, len(x), batch_size):
         outs.append(model(x[i : i + batch_size]).float())
-        if inj is not None:
+        if recording:
             layer = inj.last["layer"]
             n = torch.zeros(len(layer), dtype=torch.long, device=x.device)
             for _, mask in inj.last["masks"]:
@@ -56,14 +59,9 @@ def _logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int, inj: Fault
             counts.append(n.cpu())
             layers.append(layer.cpu())
     logits = torch.cat(outs)
-    if inj is None:
+    if not recording:
         return logits, None, None
     return logits, torch.cat(layers), torch.cat(counts)
-
-
-def _pred(logits: torch.Tensor) -> torch.Tensor:
-    finite = torch.isfinite(logits).all(dim=1)
-    return torch.where(finite, logits.nan_to_num().argmax(1), torch.full_like(finite, -1, dtype=torch.long))
 
 
 def evaluate_checkpoint(
@@ -100,16 +98,17 @@ def evaluate_checkpoint(
     eval_spec = replace(spec, p=1.0, layer_choice="per-image", magnitude_scale=1.0, layer_weights=weights)
 
     clean_logits, _, _ = _logits(model, x, batch_size)
-    clean_pred = _pred(clean_logits)
+    clean_pred = top1(clean_logits)
     clean_acc = (clean_pred == y).float().mean().item()
     rows: list[dict[str, Any]] = []
     per_campaign: list[dict[str, Any]] = []
     for c in range(campaigns):
         cseed = seed + c
         with FaultInjector(model, eval_spec, torch.Generator().manual_seed(cseed), layers) as inj:
-            inj.record = True
+            # Masks cost a full-size pass per faulted layer: only build them when the fault list wants them.
+            inj.record = fault_list is not None
             logits, layer_idx, counts = _logits(model, x, batch_size, inj)
-        pred = _pred(logits)
+        pred = top1(logits)
         finite = torch.isfinite(logits).all(dim=1)
         changed = (logits != clean_logits).any(dim=1) | ~finite
         critical = pred != clean_pred

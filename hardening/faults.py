@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from pydantic import ConfigDict
 from torch import nn
 
 from diehardlab.errors import ConfigError
+from hardening.models import config_from_dict
 
 KINDS = ("single", "line", "block", "channel", "mix")
 VALUES = ("magnitude", "nan", "inf")
@@ -37,6 +39,9 @@ BASE_KINDS = ("single", "line", "block", "channel")
 
 @dataclass
 class FaultSpec:
+    # Read by pydantic when validating a table into this dataclass: a misspelt key is an error.
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
     kind: str = "block"
     value: str = "magnitude"
     magnitude: tuple[float, float] = (1.0, 1000.0)
@@ -73,16 +78,7 @@ class FaultSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "faults") -> FaultSpec:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        data = dict(data)
-        if "magnitude" in data:
-            data["magnitude"] = tuple(data["magnitude"])
-        if "layer_weights" in data:
-            data["layer_weights"] = [float(w) for w in data["layer_weights"]]
-        return cls(**data)
+        return config_from_dict(cls, data, source)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

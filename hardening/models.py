@@ -20,14 +20,19 @@ zero channel padding: ResNet-20 then has 19 convs and 1 linear layer); ``smallne
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+import functools
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 from torch import nn
 
+from diehardlab.config import format_validation_error
 from diehardlab.errors import ConfigError
+
+C = TypeVar("C")
 
 ARCHS = ("resnet20", "resnet32", "resnet44", "resnet56", "smallnet")
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -39,8 +44,30 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+@functools.cache
+def _adapter(cls: type) -> TypeAdapter:
+    return TypeAdapter(cls)
+
+
+def config_from_dict(cls: type[C], data: Any, source: str) -> C:
+    """A config dataclass (``extra="forbid"``) from a parsed TOML/JSON table, type-checked by pydantic.
+
+    Errors read as every other configuration error of the project (``diehardlab.config``): the source, the
+    path of the field, and what is wrong; the dataclass's own checks (``__post_init__``) are prefixed alike.
+    """
+    try:
+        return _adapter(cls).validate_python(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, data, source)) from None
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
 @dataclass
 class ModelConfig:
+    # Read by pydantic when validating a table into this dataclass: a misspelt key is an error.
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
     arch: str = "resnet20"
     shortcut: str = "conv"
     activation: str = "relu"
@@ -68,11 +95,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "model") -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        return cls(**data)
+        return config_from_dict(cls, data, source)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -16,21 +16,21 @@ import json
 import math
 import sys
 import time
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import ConfigDict
 from torch import nn
 
+from diehardlab.config import read_toml
 from diehardlab.errors import ConfigError
 from hardening import checkpoint as ckpt
 from hardening.data import NAMES, Dataset, load_dataset
 from hardening.faults import FaultInjector, FaultSpec, curriculum_scale
-from hardening.models import ModelConfig, build_model
+from hardening.models import ModelConfig, build_model, config_from_dict
 
 METRIC_FIELDS = [
     "epoch",
@@ -47,6 +47,9 @@ METRIC_FIELDS = [
 
 @dataclass
 class TrainConfig:
+    # Read by pydantic when validating a table into this dataclass: a misspelt key is an error.
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
     name: str = "model"
     dataset: str = "digits"
     data_dir: str = ""
@@ -109,75 +112,9 @@ class TrainConfig:
         return d
 
 
-def _check_value(value: Any, hint: Any, where: str) -> Any:
-    """Type-check one TOML value against a dataclass field annotation (the simple types these configs use)."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return value
-    if hint is bool:
-        ok = isinstance(value, bool)
-    elif hint is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif hint is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif hint is str:
-        ok = isinstance(value, str)
-    elif origin in (tuple, list):
-        ok = isinstance(value, list | tuple) and all(isinstance(v, int | float) for v in value)
-        if origin is tuple:
-            ok = ok and len(value) == len(typing.get_args(hint))
-    else:
-        ok = True
-    if not ok:
-        name = getattr(hint, "__name__", str(hint))
-        raise ConfigError(f"{where}: expected {name} (got {value!r})")
-    return value
-
-
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a table (got {data!r})")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        hint = hints[key]
-        if is_dataclass(hint):
-            kwargs[key] = _build(hint, value, f"{where} -> {key}")
-        else:
-            kwargs[key] = _check_value(value, hint, f"{where} -> {key}")
-    if "magnitude" in kwargs:
-        kwargs["magnitude"] = tuple(kwargs["magnitude"])
-    try:
-        return cls(**kwargs)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-
-
-def config_from_dict(data: dict[str, Any], source: str) -> TrainConfig:
-    """A ``TrainConfig`` from a parsed TOML document; errors name ``source`` and the field."""
-    return _build(TrainConfig, data, source)
-
-
 def load_config(path: str | Path) -> TrainConfig:
-    """Read a model config TOML. Parsed with the standard library so training needs no pydantic."""
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - Python 3.10
-        import tomli as tomllib
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: no such file") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    return config_from_dict(data, str(path))
+    """Read a model config TOML (``setups/models/*.toml``); errors name the file and the field."""
+    return config_from_dict(TrainConfig, read_toml(path), str(path))
 
 
 # ---------------------------------------------------------------- device, data, augmentation
@@ -326,6 +263,12 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024, memory=to
     return torch.cat(outs) if outs else torch.empty(0)
 
 
+def top1(logits: torch.Tensor) -> torch.Tensor:
+    """The predicted class per row, or -1 where the row is not all finite (such an output is never right)."""
+    finite = torch.isfinite(logits).all(dim=1)
+    return torch.where(finite, logits.nan_to_num().argmax(1), torch.full_like(finite, -1, dtype=torch.long))
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -343,8 +286,7 @@ def evaluate(
         inj_spec = replace(spec, p=1.0, layer_choice="per-image", magnitude_scale=1.0)
         with FaultInjector(model, inj_spec, torch.Generator().manual_seed(seed)):
             logits = predict(model, x, cfg.eval_batch_size, memory)
-    finite = torch.isfinite(logits).all(dim=1)
-    pred = torch.where(finite, logits.nan_to_num().argmax(1), torch.full_like(y, -1))
+    pred = top1(logits)
     loss = loss_fn(logits.nan_to_num(), y, cfg).item() if len(y) else float("nan")
     return {"loss": loss, "accuracy": (pred == y).float().mean().item() if len(y) else float("nan")}
 
@@ -427,15 +369,6 @@ def _read_metrics(path: Path, upto: int) -> list[dict[str, Any]]:
         return [row for row in csv.DictReader(f) if int(row["epoch"]) <= upto]
 
 
-def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
-
-
 def run_config(cfg: TrainConfig, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The config.json content: the training config plus what is needed to rebuild and reproduce the model."""
     from diehardlab import __version__
@@ -502,10 +435,8 @@ def train(
     while state.epoch < last:
         t0 = time.perf_counter()
         lr = state.optimizer.param_groups[0]["lr"]
-        scale = state.injector.spec.magnitude_scale if state.injector else 0.0
         stats = train_one_epoch(state, x, y, cfg, progress)
-        if state.injector:
-            scale = state.injector.spec.magnitude_scale
+        scale = state.injector.spec.magnitude_scale if state.injector else 0.0
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - t0
@@ -526,7 +457,7 @@ def train(
         rows.append(row)
         ckpt.save_model(out, state.model)
         ckpt.save_last(out, _resume_state(state))
-        _write_metrics(out / ckpt.METRICS, rows)
+        ckpt.save_metrics(out, rows, METRIC_FIELDS)
         log(
             f"epoch {state.epoch:>3}/{cfg.epochs}  loss {stats['train_loss']:.4f}"
             f"  train acc {stats['train_accuracy']:.4f}  val acc {clean['accuracy']:.4f}"
@@ -583,7 +514,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         saved = ckpt.read_config(args.out)
         keep = {f.name for f in fields(TrainConfig)}
-        cfg = config_from_dict({k: v for k, v in saved.items() if k in keep}, str(Path(args.out) / ckpt.CONFIG))
+        cfg = config_from_dict(
+            TrainConfig, {k: v for k, v in saved.items() if k in keep}, str(Path(args.out) / ckpt.CONFIG)
+        )
     overrides = {
         "dataset": args.dataset,
         "data_dir": args.data_dir,

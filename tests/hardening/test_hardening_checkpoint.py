@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from diehardlab.errors import DataError
-from hardening.checkpoint import file_sha256, load_model, save_config, save_model
+from hardening.checkpoint import file_sha256, load_last, load_model, save_config, save_model
 from hardening.models import ModelConfig, build_model
 
 
@@ -45,3 +45,14 @@ def test_load_model_errors(tmp_path):
     save_model(tmp_path, build_model(ModelConfig(arch="smallnet", width=4), 1, 10))
     with pytest.raises(DataError, match="does not match"):
         load_model(tmp_path)
+
+
+def test_load_last_errors(tmp_path):
+    with pytest.raises(DataError, match="no resume state"):
+        load_last(tmp_path)
+    (tmp_path / "last.pt").write_bytes(b"not a torch file")
+    with pytest.raises(DataError, match=r"last\.pt: not a resume state"):
+        load_last(tmp_path)
+    (tmp_path / "last.pt").write_bytes(b"")
+    with pytest.raises(DataError, match=r"last\.pt: not a resume state"):
+        load_last(tmp_path)
