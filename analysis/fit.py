@@ -190,7 +190,7 @@ def fit(
     scans = [sc for sc in scan_all(log_paths, opts.jobs) if _is_log(sc, notes)]
     runs = []
     for primary, server, copies in merge_copies(scans):
-        s = primary.summary
+        s = primary
         for lineno, why, text in s.unparsed_examples:
             notes.append(f"{s.path}:{lineno}: {why}: {text[:80]!r}")
         if s.unparsed > len(s.unparsed_examples):
@@ -253,10 +253,9 @@ def _simulated_facility(truths: dict[str, dict], notes: list[str]) -> Facility:
     return Facility(kind="simulated", flux_factor=ff, timezone="UTC")
 
 
-def _is_log(sc, notes: list[str]) -> bool:
+def _is_log(s, notes: list[str]) -> bool:
     """Folders of server logs also hold console captures and the like: a file with no libLogHelper record and
     no libLogHelper name is skipped, with a note."""
-    s = sc.summary
     if s.benchmark is None and not (s.it_lines or s.sdc or s.begin or s.server_begin or s.header or s.err_lines):
         notes.append(f"{s.path}: skipped: not a libLogHelper log (no log-name fields and no #BEGIN/#IT/#SDC)")
         return False

@@ -15,10 +15,9 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import tzinfo
 from pathlib import Path
 
-from analysis.logscan import scan
 from diehardlab.cli import make_parser
 from diehardlab.errors import DataError
-from diehardlab.formats.parser import LogSummary
+from diehardlab.formats.parser import LogSummary, summarize
 from diehardlab.timezones import get_zone, to_utc
 
 COLUMNS = [
@@ -76,7 +75,7 @@ def row_of(s: LogSummary, root: Path, dut_zone: tzinfo | None) -> dict[str, obje
 
 def _work(args: tuple[str, str, tzinfo | None]) -> tuple[dict[str, object], list[str]]:
     path, root, zone = args
-    s = scan(path, max_examples=3).summary  # the same summary as the foundation parser, faster
+    s = summarize(path, max_examples=3)
     notes = [f"{path}:{ln}: unparsed ({why}): {text}" for ln, why, text in s.unparsed_examples]
     if s.unparsed > len(s.unparsed_examples):
         notes.append(f"{path}: {s.unparsed - len(s.unparsed_examples)} more unparsed lines")
