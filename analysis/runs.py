@@ -151,8 +151,10 @@ def _fallback_end(path: str, start: datetime, kernel: float, wall_end: str) -> t
     return lower, "start + kernel time (no wall-clock end in log)"
 
 
-def build_run(primary: LogSummary, server: LogSummary | None, copies: int, campaign, clocks: Clocks, wall_end: str = "auto") -> Run:
-    s = primary
+def build_run(
+    s: LogSummary, server: LogSummary | None, copies: int, campaign, clocks: Clocks, wall_end: str = "auto"
+) -> Run:
+    """One run from the primary copy ``s`` of a log and its server copy (None when there is none)."""
     host = s.hostname or ""
     dut = None
     for d in campaign.duts:
