@@ -27,12 +27,23 @@ COLUMNS = [
 ]  # fmt: skip
 
 
+def find_files(
+    paths: Sequence[Path], pattern: str = "*.log", hint: str = "give the folder that holds the .log files"
+) -> list[Path]:
+    """Each path that is a file, and the files matching ``pattern`` anywhere under each folder, in order."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_file():
+            out.append(p)
+        elif p.is_dir():
+            out += sorted(q for q in p.rglob(pattern) if q.is_file())
+        else:
+            raise DataError(f"{p}: no such folder or file; {hint}")
+    return out
+
+
 def find_logs(root: Path, pattern: str = "*.log") -> list[Path]:
-    if root.is_file():
-        return [root]
-    if not root.is_dir():
-        raise DataError(f"{root}: no such folder; give the folder that holds the .log files")
-    return sorted(p for p in root.rglob(pattern) if p.is_file())
+    return find_files([root], pattern)
 
 
 def row_of(s: LogSummary, root: Path, dut_zone: tzinfo | None) -> dict[str, object]:

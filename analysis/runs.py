@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 
 from analysis.flux import FluxLog, exposure
-from diehardlab.errors import DataError
+from analysis.inventory import find_files
 from diehardlab.formats.parser import LogSummary, summarize
 from diehardlab.timezones import to_utc
 
@@ -94,16 +94,7 @@ def scan_all(paths: Sequence[Path], jobs: int = 0) -> list[LogSummary]:
 
 
 def find_logs(dirs: Sequence[Path]) -> list[Path]:
-    out: list[Path] = []
-    for d in dirs:
-        d = Path(d)
-        if d.is_file():
-            out.append(d)
-        elif d.is_dir():
-            out += sorted(p for p in d.rglob("*.log") if p.is_file())
-        else:
-            raise DataError(f"{d}: no such folder; give the folder that holds the .log files with --logs")
-    return out
+    return find_files(dirs, "*.log", "give the folder that holds the .log files with --logs")
 
 
 def merge_copies(scans: list[LogSummary]) -> list[tuple[LogSummary, LogSummary | None, int]]:
