@@ -67,11 +67,10 @@ def main() -> None:
         paths = build_folder(Path(tmp), args.mb)
         mb = sum(p.stat().st_size for p in paths) / 1e6
         print(f"folder: {len(paths)} logs, {mb:.1f} MB (the 8 real samples replicated)")
-        # same answers first: the fast summary must agree with the record path and the reference counts
+        # same answers first: the fast summary must agree with the record path
         for p in paths[:8]:
-            a, b, r = folded(p), summarize(p), reference_summary(str(p))
+            a, b = folded(p), summarize(p)
             assert (a.sdc_count, a.critical_sdc, a.it_lines) == (b.sdc_count, b.critical_sdc, b.it_lines)
-            assert r["sdc"] >= 0
         contenders = {
             "reference": lambda ps: [reference_summary(str(p)) for p in ps],
             "records": lambda ps: [folded(p) for p in ps],
