@@ -118,7 +118,7 @@ def _flux_logs(campaign: CampaignFile, flux_files: Sequence[Path], log_paths: Se
     zone = get_zone(fac.timezone) if fac else timezone.utc
     files = [Path(p) for p in flux_files] or (list(fac.flux_logs) if fac else [])
     # The beam simulator writes one facility log beside each DUT log.
-    files += [p.with_name(p.name + ".chipir.txt") for p in log_paths if p.with_name(p.name + ".chipir.txt").is_file()]
+    files += _beside(log_paths, ".chipir.txt")
     seen: set[Path] = set()
     out = []
     for f in files:
@@ -128,6 +128,11 @@ def _flux_logs(campaign: CampaignFile, flux_files: Sequence[Path], log_paths: Se
         seen.add(rf)
         out.append(read_flux_log(f, zone))
     return out
+
+
+def _beside(log_paths: Sequence[Path], suffix: str) -> list[Path]:
+    """The files the beam simulator writes beside each log (``<log name><suffix>``) that exist."""
+    return [q for q in (p.with_name(p.name + suffix) for p in log_paths) if q.is_file()]
 
 
 def fit(
@@ -144,9 +149,7 @@ def fit(
     if not log_paths:
         raise DataError(f"no .log files under {', '.join(str(d) for d in logs_dirs)}")
     notes: list[str] = []
-    truths = load_truths(
-        [p.with_name(p.name + ".truth.json") for p in log_paths if p.with_name(p.name + ".truth.json").is_file()]
-    )
+    truths = load_truths(_beside(log_paths, ".truth.json"))
     fac = campaign.facility or _simulated_facility(truths, notes)
     if campaign.facility is None:
         campaign = campaign.model_copy(update={"facility": fac})
