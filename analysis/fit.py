@@ -118,7 +118,7 @@ def _flux_logs(campaign: CampaignFile, flux_files: Sequence[Path], log_paths: Se
     zone = get_zone(fac.timezone) if fac else timezone.utc
     files = [Path(p) for p in flux_files] or (list(fac.flux_logs) if fac else [])
     # The beam simulator writes one facility log beside each DUT log.
-    files += [p.with_name(p.name + ".chipir.txt") for p in log_paths if p.with_name(p.name + ".chipir.txt").is_file()]
+    files += _beside(log_paths, ".chipir.txt")
     seen: set[Path] = set()
     out = []
     for f in files:
@@ -128,6 +128,11 @@ def _flux_logs(campaign: CampaignFile, flux_files: Sequence[Path], log_paths: Se
         seen.add(rf)
         out.append(read_flux_log(f, zone))
     return out
+
+
+def _beside(log_paths: Sequence[Path], suffix: str) -> list[Path]:
+    """The files the beam simulator writes beside each log (``<log name><suffix>``) that exist."""
+    return [q for q in (p.with_name(p.name + suffix) for p in log_paths) if q.is_file()]
 
 
 def fit(
@@ -144,9 +149,7 @@ def fit(
     if not log_paths:
         raise DataError(f"no .log files under {', '.join(str(d) for d in logs_dirs)}")
     notes: list[str] = []
-    truths = load_truths(
-        [p.with_name(p.name + ".truth.json") for p in log_paths if p.with_name(p.name + ".truth.json").is_file()]
-    )
+    truths = load_truths(_beside(log_paths, ".truth.json"))
     fac = campaign.facility or _simulated_facility(truths, notes)
     if campaign.facility is None:
         campaign = campaign.model_copy(update={"facility": fac})
@@ -190,7 +193,7 @@ def fit(
     scans = [sc for sc in scan_all(log_paths, opts.jobs) if _is_log(sc, notes)]
     runs = []
     for primary, server, copies in merge_copies(scans):
-        s = primary.summary
+        s = primary
         for lineno, why, text in s.unparsed_examples:
             notes.append(f"{s.path}:{lineno}: {why}: {text[:80]!r}")
         if s.unparsed > len(s.unparsed_examples):
@@ -253,10 +256,9 @@ def _simulated_facility(truths: dict[str, dict], notes: list[str]) -> Facility:
     return Facility(kind="simulated", flux_factor=ff, timezone="UTC")
 
 
-def _is_log(sc, notes: list[str]) -> bool:
+def _is_log(s, notes: list[str]) -> bool:
     """Folders of server logs also hold console captures and the like: a file with no libLogHelper record and
     no libLogHelper name is skipped, with a note."""
-    s = sc.summary
     if s.benchmark is None and not (s.it_lines or s.sdc or s.begin or s.server_begin or s.header or s.err_lines):
         notes.append(f"{s.path}: skipped: not a libLogHelper log (no log-name fields and no #BEGIN/#IT/#SDC)")
         return False

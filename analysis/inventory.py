@@ -15,10 +15,9 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import tzinfo
 from pathlib import Path
 
-from analysis.logscan import scan
 from diehardlab.cli import make_parser
 from diehardlab.errors import DataError
-from diehardlab.formats.parser import LogSummary
+from diehardlab.formats.parser import LogSummary, summarize
 from diehardlab.timezones import get_zone, to_utc
 
 COLUMNS = [
@@ -28,12 +27,23 @@ COLUMNS = [
 ]  # fmt: skip
 
 
+def find_files(
+    paths: Sequence[Path], pattern: str = "*.log", hint: str = "give the folder that holds the .log files"
+) -> list[Path]:
+    """Each path that is a file, and the files matching ``pattern`` anywhere under each folder, in order."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_file():
+            out.append(p)
+        elif p.is_dir():
+            out += sorted(q for q in p.rglob(pattern) if q.is_file())
+        else:
+            raise DataError(f"{p}: no such folder or file; {hint}")
+    return out
+
+
 def find_logs(root: Path, pattern: str = "*.log") -> list[Path]:
-    if root.is_file():
-        return [root]
-    if not root.is_dir():
-        raise DataError(f"{root}: no such folder; give the folder that holds the .log files")
-    return sorted(p for p in root.rglob(pattern) if p.is_file())
+    return find_files([root], pattern)
 
 
 def row_of(s: LogSummary, root: Path, dut_zone: tzinfo | None) -> dict[str, object]:
@@ -76,7 +86,7 @@ def row_of(s: LogSummary, root: Path, dut_zone: tzinfo | None) -> dict[str, obje
 
 def _work(args: tuple[str, str, tzinfo | None]) -> tuple[dict[str, object], list[str]]:
     path, root, zone = args
-    s = scan(path, max_examples=3).summary  # the same summary as the foundation parser, faster
+    s = summarize(path, max_examples=3)
     notes = [f"{path}:{ln}: unparsed ({why}): {text}" for ln, why, text in s.unparsed_examples]
     if s.unparsed > len(s.unparsed_examples):
         notes.append(f"{path}: {s.unparsed - len(s.unparsed_examples)} more unparsed lines")

@@ -24,9 +24,9 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import intervals
-from analysis.logscan import scan
 from diehardlab.cli import make_parser
 from diehardlab.errors import ConfigError, DataError
+from diehardlab.formats.parser import summarize
 
 CATEGORIES = {
     1: "masked: value not read", 2: "masked: value overwritten", 3: "masked: other",
@@ -154,7 +154,7 @@ def pvf(
             if r["outcome"] == "sdc":
                 log = _dut_log_of(folder, Path(dut_logs) if dut_logs else None)
                 if log is not None:
-                    s = scan(log).summary
+                    s = summarize(log)
                     r["sdc_severity"] = "critical" if s.critical_sdc else ("tolerable" if s.sdc_count else "")
                     r["dut_log"] = str(log)
             rows.append(r)

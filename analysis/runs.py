@@ -18,9 +18,8 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 
 from analysis.flux import FluxLog, exposure
-from analysis.logscan import Scan, scan
-from diehardlab.errors import DataError
-from diehardlab.formats.parser import LogSummary
+from analysis.inventory import find_files
+from diehardlab.formats.parser import LogSummary, summarize
 from diehardlab.timezones import to_utc
 
 UTC = timezone.utc
@@ -84,46 +83,33 @@ class Run:
         return (self.end_utc - self.start_utc).total_seconds()
 
 
-def _scan_task(path: str) -> Scan:
-    return scan(path)
-
-
-def scan_all(paths: Sequence[Path], jobs: int = 0) -> list[Scan]:
+def scan_all(paths: Sequence[Path], jobs: int = 0) -> list[LogSummary]:
     """Summaries of many logs, in a pool of processes when there are many."""
     jobs = jobs or (os.cpu_count() or 1)
     names = [str(p) for p in paths]
     if jobs > 1 and len(names) >= 16:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            return list(pool.map(_scan_task, names, chunksize=max(1, len(names) // (jobs * 8))))
-    return [scan(p) for p in names]
+            return list(pool.map(summarize, names, chunksize=max(1, len(names) // (jobs * 8))))
+    return [summarize(p) for p in names]
 
 
 def find_logs(dirs: Sequence[Path]) -> list[Path]:
-    out: list[Path] = []
-    for d in dirs:
-        d = Path(d)
-        if d.is_file():
-            out.append(d)
-        elif d.is_dir():
-            out += sorted(p for p in d.rglob("*.log") if p.is_file())
-        else:
-            raise DataError(f"{d}: no such folder; give the folder that holds the .log files with --logs")
-    return out
+    return find_files(dirs, "*.log", "give the folder that holds the .log files with --logs")
 
 
-def merge_copies(scans: list[Scan]) -> list[tuple[Scan, Scan | None, int]]:
+def merge_copies(scans: list[LogSummary]) -> list[tuple[LogSummary, LogSummary | None, int]]:
     """Group the copies of one log (the DUT's own file and the server's copy share its name).
 
     The primary copy is the one that saw most of the run (largest AccTime, then most lines); a server copy's
     closing marker (END or DUE) is taken from whichever copy has one.
     """
-    by_name: dict[str, list[Scan]] = {}
+    by_name: dict[str, list[LogSummary]] = {}
     for sc in scans:
-        by_name.setdefault(Path(sc.summary.path).name, []).append(sc)
+        by_name.setdefault(Path(sc.path).name, []).append(sc)
     out = []
     for group in by_name.values():
-        group.sort(key=lambda x: (x.summary.last_acc_time or -1.0, x.summary.lines), reverse=True)
-        server = next((g for g in group if g.summary.server_end is not None or g.summary.server_begin), None)
+        group.sort(key=lambda x: (x.last_acc_time or -1.0, x.lines), reverse=True)
+        server = next((g for g in group if g.server_end is not None or g.server_begin), None)
         out.append((group[0], server, len(group)))
     return out
 
@@ -156,8 +142,10 @@ def _fallback_end(path: str, start: datetime, kernel: float, wall_end: str) -> t
     return lower, "start + kernel time (no wall-clock end in log)"
 
 
-def build_run(primary: Scan, server: Scan | None, copies: int, campaign, clocks: Clocks, wall_end: str = "auto") -> Run:
-    s = primary.summary
+def build_run(
+    s: LogSummary, server: LogSummary | None, copies: int, campaign, clocks: Clocks, wall_end: str = "auto"
+) -> Run:
+    """One run from the primary copy ``s`` of a log and its server copy (None when there is none)."""
     host = s.hostname or ""
     dut = None
     for d in campaign.duts:
@@ -171,7 +159,7 @@ def build_run(primary: Scan, server: Scan | None, copies: int, campaign, clocks:
             if b.name == s.benchmark:
                 model = b.model or b.name
     dut_zone = UTC if s.clock == "UTC" else clocks.dut.get(host, clocks.default_dut)
-    srv = server.summary if server is not None else s
+    srv = server if server is not None else s
     start, source = None, ""
     for when, zone, label in (
         (s.begin, dut_zone, "#BEGIN"),
@@ -183,11 +171,10 @@ def build_run(primary: Scan, server: Scan | None, copies: int, campaign, clocks:
             start, source = to_utc(when, zone), label
             break
     kernel = s.kernel_time
-    due, due_class, cause = due_of(s, server.summary if server is not None else None)
+    due, due_class, cause = due_of(s, server)
     # A run that ended in a DUE stopped working at its last line, not when the server noticed (a liveness
     # timeout later): the workload's time under beam ends there.
-    srv_scan = server if server is not None else primary
-    ends = [(srv_scan.last_dut_stamp, "last DUT line before the DUE")] if due else []
+    ends = [(srv.last_dut_stamp, "last DUT line before the DUE")] if due else []
     ends += [(srv.server_end_time, "#SERVER_END time"), (srv.last_stamp, "last timestamp")]
     end, end_source = None, ""
     if start is not None:
@@ -217,7 +204,7 @@ def build_run(primary: Scan, server: Scan | None, copies: int, campaign, clocks:
         sdc=s.sdc_count,
         sdc_critical=s.critical_sdc,
         sdc_tolerable=s.tolerable_sdc,
-        sdc_split_known=primary.dnn_details,
+        sdc_split_known=s.dnn_details,
         due=due,
         due_class=due_class,
         due_cause=cause,

@@ -14,22 +14,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.inventory import find_files
 from diehardlab.errors import DataError
 
 TRUE_CLASSES = {"sdc": "sdc", "due": "due", "due_crash": "crash", "due_hang": "hang"}
 
 
 def find_truth_files(paths: Sequence[Path]) -> list[Path]:
-    out: list[Path] = []
-    for p in paths:
-        p = Path(p)
-        if p.is_file():
-            out.append(p)
-        elif p.is_dir():
-            out += sorted(p.rglob("*.truth.json"))
-        else:
-            raise DataError(f"{p}: no such truth file or folder")
-    return out
+    return find_files(paths, "*.truth.json", "give the beam simulator's .truth.json files or their folder")
 
 
 def load_truths(paths: Sequence[Path]) -> dict[str, dict]:

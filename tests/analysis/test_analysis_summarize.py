@@ -1,4 +1,5 @@
-"""The analysis' fast log scan gives exactly the foundation parser's summary; every real sample is read."""
+"""``summarize``'s fast path gives exactly the fold of every record the record parser reads; every real sample
+is read."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from analysis.flux import read_flux_log
-from analysis.logscan import scan
-from diehardlab.formats.parser import summarize
+from diehardlab.formats.filename import parse_log_name
+from diehardlab.formats.parser import LogSummary, _fold, parse_file, read_lines, summarize
 from tests.analysis.conftest import T0
 from tests.analysis.logs import dut_log
 from tests.conftest import ROOT
@@ -19,18 +20,29 @@ from tests.conftest import ROOT
 SHARED = [p for p in (ROOT.parent / "shared" / "data", ROOT.parents[1] / "shared" / "data") if p.is_dir()]
 
 
+def folded(path: Path) -> LogSummary:
+    """The summary by definition: every record of the record parser, folded in order."""
+    s = LogSummary(path=str(path), lines=len(read_lines(path)))
+    name = parse_log_name(path)
+    if name:
+        s.benchmark, s.hostname, s.ecc, s.name_time = name.benchmark, name.hostname, name.ecc, name.started
+    for rec in parse_file(path):
+        _fold(s, rec, 20)
+    return s
+
+
 def same(path: Path) -> None:
-    assert dataclasses.asdict(scan(path).summary) == dataclasses.asdict(summarize(path))
+    assert dataclasses.asdict(summarize(path)) == dataclasses.asdict(folded(path))
 
 
-def test_scan_equals_summarize_on_real_logs(beam_logs):
+def test_summarize_equals_fold_on_real_logs(beam_logs):
     paths = sorted(beam_logs.glob("*.log"))
     assert len(paths) == 8
     for p in paths:
         same(p)
 
 
-def test_scan_equals_summarize_on_odd_lines(tmp_path):
+def test_summarize_equals_fold_on_odd_lines(tmp_path):
     log = dut_log(tmp_path, T0, iters=20, sdc_at={3: True, 9: False}, iso=True)
     same(log)
     text = (
@@ -43,9 +55,9 @@ def test_scan_equals_summarize_on_odd_lines(tmp_path):
     p = tmp_path / "2026_01_01_00_00_00_x_ECC_ON_h.log"
     p.write_text(text)
     same(p)
-    s = scan(p)
-    assert s.dnn_details and s.summary.unparsed == 4 and s.summary.last_iteration == 10
-    assert s.summary.it_lines == 5
+    s = summarize(p)
+    assert s.dnn_details and s.unparsed == 4 and s.last_iteration == 10
+    assert s.it_lines == 5
 
 
 @pytest.mark.parametrize(
@@ -59,7 +71,7 @@ def test_scan_equals_summarize_on_odd_lines(tmp_path):
         "#INF free text\n#INF DUE cause:x",
     ],
 )
-def test_scan_order_of_first_records(tmp_path, text):
+def test_summarize_order_of_first_records(tmp_path, text):
     p = tmp_path / "2026_01_01_00_00_00_x_ECC_ON_h.log"
     p.write_text(text)
     same(p)
@@ -71,7 +83,7 @@ def test_every_shared_sample_is_read():
         pytest.skip("../shared/data is not beside this checkout")
     for folder in SHARED:
         for p in sorted((folder / "beam-logs").glob("*.log")):
-            s = scan(p).summary
+            s = summarize(p)
             assert s.lines > 0 and s.unparsed < s.lines
             same(p)
         for p in sorted((folder / "facility").glob("*")):
@@ -80,5 +92,8 @@ def test_every_shared_sample_is_read():
                 assert len(log.t) > 100 and not log.malformed
 
 
-def test_scan_dnn_detail_flag(tmp_path):
-    assert scan(dut_log(tmp_path / "a", T0 + timedelta(hours=1), sdc_at={1: False})).dnn_details
+def test_summarize_dnn_detail_flag(tmp_path):
+    assert summarize(dut_log(tmp_path / "a", T0 + timedelta(hours=1), sdc_at={1: False})).dnn_details
+    # prefixed detail lines (a server copy) take the record path and still count
+    assert summarize(dut_log(tmp_path / "b", T0, sdc_at={1: False}, iso=True)).dnn_details
+    assert not summarize(dut_log(tmp_path / "c", T0, iters=5)).dnn_details
