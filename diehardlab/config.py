@@ -66,7 +66,7 @@ def format_validation_error(exc: ValidationError, data: Any, source: str) -> str
     for err in exc.errors():
         loc = tuple(err["loc"])
         msg = err["msg"]
-        if err["type"] == "extra_forbidden":
+        if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):  # models and dataclasses
             msg = "unknown key (a typo? see the examples in setups/)"
         elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict | list):
             msg += f" (got {err['input']!r})"

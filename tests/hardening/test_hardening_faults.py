@@ -152,7 +152,7 @@ def test_bad_spec_is_a_config_error():
         FaultSpec(kind="row")
     with pytest.raises(ConfigError, match="magnitude"):
         FaultSpec(magnitude=(5.0, 1.0))
-    with pytest.raises(ConfigError, match="faults: knd: Unexpected keyword argument"):
+    with pytest.raises(ConfigError, match="faults: knd: unknown key"):
         FaultSpec.from_dict({"knd": "block"})
 
 

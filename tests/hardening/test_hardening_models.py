@@ -125,5 +125,5 @@ def test_bn_affine_option():
 def test_bad_option_is_a_config_error():
     with pytest.raises(ConfigError, match="activation"):
         ModelConfig(activation="tanh")
-    with pytest.raises(ConfigError, match="model: activations: Unexpected keyword argument"):
+    with pytest.raises(ConfigError, match="model: activations: unknown key"):
         ModelConfig.from_dict({"arch": "resnet20", "activations": "relu"})
