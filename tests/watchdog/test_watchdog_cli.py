@@ -178,14 +178,15 @@ def test_local_demo_campaign_matches_its_beam_and_the_demo_models():
     """The simulated facility's counts-to-flux factor is the beam spec's, and the benchmarks run the models
     and goldens where 'diehard demo' writes them (./diehard-demo/models)."""
     from diehardlab.campaign import load_campaign
-    from diehardlab.demo import MODELS, _spec_flux_factor
+    from diehardlab.demo import MODELS
+    from harness.beam import load_spec
 
     c = load_campaign(ROOT / "setups" / "campaigns" / "local-demo.toml")
     models = (ROOT / "diehard-demo" / "models").resolve()
     for d in c.duts:
         argv = [a.replace("{campaign_dir}", str(ROOT / "setups" / "campaigns")) for a in d.benchmarks[0].argv]
         spec = Path(argv[argv.index("--simulate-beam") + 1]).resolve()
-        assert c.facility is not None and c.facility.flux_factor == _spec_flux_factor(spec)
+        assert c.facility is not None and c.facility.flux_factor == load_spec(spec).beam.flux_factor
         model = Path(argv[4]).resolve()
         assert model.parent == models and model.name in MODELS
         assert Path(argv[argv.index("--golden") + 1]).resolve() == models / f"{model.name}.golden.pt"
