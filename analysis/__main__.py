@@ -1,3 +1,3 @@
 from diehardlab.cli import component_main
 
-component_main("analysis")
+component_main("diehardlab.analysis")

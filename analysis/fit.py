@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from diehardlab.analysis import intervals
+from diehardlab.analysis.flux import FluxLog, factor_schedule, read_flux_log
+from diehardlab.analysis.runs import FLUENCE_METHODS, Clocks, attach_flux, build_run, find_logs, merge_copies, scan_all
+from diehardlab.analysis.truth import compare, load_truths
 
-from analysis import intervals
-from analysis.flux import FluxLog, factor_schedule, read_flux_log
-from analysis.runs import FLUENCE_METHODS, Clocks, attach_flux, build_run, find_logs, merge_copies, scan_all
-from analysis.truth import compare, load_truths
 from diehardlab.campaign import CampaignFile, Facility, load_campaign
 from diehardlab.cli import make_parser
 from diehardlab.errors import ConfigError, DataError

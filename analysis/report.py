@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from diehardlab.analysis import plots
+from diehardlab.analysis.fit import FitResult
+from diehardlab.analysis.nvbitfi import PvfResult
+from diehardlab.analysis.truth import compare, load_truths
 
-from analysis import plots
-from analysis.fit import FitResult
-from analysis.nvbitfi import PvfResult
-from analysis.truth import compare, load_truths
 from diehardlab.cli import make_parser
 from diehardlab.errors import DataError
 

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 
-from analysis.flux import FluxLog, exposure
-from analysis.inventory import find_files
+from diehardlab.analysis.flux import FluxLog, exposure
+from diehardlab.analysis.inventory import find_files
+
 from diehardlab.formats.parser import LogSummary, summarize
 from diehardlab.timezones import to_utc
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from analysis import intervals
+from diehardlab.analysis import intervals
+
 from diehardlab import sampling
 from diehardlab.cli import make_parser
 from diehardlab.errors import ConfigError

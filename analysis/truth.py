@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+from diehardlab.analysis.inventory import find_files
 
-from analysis.inventory import find_files
 from diehardlab.errors import DataError
 
 TRUE_CLASSES = {"sdc": "sdc", "due": "due", "due_crash": "crash", "due_hang": "hang"}

@@ -1,6 +1,6 @@
 """The ``diehard`` command: a lazy dispatcher over the components' subcommands.
 
-Each component lists its subcommands in ``<component>/commands.py`` as :class:`Command` entries;
+Each component lists its subcommands in ``diehardlab.<component>.commands`` as :class:`Command` entries;
 those files import nothing heavy, so ``diehard --help`` and ``diehard serve`` work on a beam-room
 server that has no torch, and ``diehard fit`` on a laptop that has no torch either. The module named
 by a command is imported only when that command runs; it must define ``main(argv) -> int`` and build
@@ -16,13 +16,14 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# Component package -> the extra that installs its dependencies (pyproject.toml).
+# Component package -> the extra that installs its dependencies (pyproject.toml). The demo composes the
+# others and sits above them; the shared core (this package's own modules) registers no subcommand.
 COMPONENTS: dict[str, str] = {
-    "diehardlab": "all",
-    "hardening": "train",
-    "harness": "dut",
-    "watchdog": "server",
-    "analysis": "analysis",
+    "diehardlab.demo": "all",
+    "diehardlab.hardening": "train",
+    "diehardlab.harness": "dut",
+    "diehardlab.watchdog": "server",
+    "diehardlab.analysis": "analysis",
 }
 
 
@@ -54,11 +55,11 @@ def _overview(prog: str, table: dict[str, tuple[str, Command]]) -> str:
         f"diehardlab {__version__}: neutron-beam test harness and fault-hardened CNN trainer.",
     ]
     titles = {
-        "diehardlab": "whole product",
-        "hardening": "hardening (train and assess models; needs the 'train' extra)",
-        "harness": "harness (runs on the device under test; needs the 'dut' extra)",
-        "watchdog": "watchdog (campaign server; needs the 'server' extra)",
-        "analysis": "analysis (logs, cross sections, FIT, PVF; needs the 'analysis' extra)",
+        "diehardlab.demo": "whole product",
+        "diehardlab.hardening": "hardening (train and assess models; needs the 'train' extra)",
+        "diehardlab.harness": "harness (runs on the device under test; needs the 'dut' extra)",
+        "diehardlab.watchdog": "watchdog (campaign server; needs the 'server' extra)",
+        "diehardlab.analysis": "analysis (logs, cross sections, FIT, PVF; needs the 'analysis' extra)",
     }
     for component in COMPONENTS:
         cmds = [c for comp, c in table.values() if comp == component]
@@ -103,8 +104,8 @@ def main(argv: Sequence[str] | None = None, component: str | None = None) -> int
     try:
         mod = importlib.import_module(cmd.module)
     except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] in COMPONENTS:
-            raise
+        if exc.name and (exc.name == "diehardlab" or exc.name.startswith("diehardlab.")):
+            raise  # our own module is missing: a broken install, not a missing extra
         print(f"diehard {name}: {_missing_dependency(exc, owner)}", file=sys.stderr)
         return 2
     try:
@@ -118,7 +119,7 @@ def main(argv: Sequence[str] | None = None, component: str | None = None) -> int
 
 
 def component_main(component: str) -> None:
-    """Body of each component's ``__main__``: ``python -m watchdog serve ...``."""
+    """Body of each component's ``__main__``: ``python -m diehardlab.watchdog serve ...``."""
     raise SystemExit(main(component=component))
 
 

@@ -1,3 +1,3 @@
 from diehardlab.cli import component_main
 
-component_main("hardening")
+component_main("diehardlab.hardening")

@@ -115,7 +115,7 @@ def file_sha256(path: str | Path) -> str:
 
 def load_model(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the model from ``config.json`` and load ``model.pt`` into it, in eval mode on ``device``."""
-    from hardening.models import ModelConfig, build_model
+    from diehardlab.hardening.models import ModelConfig, build_model
 
     d = Path(ckpt_dir)
     config = read_config(d)

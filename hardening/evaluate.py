@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diehardlab.hardening.checkpoint import load_model
+from diehardlab.hardening.data import load_dataset
+from diehardlab.hardening.faults import KINDS, VALUES, FaultInjector, FaultSpec
+from diehardlab.hardening.models import conv_layers
+from diehardlab.hardening.train import pick_device, top1
 
 from diehardlab.errors import ConfigError, DataError
-from hardening.checkpoint import load_model
-from hardening.data import load_dataset
-from hardening.faults import KINDS, VALUES, FaultInjector, FaultSpec
-from hardening.models import conv_layers
-from hardening.train import pick_device, top1
 
 
 def _layer_weights(model: torch.nn.Module, layers: list[tuple[str, Any]], x: torch.Tensor, dist: str) -> list[float]:

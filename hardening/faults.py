@@ -26,11 +26,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from diehardlab.hardening.models import config_from_dict
 from pydantic import ConfigDict
 from torch import nn
 
 from diehardlab.errors import ConfigError
-from hardening.models import config_from_dict
 
 KINDS = ("single", "line", "block", "channel", "mix")
 VALUES = ("magnitude", "nan", "inf")
@@ -281,7 +281,7 @@ class FaultInjector:
         gen: torch.Generator,
         layers: list[tuple[str, nn.Module]] | None = None,
     ):
-        from hardening.models import conv_layers
+        from diehardlab.hardening.models import conv_layers
 
         self.model = model
         self.spec = spec

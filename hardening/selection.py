@@ -50,7 +50,7 @@ def rank(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, metric: str, 
 
 
 def main(argv: Sequence[str]) -> int:
-    from hardening.sfi.sources import add_image_args, add_model_args, device_name, load_images, load_target
+    from diehardlab.hardening.sfi.sources import add_image_args, add_model_args, device_name, load_images, load_target
 
     p = make_parser("select", __doc__.split("\n\n")[0].split(": ", 1)[1])
     add_model_args(p)

@@ -1,4 +1,4 @@
-"""``diehard train``: (fault-aware) training of the models of ``hardening.models`` into checkpoint folders.
+"""``diehard train``: (fault-aware) training of the models of ``diehardlab.hardening.models`` into checkpoint folders.
 
 The configuration is a ``TrainConfig`` dataclass, read from a TOML file (``setups/models/*.toml``): top-level
 training keys, a ``[model]`` table (``ModelConfig``) and a ``[faults]`` table (``FaultSpec``) used when
@@ -22,15 +22,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from diehardlab.hardening import checkpoint as ckpt
+from diehardlab.hardening.data import NAMES, Dataset, load_dataset
+from diehardlab.hardening.faults import FaultInjector, FaultSpec, curriculum_scale
+from diehardlab.hardening.models import ModelConfig, build_model, config_from_dict
 from pydantic import ConfigDict
 from torch import nn
 
 from diehardlab.config import read_toml
 from diehardlab.errors import ConfigError
-from hardening import checkpoint as ckpt
-from hardening.data import NAMES, Dataset, load_dataset
-from hardening.faults import FaultInjector, FaultSpec, curriculum_scale
-from hardening.models import ModelConfig, build_model, config_from_dict
 
 METRIC_FIELDS = [
     "epoch",

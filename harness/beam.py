@@ -4,7 +4,7 @@ A SPEC (``setups/beam/*.toml``) gives a flux at the board, a cross section per e
 fault model of output corruption. While the (simulated) beam is on, events arrive as a Poisson process
 in kernel time with rate ``flux x sigma`` per class:
 
-- ``corrupt``: the iteration's output is corrupted through ``hardening.faults.corrupt`` (single, line,
+- ``corrupt``: the iteration's output is corrupted through ``diehardlab.hardening.faults.corrupt`` (single, line,
   block... with a magnitude distribution); the runner's comparison must catch it;
 - ``nan``: the same with NaN values;
 - ``crash``: the process really dies (SIGKILL to itself: no ``#END``);
@@ -67,7 +67,7 @@ class CrossSections(Strict):
 
 
 class CorruptModel(Strict):
-    """How a ``corrupt`` event changes the output (``hardening.faults.FaultSpec`` fields)."""
+    """How a ``corrupt`` event changes the output (``diehardlab.hardening.faults.FaultSpec`` fields)."""
 
     kind: Literal["single", "line", "block", "channel", "mix"] = "single"
     magnitude: tuple[float, float] = (8.0, 64.0)
@@ -246,7 +246,7 @@ class TruthFile:
 class ChipirLog:
     """A facility log in the ChipIR count-log format from ``start`` to :meth:`close` (UTC clock).
 
-    The simulator writes one per run (``<log>.chipir.txt``); ``diehardlab.demo`` writes one for a whole
+    The simulator writes one per run (``<log>.chipir.txt``); ``diehardlab.demo.pipeline`` writes one for a whole
     campaign (``ChipirLog(stem, beam, start).close(end)``), as a facility keeps it.
 
     Rows fall on a fixed grid of UTC time (every ``row_interval_s``, at .411 s past), and every counter is

@@ -3,7 +3,11 @@
 from diehardlab.cli import Command
 
 COMMANDS: list[Command] = [
-    Command("golden", "harness.golden", "make the golden outputs of a checkpoint on this device"),
-    Command("run", "harness.runner", "inference loop on the DUT: compare, log, stream (--simulate-beam, --once)"),
-    Command("nvbitfi", "harness.nvbitfi", "NVBitFI workload for a model: run.sh, sdc_check.sh, golden files"),
+    Command("golden", "diehardlab.harness.golden", "make the golden outputs of a checkpoint on this device"),
+    Command(
+        "run", "diehardlab.harness.cli_run", "inference loop on the DUT: compare, log, stream (--simulate-beam, --once)"
+    ),
+    Command(
+        "nvbitfi", "diehardlab.harness.nvbitfi", "NVBitFI workload for a model: run.sh, sdc_check.sh, golden files"
+    ),
 ]

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diehardlab.harness.device import device_name, pick_device, synchronize
 
 from diehardlab.cli import make_parser
 from diehardlab.errors import ConfigError, DataError
-from harness.device import device_name, pick_device, synchronize
 
 FORMAT = "diehardlab-golden"
 VERSION = 1
@@ -54,8 +54,8 @@ def make_golden(
     data_dir: str | None = None,
 ) -> dict[str, Any]:
     """Build the golden record (module docstring); ``ConfigError`` when the device is not deterministic."""
-    from hardening.checkpoint import load_model
-    from hardening.data import load_dataset
+    from diehardlab.hardening.checkpoint import load_model
+    from diehardlab.hardening.data import load_dataset
 
     if samples < 1 or batch_size < 1:
         raise ConfigError("--samples and --batch-size must be >= 1")
@@ -82,7 +82,7 @@ def make_golden(
 def golden_record(
     loaded: Any, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int, threshold: float, dev: torch.device
 ) -> dict[str, Any]:
-    """The golden record of ``loaded`` (a ``hardening.checkpoint.LoadedModel``) on these inputs."""
+    """The golden record of ``loaded`` (a ``diehardlab.hardening.checkpoint.LoadedModel``) on these inputs."""
     from diehardlab import __version__
 
     if batch_size < 1:

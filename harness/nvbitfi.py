@@ -74,7 +74,7 @@ def check_script(py: str, out: Path, threshold: float) -> str:
 APP_DIR="${{APP_DIR:-{q(str(out))}}}"
 PY={q(py)}
 if [ -f output.bin ]; then
-  "$PY" -m harness.outdiff output.bin "$APP_DIR/golden_output.bin" --threshold {threshold!r} > diff.log 2>&1
+  "$PY" -m diehardlab.harness.outdiff output.bin "$APP_DIR/golden_output.bin" --threshold {threshold!r} > diff.log 2>&1
 else
   echo "no output.bin" > diff.log
 fi
@@ -122,7 +122,7 @@ def judge(workdir: Path, check: Path, app_dir: Path) -> dict[str, str]:
 
 def setup(ckpt: Path, golden: Path, out: Path, app: str, device: str = "auto", threads: int | None = None,
           verify: bool = True) -> Path:  # fmt: skip
-    from harness.golden import load_golden
+    from diehardlab.harness.golden import load_golden
 
     if not _APP.match(app):
         raise ConfigError(f"--app {app!r}: letters, digits, '_', '.', '-' (it names NVBitFI's log folders)")

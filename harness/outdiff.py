@@ -2,7 +2,8 @@
 
 Used by the generated NVBitFI ``sdc_check.sh`` to write ``diff.log``: empty when every element is within the
 threshold of the golden one, else one line per differing element (at most ``--max-lines``) and a count.
-``python -m harness.outdiff OUTPUT GOLDEN --threshold T``; always exits 0 (NVBitFI reads the file, not the status).
+``python -m diehardlab.harness.outdiff OUTPUT GOLDEN --threshold T``; always exits 0 (NVBitFI reads the file,
+not the status).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def diff_lines(output: Path, golden: Path, threshold: float, max_lines: int = 10
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m harness.outdiff", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m diehardlab.harness.outdiff", description=__doc__.splitlines()[0])
     p.add_argument("output")
     p.add_argument("golden")
     p.add_argument("--threshold", type=float, default=1e-3)

@@ -8,8 +8,8 @@ SDCs. Every line is streamed to the server when ``--server`` is given, and an ex
 goes out when nothing was sent for ``--heartbeat`` seconds. SIGTERM (or SIGINT) ends the run cleanly:
 ``#INF STOP reason:...``, ``#END``, exit 0.
 
-With ``--simulate-beam SPEC`` the beam simulator (``harness.beam``) injects events; with ``--once`` one
-iteration runs and a deterministic summary is printed for NVBitFI (``harness.nvbitfi``).
+With ``--simulate-beam SPEC`` the beam simulator (``diehardlab.harness.beam``) injects events; with ``--once`` one
+iteration runs and a deterministic summary is printed for NVBitFI (``diehardlab.harness.nvbitfi``).
 """
 
 from __future__ import annotations
@@ -23,17 +23,16 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+from diehardlab.harness.compare import GoldenCompare, Mismatch
+from diehardlab.harness.device import detect_ecc, device_name, parse_ecc_flag, pick_device, synchronize
+from diehardlab.harness.golden import check_golden_matches, forward_batches, load_golden, split_batches
 
-from diehardlab.cli import make_parser
-from diehardlab.errors import ConfigError, DataError
+from diehardlab.errors import ConfigError
 from diehardlab.formats.datagram import DatagramSender, decode_key
-from diehardlab.formats.writer import BenchmarkAborted, LogWriter
-from harness.compare import GoldenCompare, Mismatch
-from harness.device import detect_ecc, device_name, parse_ecc_flag, pick_device, synchronize
-from harness.golden import check_golden_matches, forward_batches, load_golden, split_batches
+from diehardlab.formats.writer import LogWriter
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9.-][A-Za-z0-9._-]{0,63}$")
 
@@ -49,7 +48,6 @@ class RunOptions:
     dut: str | None = None
     key_file: Path | None = None
     extended: bool = False  # extended datagrams even without a key (unsigned)
-    simulate_beam: Path | None = None
     interval: int = 10
     heartbeat_s: float = 5.0
     duration_s: float | None = None
@@ -90,15 +88,37 @@ def parse_server(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-class Runner:
-    """One run of the loop. ``prepare()`` loads everything; ``run()`` opens the log and iterates."""
+class BeamHook(Protocol):
+    """What the loop calls on a beam that acts on it (the simulator, ``diehardlab.harness.simulator``).
 
-    def __init__(self, opts: RunOptions):
+    The runner owns the loop and is handed a hook; the hook never sees the runner, only what each call gives it.
+    """
+
+    label: str  # goes into the log's #HEADER, so every log of a simulated run says so
+
+    def start(self, writer: LogWriter, benchmark: str, hostname: str) -> None: ...
+
+    def inject(self, outs: list[torch.Tensor], kt: float, iteration: int) -> list[torch.Tensor]: ...
+
+    def observed(self, iteration: int, mm: Mismatch | None, compare: GoldenCompare) -> None: ...
+
+    def tick(self) -> None: ...
+
+    def finish(self, stop_reason: str | None) -> None: ...
+
+
+class Runner:
+    """One run of the loop. ``prepare()`` loads everything; ``run()`` opens the log and iterates.
+
+    ``beam`` (optional) acts on each iteration's outputs: the beam simulator, handed in by ``diehard run``.
+    """
+
+    def __init__(self, opts: RunOptions, beam: BeamHook | None = None):
         self.o = opts
         self.stop_reason: str | None = None
         self.writer: LogWriter | None = None
         self.sender: DatagramSender | None = None
-        self.sim: Any = None  # harness.simulator.BeamSimulation when --simulate-beam
+        self.sim = beam
         self.reloads = 0
         self.sdc_iterations = 0
         self.last_mismatch: Mismatch | None = None
@@ -107,7 +127,7 @@ class Runner:
     # -- setup ----------------------------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        from hardening.checkpoint import load_model
+        from diehardlab.hardening.checkpoint import load_model
 
         o = self.o
         if o.interval < 1:
@@ -151,10 +171,6 @@ class Runner:
                 self.sender = DatagramSender(host, port, self.ecc.enabled, dut if extended else None, key)
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"--server {o.server}: {exc}") from exc
-        if o.simulate_beam:
-            from harness.simulator import BeamSimulation
-
-            self.sim = BeamSimulation.from_file(o.simulate_beam, self)
 
     def _load_tensors(self, rec: dict[str, Any]) -> None:
         bs = int(rec["batch_size"])
@@ -191,7 +207,7 @@ class Runner:
             f"torch:{torch.__version__}",
         ]
         if self.sim is not None:
-            parts.append(f"SIMULATED-BEAM:{self.sim.spec_name}")
+            parts.append(f"SIMULATED-BEAM:{self.sim.label}")
         return " ".join(parts)
 
     # -- the loop -------------------------------------------------------------------------------------------
@@ -229,7 +245,7 @@ class Runner:
             f"torch:{self.golden_rec.get('torch_version', '?')} reload_after_sdc:{'on' if o.reload else 'off'}"
         )
         if self.sim is not None:
-            self.sim.start(w)
+            self.sim.start(w, self.benchmark, self.hostname)
         return w
 
     def run(self) -> int:
@@ -243,7 +259,7 @@ class Runner:
                 self.loop(w)
             finally:  # also after a libLogHelper #ABORT: the truth file says how the run ended
                 if self.sim is not None:
-                    self.sim.finish()
+                    self.sim.finish(self.stop_reason)
             self._summary(w)
             if self.stop_reason and self.stop_reason not in ("iterations", "duration", "once"):
                 w.log_stop(self.stop_reason)
@@ -300,7 +316,7 @@ class Runner:
                     self._faulty(w, outs, it)
                     model, batches, compare = self.model, self.batches, self.compare
                 elif sim is not None:
-                    sim.observed(it, None)
+                    sim.observed(it, None, compare)
                 now = time.monotonic()
                 if sender is not None and now - sender.last_sent >= hb:
                     try:
@@ -321,7 +337,7 @@ class Runner:
         mm = self.compare.explain(outs)
         self.last_mismatch = mm
         if self.sim is not None:
-            self.sim.observed(it, mm)
+            self.sim.observed(it, mm, self.compare)
         if mm.errors == 0:  # the outputs changed back between the two reads: say so, count nothing
             w.log_info_detail(f"transient mismatch Ite:{it} not reproducible on the host")
             return
@@ -348,120 +364,3 @@ def _default_benchmark(loaded: Any, ckpt_dir: Path) -> str:
     model = loaded.config.get("model", {})
     name = f"diehard-{model.get('arch', 'model')}-{loaded.dataset}-{ckpt_dir.resolve().name}"
     return re.sub(r"[^A-Za-z0-9.-]", "-", name)[:64]
-
-
-# -- --once (NVBitFI) ---------------------------------------------------------------------------------------
-
-
-def once_summary(runner: Runner) -> str:
-    """Deterministic for a fault-free run: no times, no paths (NVBitFI diffs it with the golden stdout)."""
-    outs = runner.last_outputs
-    top1 = torch.cat([o.detach().float().cpu() for o in outs]).argmax(dim=1).tolist() if outs else []
-    mm = runner.last_mismatch
-    verdict = "MASKED" if mm is None or mm.errors == 0 else "SDC"
-    errors = 0 if mm is None else mm.errors
-    crit = 0 if mm is None else mm.critical
-    tol = 0 if mm is None else mm.tolerable
-    return (
-        f"diehard run --once: model_sha256 {runner.loaded.model_hash[:16]} images {len(top1)} "
-        f"threshold {runner.threshold:g}\n"
-        f"top1: {' '.join(str(t) for t in top1)}\n"
-        f"result: {verdict} errors:{errors} critical:{crit} tolerable:{tol}\n"
-    )
-
-
-def write_outputs(outs: list[torch.Tensor], path: Path) -> None:
-    """Raw little-endian float32, image after image (``harness.outdiff`` compares two of these)."""
-    data = torch.cat([o.detach().float().cpu() for o in outs]).contiguous().numpy().astype("<f4").tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-
-
-# -- command line -------------------------------------------------------------------------------------------
-
-
-def build_parser():
-    p = make_parser(
-        "run",
-        "Run the inference loop on this device: compare with the golden outputs, write the libLogHelper log,\n"
-        "stream it to the server. SIGTERM ends the run cleanly (#INF STOP, #END, exit 0).",
-    )
-    p.add_argument("ckpt_dir", help="checkpoint folder (diehard train)")
-    p.add_argument("--golden", required=True, help="golden file made on this device (diehard golden)")
-    p.add_argument("--log-dir", required=True, help="folder of the DUT's log files")
-    p.add_argument("--hostname", help="host field of the log file name (default: this machine's name)")
-    p.add_argument("--benchmark", help="benchmark field of the log file name (default: from the model)")
-    p.add_argument("--server", help="HOST:PORT of the campaign server's UDP port (no stream when absent)")
-    p.add_argument("--dut", help="DUT name in the campaign file, for extended datagrams (default: hostname)")
-    p.add_argument("--key-file", help="file with the DUT's datagram key (hex or raw): extended, signed datagrams")
-    p.add_argument("--extended", action="store_true", help="extended datagrams without a key (unsigned)")
-    p.add_argument("--simulate-beam", metavar="SPEC", help="beam simulator spec (setups/beam/*.toml): a SIMULATION")
-    p.add_argument("--interval", type=int, default=10, help="#IT line every K iterations (default 10)")
-    p.add_argument("--heartbeat", type=float, default=5.0, help="heartbeat datagram after S quiet seconds (default 5)")
-    stop = p.add_mutually_exclusive_group()
-    stop.add_argument("--duration", type=float, help="stop after S seconds (default: run until SIGTERM)")
-    stop.add_argument("--iterations", type=int, help="stop after N iterations")
-    stop.add_argument("--once", action="store_true", help="one iteration, summary on stdout, exit 0 (NVBitFI)")
-    p.add_argument("--output", help="--once: write the raw float32 outputs here (default output.bin)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
-    p.add_argument("--ecc", default="auto", help="auto (nvidia-smi), on, off: the ECC field of the log name")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    p.add_argument("--threshold", type=float, help="absolute tolerance (default: the golden file's)")
-    p.add_argument("--no-reload", action="store_true", help="do not reload weights and inputs after an SDC")
-    p.add_argument("--max-errors-per-iter", type=int, default=500, help="libLogHelper abort rule (default 500)")
-    p.add_argument(
-        "--no-double-error-kill",
-        action="store_true",
-        help="do not abort on the same error count in two consecutive iterations",
-    )
-    return p
-
-
-def options_from_args(a) -> RunOptions:
-    return RunOptions(
-        ckpt_dir=Path(a.ckpt_dir),
-        golden=Path(a.golden),
-        log_dir=Path(a.log_dir),
-        hostname=a.hostname or None,
-        benchmark=a.benchmark or None,
-        server=a.server or None,
-        dut=a.dut or None,
-        key_file=Path(a.key_file) if a.key_file else None,  # "" from an empty {key_file} placeholder: none
-        extended=a.extended,
-        simulate_beam=Path(a.simulate_beam) if a.simulate_beam else None,
-        interval=a.interval,
-        heartbeat_s=a.heartbeat,
-        duration_s=a.duration,
-        iterations=a.iterations,
-        threads=a.threads,
-        ecc=a.ecc,
-        device=a.device,
-        threshold=a.threshold,
-        reload=not a.no_reload,
-        max_errors_per_iter=a.max_errors_per_iter,
-        double_error_kill=not a.no_double_error_kill,
-        once=a.once,
-        output=Path(a.output) if a.output else (Path("output.bin") if a.once else None),
-    )
-
-
-def main(argv: list[str]) -> int:
-    a = build_parser().parse_args(argv)
-    opts = options_from_args(a)
-    runner = Runner(opts)
-    if not opts.once:
-        runner.prepare()
-        return runner.run()
-    # NVBitFI mode: whatever happens, exit 0 and say what happened on stdout (its categories read it).
-    try:
-        runner.prepare()
-        runner.run()
-    except (ConfigError, DataError, BenchmarkAborted) as exc:
-        print(f"diehard run --once: error: {exc}")
-        return 0
-    if opts.output is not None and runner.last_outputs:
-        write_outputs(runner.last_outputs, opts.output)
-    print(once_summary(runner), end="")
-    if runner.writer is not None:
-        print(f"Log file path {runner.writer.path.resolve()}")
-    return 0

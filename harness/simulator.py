@@ -1,8 +1,8 @@
 """The runner's side of the beam simulator: draws events, applies them, records the truth.
 
-See ``harness.beam`` for the physics (Poisson times in beam-on kernel time) and the files it writes. Here the
+See ``diehardlab.harness.beam`` for the physics (Poisson times in beam-on kernel time) and the files it writes. Here the
 events meet the real loop: ``corrupt``/``nan`` change one image's outputs of the iteration through
-``hardening.faults.corrupt`` before the comparison (which must catch them), ``crash`` kills the process with
+``diehardlab.hardening.faults.corrupt`` before the comparison (which must catch them), ``crash`` kills the process with
 SIGKILL and ``hang`` stops the loop for good, deaf to SIGTERM. Nothing is written to the DUT log about an
 event: the log must show only what a real beam would leave in it. The truth file says what happened.
 """
@@ -14,16 +14,22 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from diehardlab.harness.beam import (
+    BeamSpec,
+    ChipirLog,
+    PoissonSchedule,
+    TruthFile,
+    beam_on,
+    iso_utc,
+    load_spec,
+    run_seed,
+)
+from diehardlab.harness.compare import GoldenCompare, Mismatch
 
 from diehardlab.formats.writer import LogWriter
-from harness.beam import BeamSpec, ChipirLog, PoissonSchedule, TruthFile, beam_on, iso_utc, load_spec, run_seed
-from harness.compare import Mismatch
-
-if TYPE_CHECKING:
-    from harness.runner import Runner
 
 
 @dataclass
@@ -36,13 +42,14 @@ class _Pending:
 
 
 class BeamSimulation:
-    def __init__(self, spec: BeamSpec, spec_path: Path, runner: Runner):
-        from hardening.faults import FaultSpec
+    """The runner's beam hook (``diehardlab.harness.runner.BeamHook``) for a simulated beam."""
+
+    def __init__(self, spec: BeamSpec, spec_path: Path):
+        from diehardlab.hardening.faults import FaultSpec
 
         self.spec = spec
         self.spec_path = spec_path
-        self.spec_name = spec.beam.name
-        self.runner = runner
+        self.label = spec.beam.name
         c, n = spec.corrupt, spec.nan
         self.corrupt_spec = FaultSpec(kind=c.kind, value="magnitude", magnitude=tuple(c.magnitude), p=c.p)
         self.nan_spec = FaultSpec(kind=n.kind, value=n.value)
@@ -51,23 +58,22 @@ class BeamSimulation:
         self.kt = 0.0
 
     @classmethod
-    def from_file(cls, path: str | Path, runner: Runner) -> BeamSimulation:
-        return cls(load_spec(path), Path(path), runner)
+    def from_file(cls, path: str | Path) -> BeamSimulation:
+        return cls(load_spec(path), Path(path))
 
-    def start(self, writer: LogWriter) -> None:
-        r = self.runner
+    def start(self, writer: LogWriter, benchmark: str, hostname: str) -> None:
         self.writer = writer
         self.t_start = time.time()
         log_dir = writer.path.parent
-        pattern = f"*_{r.benchmark}_ECC_*_{r.hostname}.log.truth.json"
+        pattern = f"*_{benchmark}_ECC_*_{hostname}.log.truth.json"
         self.run_index = len([p for p in log_dir.glob(pattern) if p.name != writer.path.name + ".truth.json"])
-        self.seed = run_seed(self.spec, self.run_index, r.hostname, r.benchmark)
+        self.seed = run_seed(self.spec, self.run_index, hostname, benchmark)
         self.schedule = PoissonSchedule(self.spec.rates(), self.seed)
         self.gen = torch.Generator().manual_seed(self.seed)
         self.truth = TruthFile(writer.path, self.spec, str(self.spec_path), self.seed, self.run_index)
         self.facility = ChipirLog(writer.path, self.spec.beam, self.t_start)
         writer.log_info_detail(
-            f"SIMULATED BEAM (not a real beam) spec:{self.spec_path.name} name:{self.spec_name} "
+            f"SIMULATED BEAM (not a real beam) spec:{self.spec_path.name} name:{self.label} "
             f"flux:{self.spec.beam.flux_n_cm2_s:g} seed:{self.seed} run:{self.run_index} "
             f"truth:{self.truth.path.name} facility:{self.facility.path.name}"
         )
@@ -101,7 +107,7 @@ class BeamSimulation:
                 select = torch.zeros(n, dtype=torch.bool)
                 select[img] = True
                 spec = self.corrupt_spec if ev.kind == "corrupt" else self.nan_spec
-                from hardening.faults import corrupt
+                from diehardlab.hardening.faults import corrupt
 
                 new, mask = corrupt(outs[b], spec, self.gen, select)
                 outs[b] = new
@@ -111,11 +117,11 @@ class BeamSimulation:
                 self._due(rec, now)
         return outs
 
-    def observed(self, iteration: int, mm: Mismatch | None) -> None:
+    def observed(self, iteration: int, mm: Mismatch | None, compare: GoldenCompare) -> None:
         """After the comparison: what the runner saw of this iteration's corrupt/nan events."""
         if not self.pending:
             return
-        golden, thr = self.runner.compare.golden, self.runner.compare.threshold
+        golden, thr = compare.golden, compare.threshold
         critical = {(d.batch, d.img) for d in mm.images if d.critical} if mm is not None else set()
         for p in self.pending:
             bad = ~(torch.abs(p.out - golden[p.batch]) <= thr) & p.mask
@@ -130,9 +136,9 @@ class BeamSimulation:
         if self.facility.advance(time.time()):
             self.truth.save(self.beam_on_kt, self.kt)
 
-    def finish(self) -> None:
+    def finish(self, stop_reason: str | None) -> None:
         self.facility.close(time.time())
-        self.truth.doc["ended"] = self.runner.stop_reason or "abort"
+        self.truth.doc["ended"] = stop_reason or "abort"
         self.truth.save(self.beam_on_kt, self.kt)
 
     # -- crash and hang -----------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 Campaign file, DUT control over SSH, liveness, software and hardware watchdogs, power-switch drivers,
 serial consoles and the journal. It never imports torch.
-
-Not the filesystem-events library published on PyPI under the same name: install diehardlab into its
-own virtual environment (see README).
+Installed as ``diehardlab.watchdog``: the filesystem-events library that PyPI publishes as ``watchdog`` can be
+installed beside it.
 """

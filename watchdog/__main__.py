@@ -1,3 +1,3 @@
 from diehardlab.cli import component_main
 
-component_main("watchdog")
+component_main("diehardlab.watchdog")

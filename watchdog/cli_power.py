@@ -22,11 +22,12 @@ def main(argv: Sequence[str]) -> int:
     a.campaign, a.dut, a.action = args
     if a.action not in ("on", "off", "cycle", "state", "status"):
         p.error(f"action must be on, off, cycle or state (got {a.action!r})")
+    from diehardlab.watchdog.server import escalation_of, make_transport
+    from diehardlab.watchdog.switches import make_switch
+
     from diehardlab.campaign import load_campaign
     from diehardlab.config import read_secrets
     from diehardlab.errors import ConfigError
-    from watchdog.server import escalation_of, make_transport
-    from watchdog.switches import make_switch
 
     c = load_campaign(a.campaign)
     d = c.dut(a.dut)

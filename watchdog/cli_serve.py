@@ -17,8 +17,9 @@ def main(argv: Sequence[str]) -> int:
         help="start this DUT's escalation afresh (a broken board that was repaired); repeatable",
     )  # fmt: skip
     a = p.parse_args(list(argv))
+    from diehardlab.watchdog.server import plan, problems, serve
+
     from diehardlab.campaign import load_campaign
-    from watchdog.server import plan, problems, serve
 
     if a.check:
         c = load_campaign(a.campaign)

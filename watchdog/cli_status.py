@@ -27,9 +27,10 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("campaign", help="campaign file (TOML)")
     p.add_argument("--json", action="store_true", help="print the status document as JSON")
     a = p.parse_args(list(argv))
+    from diehardlab.watchdog.journal import last_snapshots, read_journal
+    from diehardlab.watchdog.server import status_path
+
     from diehardlab.campaign import load_campaign
-    from watchdog.journal import last_snapshots, read_journal
-    from watchdog.server import status_path
 
     c = load_campaign(a.campaign)
     path = status_path(c)

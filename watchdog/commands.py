@@ -3,7 +3,7 @@
 from diehardlab.cli import Command
 
 COMMANDS: list[Command] = [
-    Command("serve", "watchdog.cli_serve", "run the campaign server: watchdogs, datagrams, journal"),
-    Command("status", "watchdog.cli_status", "show each DUT's state, heartbeat age, SDC/DUE counts"),
-    Command("power", "watchdog.cli_power", "switch a DUT's outlet: on, off, cycle, state"),
+    Command("serve", "diehardlab.watchdog.cli_serve", "run the campaign server: watchdogs, datagrams, journal"),
+    Command("status", "diehardlab.watchdog.cli_status", "show each DUT's state, heartbeat age, SDC/DUE counts"),
+    Command("power", "diehardlab.watchdog.cli_power", "switch a DUT's outlet: on, off, cycle, state"),
 ]

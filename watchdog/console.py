@@ -14,8 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import serial
-
-from watchdog.journal import Journal
+from diehardlab.watchdog.journal import Journal
 
 
 def _stamp() -> str:

@@ -11,8 +11,9 @@ import json
 import urllib.request
 from typing import Any
 
+from diehardlab.watchdog.journal import Journal, utc_now_iso
+
 from diehardlab.campaign import Notify
-from watchdog.journal import Journal, utc_now_iso
 
 
 class Notifier:

@@ -20,14 +20,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from diehardlab.watchdog.journal import Journal, last_snapshots, read_journal, utc_now_iso
+from diehardlab.watchdog.receiver import Receiver, resolve
+from diehardlab.watchdog.supervisor import Context, Snap, Supervisor, substitute
+from diehardlab.watchdog.switches import make_switch
+
 from diehardlab.campaign import CampaignFile, Dut, Escalation, load_campaign
 from diehardlab.config import read_secrets
 from diehardlab.errors import ConfigError
 from diehardlab.formats.datagram import DatagramVerifier, decode_key
-from watchdog.journal import Journal, last_snapshots, read_journal, utc_now_iso
-from watchdog.receiver import Receiver, resolve
-from watchdog.supervisor import Context, Snap, Supervisor, substitute
-from watchdog.switches import make_switch
 
 RESTART_PAUSE_S = 5.0
 DRIVERS = ("lindy-ipower", "ip9258", "dli-legacy", "dli-rest", "netio", "snmp", "command", "simulated")
@@ -77,10 +78,10 @@ def datagram_keys(c: CampaignFile) -> dict[str, bytes | None]:
 
 def make_transport(c: CampaignFile, dut: Dut) -> Any:
     if dut.transport == "local":
-        from watchdog.transport.local import LocalTransport
+        from diehardlab.watchdog.transport.local import LocalTransport
 
         return LocalTransport(dut, local_root(c, dut))
-    from watchdog.transport.ssh import SshTransport
+    from diehardlab.watchdog.transport.ssh import SshTransport
 
     return SshTransport(dut)
 
@@ -184,7 +185,7 @@ class Server:
         self.consoles: list[Any] = []
         self.notifier = None
         if campaign.notify is not None:
-            from watchdog.notify import Notifier
+            from diehardlab.watchdog.notify import Notifier
 
             self.notifier = Notifier(campaign.notify, campaign.campaign.name, self.journal)
 
@@ -335,7 +336,7 @@ class Server:
         duts = [d for d in self.c.duts if d.console]
         if not duts:
             return
-        from watchdog.console import ConsoleCapture
+        from diehardlab.watchdog.console import ConsoleCapture
 
         for d in duts:
             con = ConsoleCapture(

@@ -23,12 +23,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from diehardlab.watchdog.journal import Journal
+from diehardlab.watchdog.servercopy import ServerCopy
+from diehardlab.watchdog.switches.base import Driver, SwitchError
+
 from diehardlab.campaign import Benchmark, Dut, Escalation
 from diehardlab.errors import DiehardError
 from diehardlab.formats.filename import format_log_name
-from watchdog.journal import Journal
-from watchdog.servercopy import ServerCopy
-from watchdog.switches.base import Driver, SwitchError
 
 PLACEHOLDER = re.compile(
     r"\{(server_host|server_port|dut|hostname|benchmark|log_dir|run_dir|ecc|key_file|campaign_dir|python)\}"
@@ -72,7 +73,7 @@ class ControlError(DiehardError):
 def _control_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [ControlError, asyncio.TimeoutError]
     try:
-        from watchdog.transport.ssh import SshError
+        from diehardlab.watchdog.transport.ssh import SshError
 
         errors.append(SshError)
     except ImportError:  # no paramiko on this server: local transport only
@@ -97,7 +98,7 @@ class Context:
     server_port: int
     poll_s: float = 1.0
     campaign_dir: Path = Path(".")
-    notify: Any = None  # watchdog.notify.Notifier | None
+    notify: Any = None  # diehardlab.watchdog.notify.Notifier | None
 
 
 class Supervisor:

@@ -19,7 +19,7 @@ MODEL is a checkpoint folder, --model NAME (random weights) or --factory MODULE:
 
 
 def _plan_args(p: argparse.ArgumentParser, required: bool) -> None:
-    from hardening.sfi.plan import FAULT_MODELS, METHODS, TARGETS
+    from diehardlab.hardening.sfi.plan import FAULT_MODELS, METHODS, TARGETS
 
     p.add_argument("--method", choices=METHODS, required=required, help="how the population is split")
     p.add_argument("--error", type=float, default=0.01, help="error margin e (default 0.01)")
@@ -31,8 +31,7 @@ def _plan_args(p: argparse.ArgumentParser, required: bool) -> None:
 def _example(args, target):
     """One input of the right shape, for activation plans (layer output sizes)."""
     import torch
-
-    from hardening.sfi.sources import load_images
+    from diehardlab.hardening.sfi.sources import load_images
 
     if args.target != "activations":
         return None
@@ -43,8 +42,8 @@ def _example(args, target):
 
 
 def cmd_plan(argv: Sequence[str]) -> int:
-    from hardening.sfi.plan import make_plan, save_plan, write_plan_csv
-    from hardening.sfi.sources import add_image_args, add_model_args, load_target
+    from diehardlab.hardening.sfi.plan import make_plan, save_plan, write_plan_csv
+    from diehardlab.hardening.sfi.sources import add_image_args, add_model_args, load_target
 
     p = make_parser("sfi plan", "Populations and sample sizes per network, layer and bit for a model.")
     add_model_args(p)
@@ -85,11 +84,10 @@ def cmd_plan(argv: Sequence[str]) -> int:
 
 def cmd_run(argv: Sequence[str]) -> int:
     import numpy as np
-
-    from hardening.sfi import faultlist
-    from hardening.sfi.plan import activation_layers, injectable_layers, load_plan, make_plan
-    from hardening.sfi.runner import run_campaign
-    from hardening.sfi.sources import add_image_args, add_model_args, device_name, load_images, load_target
+    from diehardlab.hardening.sfi import faultlist
+    from diehardlab.hardening.sfi.plan import activation_layers, injectable_layers, load_plan, make_plan
+    from diehardlab.hardening.sfi.runner import run_campaign
+    from diehardlab.hardening.sfi.sources import add_image_args, add_model_args, device_name, load_images, load_target
 
     p = make_parser("sfi run", "Inject a statistical fault list; classify every (fault, image); write tables.")
     add_model_args(p)
@@ -188,7 +186,7 @@ def cmd_run(argv: Sequence[str]) -> int:
 
 
 def cmd_curve(argv: Sequence[str]) -> int:
-    from hardening.sfi.curve import curve_from_run
+    from diehardlab.hardening.sfi.curve import curve_from_run
 
     p = make_parser("sfi curve", "Fault detection curves: faults by worst outcome against the number of images.")
     p.add_argument(

@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+from diehardlab.hardening.sfi.engine import NON_CRITICAL, SDC1
 
 from diehardlab.errors import DataError
-from hardening.sfi.engine import NON_CRITICAL, SDC1
 
 
 def detection_curve(outcomes: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
@@ -53,7 +53,7 @@ def curve_from_run(run_dir: Path, orders: int, seed: int, out: Path, selection: 
     ranking = None
     if selection is not None:
         # rank the run's images by another ranking: the same outcomes, another order of the columns
-        from hardening.sfi.sources import read_selection
+        from diehardlab.hardening.sfi.sources import read_selection
 
         ids = meta.get("image_ids", [])
         pos = {iid: i for i, iid in enumerate(ids)}

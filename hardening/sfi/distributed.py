@@ -12,10 +12,10 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+from diehardlab.hardening.sfi.engine import Images, Injector
+from diehardlab.hardening.sfi.faultlist import Fault
 
 from diehardlab.errors import ConfigError
-from hardening.sfi.engine import Images, Injector
-from hardening.sfi.faultlist import Fault
 
 
 def _shard(model, images, faults, batch_size, device):

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diehardlab.hardening.sfi.bits import apply_model, bits_equal
+from diehardlab.hardening.sfi.faultlist import Fault
 from torch import nn
 
 from diehardlab.errors import ConfigError
-from hardening.sfi.bits import apply_model, bits_equal
-from hardening.sfi.faultlist import Fault
 
 MASKED, NON_CRITICAL, SDC1 = 0, 1, 2
 OUTCOME_NAMES = ("masked", "non-critical", "sdc-1")
@@ -122,7 +122,7 @@ class Injector:
         self._slice_ok: dict[tuple[str, tuple[int, ...]], bool] = {}
         self.graph = None
         if engine == "cached":
-            from hardening.sfi.graph import CachedGraph
+            from diehardlab.hardening.sfi.graph import CachedGraph
 
             self.graph = CachedGraph(self.model)
         if self.device.type == "cuda":

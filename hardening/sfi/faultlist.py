@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from diehardlab.hardening.sfi.bits import FLOAT_BITS
+from diehardlab.hardening.sfi.plan import Plan
 
 from diehardlab.errors import DataError
-from hardening.sfi.bits import FLOAT_BITS
-from hardening.sfi.plan import Plan
 
 MODELS = ("bitflip", "stuck-at-0", "stuck-at-1", "value")
 HEADER = ["Injection", "Layer", "TensorIndex", "Bit", "Model", "Value", "Stratum"]

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from diehardlab.hardening.sfi.bits import bits_equal
 from torch import fx, nn
 
 from diehardlab.errors import ConfigError
-from hardening.sfi.bits import bits_equal
 
 _INPLACE_FUNCS: dict[Callable, Callable] = {
     operator.iadd: operator.add,

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diehardlab.hardening.sfi.bits import FLOAT_BITS, flip, get_bit
 from torch import nn
 
 from diehardlab.errors import ConfigError
 from diehardlab.sampling import achieved_error, sample_size, t_value
-from hardening.sfi.bits import FLOAT_BITS, flip, get_bit
 
 METHODS = ("network", "layer", "data-unaware", "data-aware")
 FAULT_MODELS = ("stuck-at", "bitflip")

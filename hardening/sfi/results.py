@@ -13,12 +13,12 @@ import math
 from pathlib import Path
 
 import numpy as np
+from diehardlab.hardening.sfi.bits import FLOAT_BITS
+from diehardlab.hardening.sfi.engine import OUTCOME_NAMES
+from diehardlab.hardening.sfi.faultlist import Fault
+from diehardlab.hardening.sfi.plan import Layer
 
 from diehardlab.sampling import achieved_error
-from hardening.sfi.bits import FLOAT_BITS
-from hardening.sfi.engine import OUTCOME_NAMES
-from hardening.sfi.faultlist import Fault
-from hardening.sfi.plan import Layer
 
 
 def worst(outcomes: np.ndarray) -> np.ndarray:

@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from diehardlab.hardening.sfi.engine import Images, Injector
+from diehardlab.hardening.sfi.faultlist import Fault, write_csv
+from diehardlab.hardening.sfi.plan import Layer
+from diehardlab.hardening.sfi.results import write_tables
 
 from diehardlab.errors import ConfigError
-from hardening.sfi.engine import Images, Injector
-from hardening.sfi.faultlist import Fault, write_csv
-from hardening.sfi.plan import Layer
-from hardening.sfi.results import write_tables
 
 
 def _sha(data: bytes) -> str:
@@ -126,7 +126,7 @@ def run_campaign(
     bar = Progress(len(faults), int(done.sum()), "sfi")
     try:
         if engine == "ray" and len(todo):
-            from hardening.sfi.distributed import run_ray
+            from diehardlab.hardening.sfi.distributed import run_ray
 
             for idx, block in run_ray(
                 model, images, [faults[i] for i in todo], todo, batch_size, ray_address, shards, device

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diehardlab.hardening.sfi.engine import Images
 from torch import nn
 
 from diehardlab.errors import ConfigError, DataError
-from hardening.sfi.engine import Images
 
 
 @dataclass
@@ -59,8 +59,8 @@ def add_image_args(p: argparse.ArgumentParser) -> None:
 
 
 def device_name(name: str) -> str:
-    """``--device``: ``hardening.train.pick_device`` (auto = cuda when present), as a string for run.json."""
-    from hardening.train import pick_device
+    """``--device``: ``diehardlab.hardening.train.pick_device`` (auto = cuda when present), as a string for run.json."""
+    from diehardlab.hardening.train import pick_device
 
     try:
         return str(pick_device(name))
@@ -104,12 +104,12 @@ def load_target(args: argparse.Namespace, device: str | torch.device = "cpu") ->
     if len(given) != 1:
         raise ConfigError("give exactly one model: CKPT_DIR, --model NAME or --factory MODULE:CALLABLE")
     if ckpt:
-        from hardening.checkpoint import load_model
+        from diehardlab.hardening.checkpoint import load_model
 
         lm = load_model(ckpt, device)
         return Target(lm.model, str(ckpt), lm.model_hash, lm.dataset, lm.config)
     if args.model:
-        from hardening.models import ModelConfig, build_model
+        from diehardlab.hardening.models import ModelConfig, build_model
 
         torch.manual_seed(args.seed)
         cfg = ModelConfig(arch=args.model, shortcut=args.shortcut)
@@ -190,7 +190,7 @@ def load_images(args: argparse.Namespace, target: Target) -> Images:
     else:
         if not target.dataset:
             raise ConfigError("no images: give a checkpoint (its dataset's test split is used) or --image-dir")
-        from hardening.data import load_dataset
+        from diehardlab.hardening.data import load_dataset
 
         ds = load_dataset(target.dataset, "test", args.data_dir)
         imgs = Images(ds.x, ds.y, [str(i) for i in range(len(ds))])

@@ -1,4 +1,4 @@
-"""Architectures of published pre-trained models that are not built by ``hardening.models``.
+"""Architectures of published pre-trained models that are not built by ``diehardlab.hardening.models``.
 
 They let ``diehard sfi`` and ``diehard select`` load those weights with ``--factory``, e.g. the CIFAR-10 LeNet
 that the ``mrfi`` package ships (``mrfi_dataset/lenet_cifar10.pth``, inputs normalised with mean 0.5, std 0.5).

@@ -49,7 +49,9 @@ def test_analysis_modules_import_no_torch():
     import sys
 
     code = (
-        "import sys, analysis.fit, analysis.report, analysis.nvbitfi, analysis.stats, analysis.plots\n"
+        "import sys\n"
+        "import diehardlab.analysis.fit, diehardlab.analysis.report, diehardlab.analysis.nvbitfi\n"
+        "import diehardlab.analysis.stats, diehardlab.analysis.plots\n"
         "assert 'torch' not in sys.modules, 'analysis imported torch'"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -8,9 +8,9 @@ from datetime import timedelta
 
 import pandas as pd
 import pytest
+from diehardlab.analysis.fit import fit, write_result
 from scipy.stats import chi2
 
-from analysis.fit import fit, write_result
 from diehardlab.errors import ConfigError
 from tests.analysis.conftest import T0, campaign_file, chipir_rows, write
 from tests.analysis.logs import dut_log

@@ -7,10 +7,10 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
+from diehardlab.analysis.flux import exposure, factor_schedule, read_flux_log
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis.flux import exposure, factor_schedule, read_flux_log
 from diehardlab.errors import DataError
 from tests.analysis.conftest import T0, chipir_rows, write
 

@@ -6,10 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from diehardlab.analysis import intervals
 from scipy.special import gammaincinv
 from scipy.stats import binomtest, poisson
-
-from analysis import intervals
 
 
 @pytest.mark.parametrize("n", [*range(0, 30), 40, 57, 100, 250, 1000, 5000])

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from diehardlab.analysis.nvbitfi import CATEGORIES, parse_mapping, pvf, write_pvf
 from scipy.stats import binomtest
 
-from analysis.nvbitfi import CATEGORIES, parse_mapping, pvf, write_pvf
 from diehardlab.errors import ConfigError
 from tests.analysis.conftest import T0
 from tests.analysis.logs import dut_log

@@ -8,10 +8,10 @@ import re
 from datetime import timedelta
 
 import pytest
+from diehardlab.analysis.fit import fit, write_result
+from diehardlab.analysis.nvbitfi import pvf, write_pvf
+from diehardlab.analysis.report import build_report
 
-from analysis.fit import fit, write_result
-from analysis.nvbitfi import pvf, write_pvf
-from analysis.report import build_report
 from diehardlab.errors import DataError
 from tests.analysis.conftest import T0, campaign_file, chipir_rows, write
 from tests.analysis.logs import dut_log
@@ -84,7 +84,7 @@ def test_report_command_without_torch(tmp_path, simulated):
 
 
 def test_evaluate_labels_from_the_evaluate_json_layout():
-    from analysis.report import load_evaluate
+    from diehardlab.analysis.report import load_evaluate
 
     base = {k: v for k, v in EVAL.items() if k != "config"}
     ev = load_evaluate([

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from analysis.stats import main
+from diehardlab.analysis.stats import main
 
 
 @pytest.mark.parametrize(

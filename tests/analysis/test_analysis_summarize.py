@@ -8,8 +8,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from diehardlab.analysis.flux import read_flux_log
 
-from analysis.flux import read_flux_log
 from diehardlab.formats.filename import parse_log_name
 from diehardlab.formats.parser import LogSummary, _fold, parse_file, read_lines, summarize
 from tests.analysis.conftest import T0

@@ -4,7 +4,7 @@ Builds a folder of ~200 MB by replicating the real beam-log samples, then, in on
   reference   one regex per marker tried in turn on every line (tests/bench/reference_parser.py), 1 process
   records     every record of diehardlab.formats.parser.parse_file folded into a summary (the record path), 1 process
   summarize   diehardlab.formats.parser.summarize (what `diehard fit` and the inventory use), 1 process
-  summarize-jN the same through analysis.runs.scan_all with N worker processes
+  summarize-jN the same through diehardlab.analysis.runs.scan_all with N worker processes
 and prints MB/s, medians over --repeat runs, and the ratios to the reference.
 
     PYTHONPATH=. python tests/bench/bench_analysis_parse.py --mb 200 --jobs 2
@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from diehardlab.analysis.runs import scan_all  # noqa: E402
 from reference_parser import reference_summary  # noqa: E402
 
-from analysis.runs import scan_all  # noqa: E402
 from diehardlab.formats.parser import LogSummary, _fold, parse_file, summarize  # noqa: E402
 
 

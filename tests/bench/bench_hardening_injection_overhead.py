@@ -23,9 +23,8 @@ import time
 from dataclasses import replace
 
 import torch
-
-from hardening.data import load_dataset
-from hardening.train import load_config, make_state, recalibrate_bn, train_one_epoch
+from diehardlab.hardening.data import load_dataset
+from diehardlab.hardening.train import load_config, make_state, recalibrate_bn, train_one_epoch
 
 
 def main() -> None:

@@ -24,10 +24,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-
-from hardening.evaluate import evaluate_checkpoint
-from hardening.faults import FaultSpec
-from hardening.train import load_config, train
+from diehardlab.hardening.evaluate import evaluate_checkpoint
+from diehardlab.hardening.faults import FaultSpec
+from diehardlab.hardening.train import load_config, train
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,13 +14,14 @@ import tempfile
 from pathlib import Path
 
 import torch
+from diehardlab.hardening.checkpoint import load_model, save_config, save_model
+from diehardlab.hardening.models import ModelConfig, build_model
+from diehardlab.harness.device import pick_device
+from diehardlab.harness.golden import golden_record, save_golden
+from diehardlab.harness.runner import Runner, RunOptions
+from diehardlab.harness.simulator import BeamSimulation
 
 from diehardlab.formats.parser import summarize
-from hardening.checkpoint import load_model, save_config, save_model
-from hardening.models import ModelConfig, build_model
-from harness.device import pick_device
-from harness.golden import golden_record, save_golden
-from harness.runner import Runner, RunOptions
 
 SPEC = "seed = 1\n[beam]\nflux_n_cm2_s = 1e6\nflux_factor = 1e5\n[cross_section_cm2]\ncorrupt = 5e-6\nnan = 1e-6\n"
 
@@ -42,8 +43,8 @@ def main() -> None:
     print(f"golden on {rec['device_name']}: run-to-run difference {rec['max_run_difference']:.3e}")
     (d / "s.toml").write_text(SPEC)
     opts = RunOptions(ckpt_dir=d / "ck", golden=d / "g.pt", log_dir=d / "logs", hostname="dev", benchmark="r20")
-    opts.duration_s, opts.interval, opts.simulate_beam, opts.double_error_kill = a.seconds, 100, d / "s.toml", False
-    r = Runner(opts)
+    opts.duration_s, opts.interval, opts.double_error_kill = a.seconds, 100, False
+    r = Runner(opts, BeamSimulation.from_file(d / "s.toml"))
     r.prepare()
     r.run()
     log = sorted((d / "logs").glob("*.log"))[0]

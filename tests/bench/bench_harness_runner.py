@@ -22,12 +22,11 @@ import time
 from pathlib import Path
 
 import torch
-
-from hardening.checkpoint import load_model, save_config, save_model
-from hardening.models import ModelConfig, build_model
-from harness.device import pick_device, synchronize
-from harness.golden import golden_record, save_golden
-from harness.runner import Runner, RunOptions
+from diehardlab.hardening.checkpoint import load_model, save_config, save_model
+from diehardlab.hardening.models import ModelConfig, build_model
+from diehardlab.harness.device import pick_device, synchronize
+from diehardlab.harness.golden import golden_record, save_golden
+from diehardlab.harness.runner import Runner, RunOptions
 
 CASES = [
     # name, model config, channels, image size

@@ -52,7 +52,7 @@ def experiment(name: str, model_args: list[str], out: Path, error: float, images
             str(run),
         ]
     )
-    from hardening.sfi.curve import curve_from_run
+    from diehardlab.hardening.sfi.curve import curve_from_run
 
     print(f"\n{name}: critical faults found with the first k images, ranked vs mean±std of 5 random orders")
     for metric in ("el2n", "deepgini", "ce"):
@@ -79,7 +79,7 @@ def main() -> None:
     site = Path(importlib.util.find_spec("torch").origin).parents[1]
     lenet = [
         "--factory",
-        "hardening.sfi.zoo:LeNet5",
+        "diehardlab.hardening.sfi.zoo:LeNet5",
         "--weights",
         str(site / "mrfi_dataset" / "lenet_cifar10.pth"),
         "--image-dir",

@@ -33,13 +33,12 @@ def main() -> None:
     logging.disable(logging.INFO)  # pytorchfi logs every injection at INFO
 
     import pytorchfi
+    from diehardlab.hardening.models import ModelConfig, build_model
+    from diehardlab.hardening.sfi.bits import flip
+    from diehardlab.hardening.sfi.engine import Images, Injector, classify
+    from diehardlab.hardening.sfi.faultlist import draw
+    from diehardlab.hardening.sfi.plan import make_plan
     from pytorchfi.core import fault_injection
-
-    from hardening.models import ModelConfig, build_model
-    from hardening.sfi.bits import flip
-    from hardening.sfi.engine import Images, Injector, classify
-    from hardening.sfi.faultlist import draw
-    from hardening.sfi.plan import make_plan
 
     torch.manual_seed(args.seed)
     model = build_model(ModelConfig(arch="resnet20", shortcut="pad"), 3, 10).eval()

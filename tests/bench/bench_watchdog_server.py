@@ -109,7 +109,7 @@ def campaign(tmp: Path, n: int, port: int, app_liveness: float | None) -> Path:
 def start_server(path: Path, seconds: float) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
-        [sys.executable, "-m", "watchdog", "serve", str(path), "--duration", str(seconds)], env=env,
+        [sys.executable, "-m", "diehardlab.watchdog", "serve", str(path), "--duration", str(seconds)], env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
 

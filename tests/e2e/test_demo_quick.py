@@ -17,9 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from diehardlab.demo import recovered_hang
-from watchdog.journal import read_journal
+from diehardlab.demo.pipeline import recovered_hang
+from diehardlab.watchdog.journal import read_journal
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from diehardlab.demo.pipeline import STATE, Budget, Demo
 
-from diehardlab.demo import STATE, Budget, Demo
 from diehardlab.errors import DiehardError
 
 

@@ -6,10 +6,9 @@ from dataclasses import replace
 
 import pytest
 import torch
-
-from hardening.faults import FaultSpec
-from hardening.models import ModelConfig
-from hardening.train import TrainConfig
+from diehardlab.hardening.faults import FaultSpec
+from diehardlab.hardening.models import ModelConfig
+from diehardlab.hardening.train import TrainConfig
 
 # The test machines are small and shared: one intra-op thread avoids spin-waiting on busy cores.
 torch.set_num_threads(1)

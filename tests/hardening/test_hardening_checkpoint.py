@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from diehardlab.hardening.checkpoint import file_sha256, load_last, load_model, save_config, save_model
+from diehardlab.hardening.models import ModelConfig, build_model
 
 from diehardlab.errors import DataError
-from hardening.checkpoint import file_sha256, load_last, load_model, save_config, save_model
-from hardening.models import ModelConfig, build_model
 
 
 def test_save_and_load_model(tmp_path):

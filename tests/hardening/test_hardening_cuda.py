@@ -6,11 +6,10 @@ from dataclasses import replace
 
 import pytest
 import torch
-
-from hardening.evaluate import evaluate_checkpoint
-from hardening.faults import KINDS, FaultInjector, FaultSpec, corrupt
-from hardening.models import ModelConfig, build_model
-from hardening.train import train
+from diehardlab.hardening.evaluate import evaluate_checkpoint
+from diehardlab.hardening.faults import KINDS, FaultInjector, FaultSpec, corrupt
+from diehardlab.hardening.models import ModelConfig, build_model
+from diehardlab.hardening.train import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -9,9 +9,9 @@ import struct
 import numpy as np
 import pytest
 import torch
+from diehardlab.hardening.data import load_dataset
 
 from diehardlab.errors import DataError
-from hardening.data import load_dataset
 
 
 def test_digits_splits_are_disjoint_deterministic_and_normalised():

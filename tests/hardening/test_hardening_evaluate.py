@@ -7,12 +7,12 @@ import json
 from dataclasses import replace
 
 import pytest
+from diehardlab.hardening.evaluate import evaluate_checkpoint
+from diehardlab.hardening.faults import FaultSpec
+from diehardlab.hardening.models import ModelConfig
+from diehardlab.hardening.train import TrainConfig, train
 
 from diehardlab.errors import ConfigError
-from hardening.evaluate import evaluate_checkpoint
-from hardening.faults import FaultSpec
-from hardening.models import ModelConfig
-from hardening.train import TrainConfig, train
 from tests.conftest import ROOT, run_diehard
 
 KEYS = ("clean_accuracy", "faulty_accuracy_mean", "regret_mean", "regret_std", "critical_rate", "tolerable_rate")

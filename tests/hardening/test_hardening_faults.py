@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from diehardlab.hardening.faults import BASE_KINDS, FaultInjector, FaultSpec, corrupt, curriculum_scale, fault_mask
+from diehardlab.hardening.models import ModelConfig, build_model, conv_layers
 
 from diehardlab.errors import ConfigError
-from hardening.faults import BASE_KINDS, FaultInjector, FaultSpec, corrupt, curriculum_scale, fault_mask
-from hardening.models import ModelConfig, build_model, conv_layers
 
 N, C, H, W = 64, 8, 10, 12
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
-from diehardlab.errors import ConfigError
-from hardening.models import (
+from diehardlab.hardening.models import (
     BoundedGELU,
     BoundedReLU,
     ModelConfig,
@@ -16,6 +13,9 @@ from hardening.models import (
     build_model,
     conv_layers,
 )
+from torch import nn
+
+from diehardlab.errors import ConfigError
 
 
 def _count(model: nn.Module, kind: type) -> int:

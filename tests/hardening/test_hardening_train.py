@@ -7,14 +7,14 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import diehardlab.hardening.faults as faults_mod
 import pytest
 import torch
+from diehardlab.hardening.checkpoint import load_model
+from diehardlab.hardening.faults import FaultSpec
+from diehardlab.hardening.train import augment, load_config, train
 
-import hardening.faults as faults_mod
 from diehardlab.errors import ConfigError
-from hardening.checkpoint import load_model
-from hardening.faults import FaultSpec
-from hardening.train import augment, load_config, train
 from tests.conftest import ROOT
 
 SETUPS = sorted((ROOT / "setups" / "models").glob("*.toml"))
@@ -106,7 +106,7 @@ def test_short_digits_run_reaches_a_sane_accuracy(tmp_path, tiny_baseline):
 
 def test_augment_crops_and_flips_per_image():
     x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4) + 1
-    from hardening.train import TrainConfig
+    from diehardlab.hardening.train import TrainConfig
 
     out = augment(x, TrainConfig(crop_pad=1, flip=False), torch.Generator().manual_seed(0))
     assert out.shape == x.shape

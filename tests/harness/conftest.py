@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from diehardlab.hardening.checkpoint import save_config, save_model
+from diehardlab.hardening.models import ModelConfig, build_model
+from diehardlab.harness.golden import make_golden, save_golden
 
-from hardening.checkpoint import save_config, save_model
-from hardening.models import ModelConfig, build_model
-from harness.golden import make_golden, save_golden
 from tests.conftest import BLOCK_IMPORTS, ROOT
 
 

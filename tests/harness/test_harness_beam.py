@@ -10,9 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-
-from diehardlab.errors import ConfigError
-from harness.beam import (
+from diehardlab.harness.beam import (
     ANCHOR,
     BeamTable,
     ChipirLog,
@@ -23,6 +21,8 @@ from harness.beam import (
     load_spec,
     run_seed,
 )
+
+from diehardlab.errors import ConfigError
 from tests.conftest import ROOT
 
 SPECS = sorted((ROOT / "setups" / "beam").glob("*.toml"))

@@ -6,8 +6,7 @@ import math
 
 import pytest
 import torch
-
-from harness.compare import GoldenCompare
+from diehardlab.harness.compare import GoldenCompare
 
 
 def _cmp(golden: torch.Tensor, labels=None, threshold=1e-3, batch=None):

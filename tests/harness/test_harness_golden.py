@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 
+import diehardlab.harness.golden as golden_mod
 import pytest
 import torch
+from diehardlab.harness.golden import load_golden, make_golden, save_golden
 
-import harness.golden as golden_mod
 from diehardlab.errors import ConfigError, DataError
-from harness.golden import load_golden, make_golden, save_golden
 
 
 def test_golden_command_writes_a_weights_only_record(ckpt, tmp_path, capsys):

@@ -7,18 +7,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from diehardlab.harness.device import detect_ecc, query_nvidia_smi_ecc
+from diehardlab.harness.runner import Runner, RunOptions, parse_server, read_key
 
 from diehardlab.errors import ConfigError
 from diehardlab.formats import grammar
 from diehardlab.formats.parser import summarize
 from diehardlab.formats.writer import BenchmarkAborted
-from harness.device import detect_ecc, query_nvidia_smi_ecc
-from harness.runner import Runner, RunOptions, parse_server, read_key
 from tests.harness.conftest import only_log
 
 
-def _runner(ckpt, golden, log_dir, **kw) -> Runner:
-    r = Runner(RunOptions(ckpt_dir=ckpt, golden=golden, log_dir=log_dir, hostname="dut1", benchmark="b", **kw))
+def _runner(ckpt, golden, log_dir, beam=None, **kw) -> Runner:
+    opts = RunOptions(ckpt_dir=ckpt, golden=golden, log_dir=log_dir, hostname="dut1", benchmark="b", **kw)
+    r = Runner(opts, beam)
     r.prepare()
     return r
 
@@ -123,14 +124,16 @@ def test_no_event_while_the_simulated_beam_is_off(ckpt, golden, tmp_path):
     import json
     import time
 
-    from harness.beam import ANCHOR
+    from diehardlab.harness.beam import ANCHOR
+    from diehardlab.harness.simulator import BeamSimulation
+
     from tests.harness.conftest import write_spec
 
     # A beam-off period that began a second ago and lasts a minute, with rates that would hit every iteration.
     phase = ((time.time() - ANCHOR) - 1.0) % 100.0
     spec = write_spec(tmp_path / "off.toml", {"corrupt": 1.0, "crash": 1.0},
                       off_every_s=100.0, off_duration_s=60.0, off_phase_s=phase)  # fmt: skip
-    r = _runner(ckpt, golden, tmp_path / "logs", iterations=20, simulate_beam=spec)
+    r = _runner(ckpt, golden, tmp_path / "logs", BeamSimulation.from_file(spec), iterations=20)
     assert r.run() == 0
     log = only_log(tmp_path / "logs")
     truth = json.loads(Path(str(log) + ".truth.json").read_text())

@@ -7,10 +7,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from diehardlab.harness import nvbitfi
+from diehardlab.harness.nvbitfi import CHECK_FILES, judge
+from diehardlab.harness.outdiff import diff_lines
 
-from harness import nvbitfi
-from harness.nvbitfi import CHECK_FILES, judge
-from harness.outdiff import diff_lines
 from tests.harness.conftest import write_spec
 
 pytestmark = pytest.mark.timeout(180)

@@ -8,12 +8,11 @@ import struct
 import numpy as np
 import pytest
 import torch
+from diehardlab.hardening.sfi import bits
+from diehardlab.hardening.sfi.engine import Images, Injector, classify
+from diehardlab.hardening.sfi.faultlist import Fault, draw
+from diehardlab.hardening.sfi.plan import make_plan
 from torch import nn
-
-from hardening.sfi import bits
-from hardening.sfi.engine import Images, Injector, classify
-from hardening.sfi.faultlist import Fault, draw
-from hardening.sfi.plan import make_plan
 
 
 def _flip_python(v: float, bit: int, model: str) -> int:
@@ -139,7 +138,7 @@ def test_weights_restored_after_run(tiny_resnet, tiny_images):
 )
 def test_exact_on_the_projects_hardened_models(cfg, tiny_images):
     """Bounded activations, order inversion, NaN filters, both shortcuts: still bit-identical to naive."""
-    from hardening.models import ModelConfig, build_model
+    from diehardlab.hardening.models import ModelConfig, build_model
 
     from .conftest import randomise_bn
 

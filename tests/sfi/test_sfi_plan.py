@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from diehardlab.hardening.models import ModelConfig, build_model
+from diehardlab.hardening.sfi import faultlist
+from diehardlab.hardening.sfi.plan import bit_change_stats, data_aware_p, make_plan
 from torch import nn
 
 from diehardlab.errors import ConfigError, DataError
-from hardening.models import ModelConfig, build_model
-from hardening.sfi import faultlist
-from hardening.sfi.plan import bit_change_stats, data_aware_p, make_plan
 from tests.conftest import run_diehard
 
 

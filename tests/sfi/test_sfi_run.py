@@ -8,15 +8,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from diehardlab.hardening.checkpoint import save_config, save_model
+from diehardlab.hardening.models import ModelConfig, build_model
+from diehardlab.hardening.sfi.engine import Images
+from diehardlab.hardening.sfi.faultlist import draw
+from diehardlab.hardening.sfi.plan import injectable_layers, make_plan
+from diehardlab.hardening.sfi.runner import run_campaign
 
 from diehardlab.cli import main
 from diehardlab.errors import ConfigError
-from hardening.checkpoint import save_config, save_model
-from hardening.models import ModelConfig, build_model
-from hardening.sfi.engine import Images
-from hardening.sfi.faultlist import draw
-from hardening.sfi.plan import injectable_layers, make_plan
-from hardening.sfi.runner import run_campaign
 
 
 class Result:
@@ -102,7 +102,7 @@ def test_tables_count_and_margin(tiny_resnet, tiny_images, tmp_path):
 @pytest.fixture(scope="module")
 def digits_ckpt(tmp_path_factory):
     """A real checkpoint folder (digits smallnet), trained for a few steps so outcomes are not trivial."""
-    from hardening.data import load_dataset
+    from diehardlab.hardening.data import load_dataset
 
     torch.manual_seed(0)
     ds = load_dataset("digits", "train")
@@ -181,9 +181,9 @@ def test_ray_engine_matches_in_process(tiny_resnet, tiny_images, tmp_path):
 
 
 def test_stratified_estimate_weights_by_population():
-    from hardening.sfi.faultlist import Fault
-    from hardening.sfi.plan import Layer
-    from hardening.sfi.results import estimate
+    from diehardlab.hardening.sfi.faultlist import Fault
+    from diehardlab.hardening.sfi.plan import Layer
+    from diehardlab.hardening.sfi.results import estimate
 
     layers = [Layer("a", "conv", ["a.weight"], [(10,)]), Layer("b", "conv", ["b.weight"], [(990,)])]
     # 10 faults from each layer's population (layer method, bit flips): a is all SDC-1, b none
@@ -200,7 +200,7 @@ def test_stratified_estimate_weights_by_population():
     assert e["p"] == pytest.approx(10 / 1000 + w_b * 0.5)
     assert e["margin"] == pytest.approx(2.58 * w_b * (0.25 / 10 * (n_b - 10) / (n_b - 1)) ** 0.5)
     # per (layer, bit) cell: the margin at the observed proportion, finite-population corrected
-    from hardening.sfi.results import cell_rows
+    from diehardlab.hardening.sfi.results import cell_rows
 
     rows = cell_rows(faults, (hit.astype(np.int8) * 2)[:, None], layers, 2.58)
     b = next(r for r in rows if r[0] == "b")
@@ -211,7 +211,7 @@ def test_stratified_estimate_weights_by_population():
 
 
 def test_activation_campaign_tables(tiny_resnet, tiny_images, tmp_path):
-    from hardening.sfi.plan import activation_layers
+    from diehardlab.hardening.sfi.plan import activation_layers
 
     x, y = tiny_images
     plan = make_plan(tiny_resnet, "layer", error=0.25, fault_model="bitflip", target="activations", example=x)

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from hardening.selection import rank, scores
-from hardening.sfi.curve import curves, detection_curve
+from diehardlab.hardening.selection import rank, scores
+from diehardlab.hardening.sfi.curve import curves, detection_curve
 
 
 def test_metrics_by_hand():
@@ -58,12 +57,12 @@ def real_lenet():
         pytest.skip("the mrfi and foolbox wheels (trained LeNet, CIFAR-10 samples) are not installed")
     import argparse
 
-    from hardening.sfi.sources import load_images, load_target
+    from diehardlab.hardening.sfi.sources import load_images, load_target
 
     args = argparse.Namespace(
         ckpt=None,
         model=None,
-        factory="hardening.sfi.zoo:LeNet5",
+        factory="diehardlab.hardening.sfi.zoo:LeNet5",
         weights=LENET,
         seed=0,
         image_dir=IMAGES,
@@ -79,9 +78,9 @@ def real_lenet():
 
 
 def test_real_lenet_selection_and_sfi(real_lenet, tmp_path):
-    from hardening.sfi.engine import Injector
-    from hardening.sfi.faultlist import draw
-    from hardening.sfi.plan import make_plan
+    from diehardlab.hardening.sfi.engine import Injector
+    from diehardlab.hardening.sfi.faultlist import draw
+    from diehardlab.hardening.sfi.plan import make_plan
 
     model, images = real_lenet
     assert images.x.shape == (20, 3, 32, 32) and images.y.tolist()[:3] == [3, 8, 8]  # labels from file names

@@ -6,8 +6,8 @@ import csv
 import shutil
 
 import pytest
+from diehardlab.analysis.inventory import COLUMNS, inventory, main
 
-from analysis.inventory import COLUMNS, inventory, main
 from diehardlab.errors import DataError
 from diehardlab.timezones import get_zone
 

@@ -70,8 +70,9 @@ class ServerThread:
     def __init__(self, path: Path, duration: float | None = None):
         import asyncio
 
+        from diehardlab.watchdog.server import Server
+
         from diehardlab.campaign import load_campaign
-        from watchdog.server import Server
 
         self.c = load_campaign(path)
         self.c.server.log_dir.mkdir(parents=True, exist_ok=True)
@@ -107,7 +108,7 @@ class ServerThread:
 
 
 def journal(path: Path) -> list[dict]:
-    from watchdog.journal import read_journal
+    from diehardlab.watchdog.journal import read_journal
 
     return read_journal(path)
 

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _serve(path: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
-        [sys.executable, "-m", "watchdog", "serve", str(path), *extra], env=env,
+        [sys.executable, "-m", "diehardlab.watchdog", "serve", str(path), *extra], env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
 
@@ -177,9 +177,10 @@ def test_example_campaigns_are_valid():
 def test_local_demo_campaign_matches_its_beam_and_the_demo_models():
     """The simulated facility's counts-to-flux factor is the beam spec's, and the benchmarks run the models
     and goldens where 'diehard demo' writes them (./diehard-demo/models)."""
+    from diehardlab.demo.pipeline import MODELS
+    from diehardlab.harness.beam import load_spec
+
     from diehardlab.campaign import load_campaign
-    from diehardlab.demo import MODELS
-    from harness.beam import load_spec
 
     c = load_campaign(ROOT / "setups" / "campaigns" / "local-demo.toml")
     models = (ROOT / "diehard-demo" / "models").resolve()
@@ -203,7 +204,7 @@ def test_server_commands_never_import_torch(tmp_path):
 
 
 def test_journal_survives_a_torn_last_line(tmp_path):
-    from watchdog.journal import Journal, last_snapshots, read_journal
+    from diehardlab.watchdog.journal import Journal, last_snapshots, read_journal
 
     j = Journal(tmp_path / "j.jsonl")
     j.write("benchmark-start", "d1", snap={"due": 2})

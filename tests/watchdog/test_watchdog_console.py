@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import socket
 
+from diehardlab.watchdog.console import ConsoleCapture
+
 from tests.watchdog.conftest import free_port, wait_for
-from watchdog.console import ConsoleCapture
 
 
 def test_pty_console_lines_are_timestamped(tmp_path):

@@ -107,7 +107,7 @@ def test_full_escalation_to_broken(tmp_path):
 
 
 def _all(j):
-    from watchdog.journal import read_journal
+    from diehardlab.watchdog.journal import read_journal
 
     return read_journal(j)
 

@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+from diehardlab.watchdog.transport.ssh import SshError, SshTransport
 
 from diehardlab.campaign import Dut
 from tests.watchdog.conftest import ServerThread, app_argv, events, local_campaign, wait_for
 from tests.watchdog.emulators import NetioEmulator
-from watchdog.transport.ssh import SshError, SshTransport
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 
 import pytest
+from diehardlab.watchdog.switches import SwitchError, make_switch
+from diehardlab.watchdog.switches.lindy import led_mask
 
 from diehardlab.campaign import Switch
 from diehardlab.errors import ConfigError
 from tests.watchdog.emulators import DeadSwitch, LindyEmulator, NetioEmulator
-from watchdog.switches import SwitchError, make_switch
-from watchdog.switches.lindy import led_mask
 
 
 def _cfg(model: str, port: int, **kw) -> Switch:
@@ -108,8 +108,9 @@ def test_command_switch(tmp_path):
 
 
 def test_ip9258_form_and_getpower():
+    from diehardlab.watchdog.switches.ip9258 import parse_getpower
+
     from tests.watchdog.emulators import Ip9258Emulator
-    from watchdog.switches.ip9258 import parse_getpower
 
     with Ip9258Emulator() as emu:
         sw = make_switch(_cfg("ip9258", emu.port, outlets=4, timeout_s=2))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import subprocess
 
-from watchdog.switches.base import Driver, SwitchError
+from diehardlab.watchdog.switches.base import Driver, SwitchError
 
 
 class CommandSwitch(Driver):

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import re
 
+from diehardlab.watchdog.switches.base import Driver, SwitchError
+from diehardlab.watchdog.switches.http import HttpClient
 from requests.auth import HTTPDigestAuth
-
-from watchdog.switches.base import Driver, SwitchError
-from watchdog.switches.http import HttpClient
 
 
 class DliRest(Driver):

@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import requests
-
-from watchdog.switches.base import SwitchError
+from diehardlab.watchdog.switches.base import SwitchError
 
 
 class HttpClient:

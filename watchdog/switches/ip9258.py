@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 
-from watchdog.switches.base import Driver, SwitchError
-from watchdog.switches.http import HttpClient
+from diehardlab.watchdog.switches.base import Driver, SwitchError
+from diehardlab.watchdog.switches.http import HttpClient
 
 _FIELD = re.compile(r"p6(\d)\s*=\s*([01])", re.IGNORECASE)
 

@@ -8,8 +8,8 @@ Plain ``requests`` rather than the ``Netio`` package: it is a few lines, and it 
 
 from __future__ import annotations
 
-from watchdog.switches.base import Driver, SwitchError
-from watchdog.switches.http import HttpClient
+from diehardlab.watchdog.switches.base import Driver, SwitchError
+from diehardlab.watchdog.switches.http import HttpClient
 
 
 class Netio(Driver):

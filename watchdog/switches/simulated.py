@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from watchdog.switches.base import Driver
+from diehardlab.watchdog.switches.base import Driver
 
 
 class SimulatedSwitch(Driver):

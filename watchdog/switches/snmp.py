@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
+from diehardlab.watchdog.switches.base import Driver, SwitchError
 from pysnmp.hlapi.v3arch.asyncio import (
     CommunityData,
     ContextData,
@@ -22,8 +23,6 @@ from pysnmp.hlapi.v3arch.asyncio import (
     get_cmd,
     set_cmd,
 )
-
-from watchdog.switches.base import Driver, SwitchError
 
 
 class SnmpPdu(Driver):

@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 
 import paramiko
+from diehardlab.watchdog.transport.local import is_log_file
 
 from diehardlab.campaign import Dut
 from diehardlab.errors import DiehardError
-from watchdog.transport.local import is_log_file
 
 PID_FILE = "benchmark.pid"
 

@@ -209,7 +209,7 @@ def write_campaign(demo: Demo, folder: Path) -> Path:
     """The campaign the demo serves: two local DUTs, one per model, a simulated switch, a loopback server."""
     folder.mkdir(parents=True)
     models = demo.out / "models"
-    from harness.beam import load_spec
+    from diehardlab.harness.beam import load_spec
 
     spec = beam_spec_path(demo)
     flux_factor = load_spec(spec).beam.flux_factor
@@ -310,7 +310,7 @@ def write_facility_log(demo: Demo, stem: Path, start: float, end: float) -> Path
     The simulated beam is a function of UTC time alone (the same beam trips for every DUT), so the log the
     facility would have written for the campaign's period is the simulator's, extended over that period.
     """
-    from harness.beam import ChipirLog, load_spec
+    from diehardlab.harness.beam import ChipirLog, load_spec
 
     log = ChipirLog(stem, load_spec(beam_spec_path(demo)).beam, start)
     log.close(end)
@@ -437,7 +437,7 @@ def serve_until_shown(demo: Demo, campaign: Path, journal: Path) -> dict[str, in
     """Serve the campaign at least ``serve_s`` seconds and until the watchdog has restarted an app,
     recovered a hang and power-cycled a board (at most ``serve_max_s``); then stop it as a user would
     (SIGINT: the server stops the benchmarks, closes the server copies and journals it)."""
-    from watchdog.journal import read_journal
+    from diehardlab.watchdog.journal import read_journal
 
     b = demo.budget
     logs = demo.out / "logs"
@@ -493,7 +493,7 @@ def _last_metrics(ckpt: Path) -> str:
 
 
 def journal_counts(path: Path) -> dict[str, int]:
-    from watchdog.journal import read_journal
+    from diehardlab.watchdog.journal import read_journal
 
     return dict(Counter(e.get("event", "") for e in read_journal(path)))
 

@@ -1,0 +1,3 @@
+from diehardlab.cli import component_main
+
+component_main("diehardlab.demo")
