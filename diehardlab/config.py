@@ -131,7 +131,7 @@ def read_secrets(path: str | Path) -> dict[str, str]:
     data = read_toml(path)
     bad = [k for k, v in data.items() if not isinstance(v, str)]
     if bad:  # the names only: a value may be a real secret
-        raise ConfigError(f"{path}: secrets must be strings (name = \"value\"): {', '.join(bad)}")
+        raise ConfigError(f'{path}: secrets must be strings (name = "value"): {", ".join(bad)}')
     return data
 
 

@@ -434,6 +434,7 @@ class Server:
                 "server-stop", None, datagrams=self.receiver.received, rejected=dict(self.receiver.rejected)
             )
             self.lost_records = self.journal.close()
+            self.storage.give_up()
             self._lock.release()
         return 1 if self.lost_records else 0
 

@@ -91,7 +91,6 @@ class ServerCopy:
         self._skip_since: datetime | None = None
         self._held: list[str] = []  # our own markers, written when the disk takes them again
         self._fd = -1
-        self._size = 0
         self._open()
         self._write("#SERVER_HEADER " + json.dumps(header, sort_keys=True, separators=(",", ":")) + "\n", own=True)
         self._write(grammar.server_begin_line(_now()), own=True)
@@ -111,7 +110,7 @@ class ServerCopy:
         self = cls.__new__(cls)
         self.path, self.dut, self.storage = path, copy_owner(path) or "", storage or Storage()
         self.lines, self.closed, self.skipped, self._skip_since, self._held = 0, False, 0, None, []
-        self._fd, self._size = -1, 0
+        self._fd = -1
         self._open()
         return self
 
@@ -122,7 +121,6 @@ class ServerCopy:
             return True
         try:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            self._size = os.fstat(self._fd).st_size
             return True
         except OSError as exc:
             self._failed(exc)
@@ -132,18 +130,17 @@ class ServerCopy:
         if self._skip_since is None:
             self._skip_since = _now()
             self.storage.failed(self.path, exc)
-            self.storage.hold(self._recover)
+            self.storage.hold(self._recover, self._abandon)
 
     def _emit(self, text: str) -> bool:
         if not self._open():
             return False
         data = (grammar.iso_prefix(_now()) + text).encode("ascii", "replace")
         try:
-            append(self._fd, data, self._size)
+            append(self._fd, data)  # (two runs of one DUT in the same second share one file)
         except OSError as exc:
             self._failed(exc)
             return False
-        self._size += len(data)
         return True
 
     def _write(self, text: str, own: bool = False) -> None:
@@ -171,16 +168,23 @@ class ServerCopy:
         parts = opening + ([grammar.iso_prefix(_now()) + note] if self.skipped else []) + rest
         data = "".join(parts).encode("ascii", "replace")
         try:
-            append(self._fd, data, self._size)
+            append(self._fd, data)
             if self.closed:
                 os.fsync(self._fd)
         except OSError:
             return False
-        self._size += len(data)
         self._held, self.skipped, self._skip_since = [], 0, None
         if self.closed:
             self._release()
         return True
+
+    def _abandon(self) -> None:
+        """The server stops while the disk still refuses this copy: close it, and remove it when it holds nothing
+        (a copy with no header is no copy; the DUT's own log keeps the run)."""
+        with contextlib.suppress(OSError):
+            if self._fd >= 0 and os.fstat(self._fd).st_size == 0:
+                self.path.unlink()
+        self._release()
 
     def _release(self) -> None:
         if self._fd >= 0:

@@ -18,9 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def append(fd: int, data: bytes, size: int) -> None:
-    """Append ``data`` to the file open at ``fd`` (O_APPEND) whose length is ``size``, all or nothing: a write
-    that fails half-way (ENOSPC after a partial write) is cut back, so no torn line stays behind."""
+def append(fd: int, data: bytes, size: int | None = None) -> None:
+    """Append ``data`` to the file open at ``fd`` (O_APPEND) whose length is ``size`` (None: ask the file, for a
+    file that others append to as well), all or nothing: a write that fails half-way (ENOSPC after a partial
+    write) is cut back, so no torn line stays behind."""
+    if size is None:
+        size = os.fstat(fd).st_size
     view = memoryview(data)
     try:
         while view:
@@ -41,6 +44,8 @@ class Storage:
         self.first: str = ""
         self.failures = 0
         self._held: list[Callable[[], bool]] = []
+        self._fresh = False  # a failure since the last retry: the episode goes on even with nothing held
+        self._give_up: dict[Callable[[], bool], Callable[[], None]] = {}
 
     @property
     def degraded(self) -> bool:
@@ -49,6 +54,7 @@ class Storage:
     def failed(self, path: str | Path, exc: OSError) -> None:
         """A write to ``path`` failed; the caller degrades. Only the first failure of an episode is reported."""
         self.failures += 1
+        self._fresh = True
         if self.since is not None:
             return
         self.since = time.time()
@@ -58,16 +64,29 @@ class Storage:
             "in memory and server copies skip the benchmarks' lines until the write works again (free space there)"
         )
 
-    def hold(self, job: Callable[[], bool]) -> None:
-        """Work to finish when writes work again: ``job()`` returns True once it is done."""
+    def hold(self, job: Callable[[], bool], give_up: Callable[[], None] | None = None) -> None:
+        """Work to finish when writes work again: ``job()`` returns True once it is done; ``give_up()`` is called
+        when the server stops before that."""
         if job not in self._held:
             self._held.append(job)
+            if give_up is not None:
+                self._give_up[job] = give_up
+
+    def give_up(self) -> int:
+        """The server stops with work still held: let each writer end as well as it can. Returns how many."""
+        left, self._held = self._held, []
+        for job in left:
+            if job in self._give_up:
+                self._give_up.pop(job)()
+        return len(left)
 
     def retry(self) -> dict | None:
         """Run the held work. When nothing is left of an episode, report its end once and return what it was
         (for the journal: ``since``, ``first`` error, ``failures``); None otherwise."""
         self._held = [job for job in self._held if not job()]
-        if self._held or self.since is None:
+        self._give_up = {job: f for job, f in self._give_up.items() if job in self._held}
+        fresh, self._fresh = self._fresh, False
+        if self._held or fresh or self.since is None:
             return None
         ended = {"since": self.since, "first": self.first, "failures": self.failures}
         self.report(
