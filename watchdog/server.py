@@ -212,6 +212,14 @@ class Server:
         where = f"{s.bind}:{s.udp_port}"
         self._lock.acquire(self.c.campaign.name, {"udp": where, "started": utc_now_iso(), "source": self.source})
         try:
+            return self._bind(where)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _bind(self, where: str) -> socket.socket:
+        s = self.c.server
+        try:
             family, kind, proto, _, addr = socket.getaddrinfo(
                 s.bind or None, s.udp_port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
             )[0]

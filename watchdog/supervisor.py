@@ -174,8 +174,9 @@ class Supervisor:
         if line.startswith("#LOGFILE "):
             dut_path = line[len("#LOGFILE ") :].strip()
             if self.copy is not None and not self.copy.lines:
-                # the copy opened at start takes the DUT's name
-                if self.copy.rename(self._copy_name(dut_path), dut_path):
+                # the copy opened at start takes the DUT's name (when it is one of this DUT's)
+                name = self._dut_log_name(dut_path)
+                if name is not None and self.copy.rename(name, dut_path):
                     self.snap.copy = self.copy.path.name
                     self.log("copy-named", copy=self.snap.copy)
                 return
@@ -204,10 +205,10 @@ class Supervisor:
             self.snap.app_restarts = self.snap.os_reboots = self.snap.power_cycles = self.snap.cool_downs = 0
             self.log("progress", iteration=self.snap.last_iteration)
 
-    def _copy_name(self, dut_path: str | None) -> str:
-        """The DUT's own log name when it told us (``#LOGFILE``) and that name carries this DUT's host field, else
-        libLogHelper's name in server UTC time. Host names are unique in a campaign, so a copy never takes a
-        name of another DUT's (a forged or broken #LOGFILE stays in its own DUT's copies)."""
+    def _dut_log_name(self, dut_path: str | None) -> str | None:
+        """The DUT's own log name from its ``#LOGFILE``, when that name carries this DUT's host field (None when
+        it does not: journaled once per run). Host names are unique in a campaign, so a copy never takes the
+        name of another DUT's: a forged or broken #LOGFILE stays in its own DUT's copies."""
         name = Path(dut_path).name if dut_path else ""
         parsed = parse_log_name(name) if name else None
         if parsed is not None and parsed.hostname == self.dut.hostname:
@@ -216,8 +217,15 @@ class Supervisor:
             self._refused_logfile = True
             self.log(
                 "logfile-refused", name=name[:200],
-                why=f"not a log name of host {self.dut.hostname!r}; the copy keeps the server's name for it",
+                why=f"not a log name of host {self.dut.hostname!r}; the copy keeps the server's name",
             )  # fmt: skip
+        return None
+
+    def _copy_name(self, dut_path: str | None) -> str:
+        """The DUT's own log name when it told us and may have it, else libLogHelper's name in server UTC time."""
+        name = self._dut_log_name(dut_path)
+        if name is not None:
+            return name
         ecc = self.dut.ecc == "on" if self.dut.ecc != "auto" else bool(self.ecc_seen)
         return format_log_name(datetime.now(timezone.utc).replace(tzinfo=None), self.bench.name, ecc, self.dut.hostname)
 

@@ -109,11 +109,12 @@ def test_a_forged_logfile_never_reaches_another_duts_copy(tmp_path):
         assert victim.name == "2026_01_02_03_04_05_app_ECC_OFF_d1.log"
         before = victim.read_text()
         # d2 (a signed DUT, so its key was stolen or its benchmark is broken) names d1's copy, then an SDC
-        send("d2", 0, "#INF hello\n")
-        send("d2", 1, "#LOGFILE /x/2026_01_02_03_04_05_app_ECC_OFF_d1.log\n")
-        send("d2", 2, SDC)
-        send("d2", 3, "#LOGFILE ../2026_01_02_03_04_05_app_ECC_OFF_d2.log\n")  # its own host: fine
-        send("d2", 4, SDC)
+        send("d2", 0, "#LOGFILE /x/2026_01_02_03_04_05_app_ECC_OFF_d1.log\n")  # before any line: no rename
+        send("d2", 1, "#INF hello\n")
+        send("d2", 2, "#LOGFILE /x/2026_01_02_03_04_05_app_ECC_OFF_d1.log\n")  # a new run: not into d1's copy
+        send("d2", 3, SDC)
+        send("d2", 4, "#LOGFILE ../2026_01_02_03_04_05_app_ECC_OFF_d2.log\n")  # its own host: fine
+        send("d2", 5, SDC)
         wait_for(lambda: sups["d2"].snap.sdc == 2)
         s.close()
         assert victim.read_text() == before
