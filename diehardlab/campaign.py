@@ -11,17 +11,23 @@ secrets file with mode 0600 (``secret = "name"``); SSH uses keys or the agent.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
 from diehardlab.config import Strict, load
 from diehardlab.errors import ConfigError
+from diehardlab.formats.filename import HOSTNAME, PLAIN_NAME, name_problem
 from diehardlab.timezones import get_zone
 
-NAME = r"^[A-Za-z0-9._-]{1,32}$"
+NAME = rf"^{PLAIN_NAME}$"  # names that become folders and file names: no ".", "..", separators, leading "-"
+# A network address as ssh, ping and HTTP take it: a name, an IPv4 or an IPv6 address (with its zone); never
+# an option ("-o...") or a path.
+_HOST = re.compile(r"^[A-Za-z0-9\[][A-Za-z0-9._:%\[\]-]*$")
 
 
 def _zone_name(v: str) -> str:
@@ -99,9 +105,27 @@ class Switch(Strict):
     def _needs_host(self) -> Switch:
         if self.model not in ("command", "simulated") and not self.host:
             raise ValueError(f"a '{self.model}' switch needs 'host'")
+        if self.host:
+            _check_switch_host(self.host)
         if self.model == "command" and not (self.on_command and self.off_command):
             raise ValueError("a 'command' switch needs 'on_command' and 'off_command' (argv lists)")
         return self
+
+
+def _check_switch_host(host: str) -> None:
+    """``host`` is an address, or an http(s) URL of the switch without credentials.
+
+    A model validator (not a field validator) raises these, so the error shows the switch, never the value:
+    a password pasted into the URL must not be printed into a terminal, a CI log or an issue."""
+    netloc = urlsplit(host).netloc if "://" in host else host
+    if "@" in netloc:
+        raise ValueError(
+            "host holds credentials (user:password@ in the address); take them out of the file (and change that "
+            "password: it was written in it) and give 'user' and 'password_env' or 'secret' instead"
+        )
+    scheme = host.split("://", 1)[0] if "://" in host else ""
+    if scheme not in ("", "http", "https") or not _HOST.match(netloc) or ("://" in host and not netloc):
+        raise ValueError("host must be a host name or IP address, or an http(s)://address[:port] URL")
 
 
 class Ssh(Strict):
@@ -165,6 +189,21 @@ class Dut(Strict):
     def _zone(cls, v: str) -> str:
         return _zone_name(v)
 
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        if not _HOST.match(v):
+            raise ValueError("use a host name or an IP address (it is given to ssh and ping)")
+        return v
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, v: str) -> str:
+        problem = name_problem(v, HOSTNAME) if v else None
+        if problem:
+            raise ValueError(f"the host field of the DUT's log names: {problem}")
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> Dut:
         if self.transport == "ssh" and self.ssh is None:
@@ -176,7 +215,16 @@ class Dut(Strict):
         if self.datagram_key == "generate" and self.transport != "local":
             raise ValueError("datagram_key = 'generate' (a fresh key per server start) is for the local transport only")
         if not self.hostname:
+            problem = name_problem(self.name, HOSTNAME)
+            if problem:
+                raise ValueError(
+                    f"give 'hostname' (the DUT's name {self.name!r} cannot be a log name's host: {problem})"
+                )
             self.hostname = self.name
+        names = [b.name for b in self.benchmarks]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"benchmark names must be unique within a DUT (they name its logs): {', '.join(dup)}")
         return self
 
 
@@ -188,6 +236,12 @@ class FluxFactor(Strict):
 class BeamWindow(Strict):
     start: datetime  # facility clock
     end: datetime
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BeamWindow:
+        if self.end <= self.start:
+            raise ValueError(f"end {self.end} is not after start {self.start}")
+        return self
 
 
 class Facility(Strict):
@@ -219,7 +273,7 @@ class Analysis(Strict):
     one_sided: bool = False
     fluence: Literal["integrated", "mean-flux-x-acc-time"] = "integrated"
     reference_group: str | None = None  # normalise to this group, as papers publish
-    sea_level_flux: float = 13.0  # n/(cm^2 h), JEDEC JESD89A
+    sea_level_flux: float = Field(13.0, gt=0)  # n/(cm^2 h), JEDEC JESD89A
     server_timezone: str = "UTC"  # the clock of server copies (#SERVER_BEGIN, #SERVER_END, ISO prefixes)
     beam_off_fraction: float = Field(0.1, ge=0, lt=1)  # counter rate below this x the median = beam off
 
@@ -243,17 +297,25 @@ class CampaignFile(Strict):
 
     @model_validator(mode="after")
     def _references(self) -> CampaignFile:
-        names = [d.name for d in self.duts]
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            raise ValueError(f"DUT names must be unique: {', '.join(sorted(dup))}")
+        for what, names in (
+            ("DUT names", [d.name for d in self.duts]),
+            ("DUT log hostnames (the host field of their log names)", [d.hostname for d in self.duts]),
+            ("switch names", [s.name for s in self.switches]),
+        ):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"{what} must be unique: {', '.join(dup)}")
         switches = {s.name: s for s in self.switches}
+        outlets: dict[tuple[str, int], str] = {}
         for d in self.duts:
             if d.switch is not None:
                 if d.switch not in switches:
                     raise ValueError(f"DUT {d.name!r} uses switch {d.switch!r}, which no [[switch]] table defines")
                 if d.outlet is not None and d.outlet > switches[d.switch].outlets:
                     raise ValueError(f"DUT {d.name!r}: outlet {d.outlet} > switch {d.switch!r} outlets")
+                other = outlets.setdefault((d.switch, d.outlet or 0), d.name)
+                if other != d.name:  # a power cycle of one would cut the other
+                    raise ValueError(f"DUTs {other!r} and {d.name!r} are both on switch {d.switch!r} outlet {d.outlet}")
         return self
 
     def dut(self, name: str) -> Dut:

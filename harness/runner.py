@@ -32,6 +32,7 @@ from diehardlab.harness.golden import check_golden_matches, forward_batches, loa
 
 from diehardlab.errors import ConfigError
 from diehardlab.formats.datagram import DatagramSender, decode_key
+from diehardlab.formats.filename import HOSTNAME, PLAIN_NAME, name_problem
 from diehardlab.formats.writer import LogWriter
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9.-][A-Za-z0-9._-]{0,63}$")
@@ -130,6 +131,11 @@ class Runner:
         from diehardlab.hardening.checkpoint import load_model
 
         o = self.o
+        # Names that become path components (here and in the server's folders) are checked before anything runs.
+        for option, value, pattern in (("--hostname", o.hostname, HOSTNAME), ("--dut", o.dut, PLAIN_NAME)):
+            problem = name_problem(value, pattern) if value is not None else None
+            if problem:
+                raise ConfigError(f"{option} {value!r}: {problem}")
         if o.interval < 1:
             raise ConfigError("--interval must be >= 1")
         if o.heartbeat_s <= 0:

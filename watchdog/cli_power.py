@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from diehardlab.cli import make_parser
@@ -22,6 +23,8 @@ def main(argv: Sequence[str]) -> int:
     a.campaign, a.dut, a.action = args
     if a.action not in ("on", "off", "cycle", "state", "status"):
         p.error(f"action must be on, off, cycle or state (got {a.action!r})")
+    if a.off_time is not None and not (math.isfinite(a.off_time) and 0 <= a.off_time <= 86400):
+        p.error(f"--off-time must be a number of seconds from 0 to 86400 (got {a.off_time!r}); nothing was switched")
     from diehardlab.watchdog.server import escalation_of, make_transport
     from diehardlab.watchdog.switches import make_switch
 

@@ -1,27 +1,103 @@
 """The UDP receiver: every DUT's datagrams on one socket, verified, then handed to that DUT's supervisor.
 
 Extended datagrams name their DUT and are checked by the foundation's
-:class:`~diehardlab.formats.datagram.DatagramVerifier` (MAC, replay, freshness). Legacy datagrams carry no
-name: they belong to the DUT whose address they come from (``source_ip``, else the resolved ``host``), and
-only when that DUT is configured for the legacy form (a keyed DUT's address must not let forgeries in).
-Everything rejected is counted by reason.
+:class:`~diehardlab.formats.datagram.DatagramVerifier` (MAC, replay, freshness); they must be signed, so a DUT
+without a key cannot be named by anyone (``unsigned``). Legacy datagrams carry no name: they belong to the DUT
+whose address they come from (``source_ip``, else the resolved ``host``), and only when that DUT is configured
+for the legacy form (a keyed DUT's address must not let forgeries in). Everything rejected is counted by reason.
+
+Replays across a restart: :class:`ReplayFloors` keeps, in ``<journal stem>.replay.json``, a send time per DUT
+at or above the newest datagram this server accepted. It is written ahead, a short lease at a time, before a
+datagram newer than the lease is handed on, so even a server killed with SIGKILL leaves a file that covers every
+datagram it acted on; the next server refuses anything sent at or before it. The cost: after a crash, a DUT's
+datagrams are refused for at most the lease (1 s).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import socket
+import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
+
+from diehardlab.watchdog.storage import Storage
 
 from diehardlab.formats.datagram import DatagramError, DatagramVerifier
 
+LEASE_MS = 1000
+
+
+class ReplayFloors:
+    def __init__(self, path: Path, storage: Storage):
+        self.path = path
+        self.storage = storage
+        self.loaded: dict[str, int] = {}
+        self.leases: dict[str, int] = {}
+        self.note = ""  # what load() found, for the journal
+
+    def load(self, duts: list[str]) -> dict[str, int]:
+        """The floors a previous server left (for the DUTs of this campaign)."""
+        try:
+            doc = json.loads(self.path.read_bytes())
+            floors = doc["floors_ms"]
+            self.loaded = {d: int(floors[d]) for d in duts if isinstance(floors.get(d), int | float)}
+        except FileNotFoundError:
+            self.loaded = {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            # Unreadable: fence every DUT at the server's clock now (DUT clocks that run late lose a few seconds).
+            now = int(time.time() * 1000) + LEASE_MS
+            self.loaded = dict.fromkeys(duts, now)
+            self.note = f"{self.path}: unreadable ({exc}); every DUT fenced at the server's clock"
+        self.leases = dict(self.loaded)
+        return dict(self.loaded)
+
+    def covers(self, dut: str, sent_ms: int) -> bool:
+        return sent_ms <= self.leases.get(dut, -1)
+
+    def extend(self, newest: dict[str, int]) -> None:
+        """Renew the lease of every DUT that sent something, in one write (about one write per lease)."""
+        for dut, ms in newest.items():
+            self.leases[dut] = max(self.leases.get(dut, -1), ms + LEASE_MS)
+        self._save(self.leases)
+
+    def close(self, newest: dict[str, int]) -> None:
+        """A clean stop: the exact floors (nothing was accepted after them)."""
+        floors = dict(self.loaded)
+        for dut, ms in newest.items():
+            floors[dut] = max(floors.get(dut, -1), ms)
+        self._save(floors)
+
+    def _save(self, floors: dict[str, int]) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        data = json.dumps({"floors_ms": floors, "written_ms": int(time.time() * 1000)}).encode()
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except OSError as exc:  # a full disk: the lease holds in memory; a crash now may let old replays in
+            self.storage.failed(self.path, exc)
+
 
 class Receiver(asyncio.DatagramProtocol):
-    def __init__(self, verifier: DatagramVerifier, by_name: dict[str, Any], legacy_by_ip: dict[str, list[Any]]):
+    def __init__(
+        self,
+        verifier: DatagramVerifier,
+        by_name: dict[str, Any],
+        legacy_by_ip: dict[str, list[Any]],
+        floors: ReplayFloors | None = None,
+    ):
         self.verifier = verifier
         self.by_name = by_name
         self.legacy_by_ip = legacy_by_ip
+        self.floors = floors
         self.rejected: Counter = Counter()
         self.received = 0
 
@@ -37,6 +113,8 @@ class Receiver(asyncio.DatagramProtocol):
             if sup is None:
                 self.rejected["unknown-dut"] += 1
                 return
+            if self.floors is not None and not self.floors.covers(str(dg.dut), int(dg.sent_ms or 0)):
+                self.floors.extend(self.verifier.newest_ms)  # written before the datagram has any effect
         else:
             sups = self.legacy_by_ip.get(addr[0], [])
             if len(sups) != 1:

@@ -1,17 +1,23 @@
 """``diehard serve``: the campaign server. One asyncio loop, one UDP receiver, one supervisor task per DUT.
 
-A supervisor that raises is journaled (``supervisor-error`` with the exception) and started again after a
-pause; the others never notice. SIGINT/SIGTERM stop every benchmark on the DUTs, pull their logs and journal
-``server-stop``. A restarted server reads the journal and resumes each DUT from its last snapshot.
+Start-up takes the campaign's lock (``<journal>.lock``) and binds the UDP port before it touches anything: a
+second server of the same campaign, or one whose port is taken, stops with one line and leaves the running
+server's journal, keys and copies alone. A supervisor that raises is journaled (``supervisor-error`` with the
+exception) and started again after a pause; the others never notice. SIGINT/SIGTERM stop every benchmark on the
+DUTs, pull their logs and journal ``server-stop``. A restarted server reads the journal and resumes each DUT
+from its last snapshot, after stopping (with grace) what a server that died left running and closing its
+copies. A full disk degrades the server (see ``storage.py``) but never stops its watchdogs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -21,7 +27,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from diehardlab.watchdog.journal import Journal, last_snapshots, read_journal, utc_now_iso
-from diehardlab.watchdog.receiver import Receiver, resolve
+from diehardlab.watchdog.lock import CampaignLock
+from diehardlab.watchdog.receiver import Receiver, ReplayFloors, resolve
+from diehardlab.watchdog.storage import Storage
 from diehardlab.watchdog.supervisor import Context, Snap, Supervisor, substitute
 from diehardlab.watchdog.switches import make_switch
 
@@ -54,6 +62,10 @@ def campaign_dir(source: str | Path) -> Path:
 
 def status_path(c: CampaignFile) -> Path:
     return c.server.journal.with_name(c.server.journal.stem + ".status.json")
+
+
+def replay_path(c: CampaignFile) -> Path:
+    return c.server.journal.with_name(c.server.journal.stem + ".replay.json")
 
 
 def datagram_keys(c: CampaignFile) -> dict[str, bytes | None]:
@@ -89,6 +101,8 @@ def make_transport(c: CampaignFile, dut: Dut) -> Any:
 def problems(c: CampaignFile) -> list[str]:
     """What would stop ``serve`` that the file itself cannot show: missing secrets, unset variables, keys."""
     out = []
+    if c.server.secrets_file is not None and os.path.lexists(c.server.secrets_file):
+        read_secrets(c.server.secrets_file)  # a secrets file that is there but broken is an error, not a to-do
     try:
         datagram_keys(c)
     except ConfigError as exc:
@@ -175,27 +189,86 @@ class Server:
         self.reset = set(reset or [])
         for name in self.reset:
             campaign.dut(name)  # a typo in --reset is an error, not a silent no-op
-        self.journal = Journal(campaign.server.journal)
+        self.storage = Storage()
+        self.journal: Journal = None  # type: ignore[assignment]  # opened by run(), after the lock and the port
         self.keys = datagram_keys(campaign)
         self.verifier = DatagramVerifier(dict(self.keys), window_s=campaign.server.datagram_window_s)
+        self.floors = ReplayFloors(replay_path(campaign), self.storage)
         self.supervisors: dict[str, Supervisor] = {}
         self.tasks: dict[str, asyncio.Task] = {}
         self.receiver: Receiver | None = None
         self._stop = asyncio.Event()
         self.consoles: list[Any] = []
         self.notifier = None
-        if campaign.notify is not None:
+        self._lock = CampaignLock(campaign.server.journal)
+        self._records: list[dict[str, Any]] = []
+        self.lost_records = 0  # journal records the disk never took (printed on stderr at exit)
+
+    # -- start-up: claim the campaign, then open its files ----------------------------------------------------
+
+    def _claim(self) -> socket.socket:
+        """The campaign's lock, then the UDP port; nothing of the campaign is written before both are ours."""
+        s = self.c.server
+        where = f"{s.bind}:{s.udp_port}"
+        self._lock.acquire(self.c.campaign.name, {"udp": where, "started": utc_now_iso(), "source": self.source})
+        try:
+            return self._bind(where)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _bind(self, where: str) -> socket.socket:
+        s = self.c.server
+        try:
+            family, kind, proto, _, addr = socket.getaddrinfo(
+                s.bind or None, s.udp_port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
+            )[0]
+            sock = socket.socket(family, kind, proto)
+        except OSError as exc:
+            raise ConfigError(f"[server] bind {s.bind!r}: {exc.strerror or exc}") from exc
+        try:
+            # a flood of junk must not push the DUTs' datagrams out of the queue while the loop is busy
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            sock.bind(addr)
+        except OSError as exc:
+            sock.close()
+            src = self.source or "the campaign file"
+            if exc.errno == errno.EADDRINUSE:
+                msg = f"udp {where} is in use by another program (another campaign's server?): choose another "
+                msg += f"[server] udp_port in {src}"
+            else:
+                msg = f"cannot bind udp {where} ({exc.strerror or exc}): check [server] bind and udp_port in {src}"
+            raise ConfigError(msg) from exc
+        return sock
+
+    def _open(self) -> None:
+        """Read the journal (a damaged one stops the start), then open the log folder and the journal."""
+        c = self.c
+        self._records = read_journal(c.server.journal)
+        folders = (("[server] log_dir", c.server.log_dir), ("[server] journal's folder", c.server.journal.parent))
+        for what, path in folders:
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"{path}: cannot make {what} ({exc.strerror or exc})") from exc
+        try:
+            self.journal = Journal(c.server.journal, self.storage)
+        except OSError as exc:
+            raise ConfigError(f"{c.server.journal}: cannot open the journal ({exc.strerror or exc})") from exc
+        self.verifier.floors = self.floors.load([d.name for d in c.duts])
+        if c.notify is not None:
             from diehardlab.watchdog.notify import Notifier
 
-            self.notifier = Notifier(campaign.notify, campaign.campaign.name, self.journal)
+            self.notifier = Notifier(c.notify, c.campaign.name, self.journal)
 
     def _build(self) -> None:
         c = self.c
         secrets = read_secrets(c.server.secrets_file) if c.server.secrets_file else None
-        snaps = last_snapshots(read_journal(c.server.journal))
+        snaps = last_snapshots(self._records)
         ctx = Context(
             self.journal, c.server.log_dir, server_host(c), c.server.udp_port, c.server.poll_s,
-            campaign_dir(self.source), self.notifier,
+            campaign_dir(self.source), self.notifier, self.storage,
         )  # fmt: skip
         for d in c.duts:
             switch = make_switch(c.switch(d.switch), secrets, c.server.journal.parent) if d.switch else None
@@ -204,10 +277,16 @@ class Server:
             key = self.keys.get(d.name)
             if d.transport == "local" and key is not None:
                 key_file = transport.run_dir / "datagram.key"
-                fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                os.write(fd, key.hex().encode() + b"\n")
-                os.close(fd)
-                os.chmod(key_file, 0o600)
+                try:
+                    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                    try:
+                        os.write(fd, key.hex().encode() + b"\n")
+                    finally:
+                        os.close(fd)
+                    os.chmod(key_file, 0o600)
+                except OSError as exc:
+                    msg = f"{key_file}: cannot write DUT {d.name!r}'s datagram key ({exc.strerror or exc})"
+                    raise ConfigError(msg) from exc
             snap = Snap.from_dict(snaps[d.name]) if d.name in snaps else None
             reset = d.name in self.reset and snap is not None
             if reset:
@@ -247,28 +326,48 @@ class Server:
             for sup in self.supervisors.values():
                 if sup.copy is not None:
                     sup.copy.sync()  # a server crash or power loss loses at most one interval of the copies
+            self.retry_storage()
             await asyncio.sleep(self.c.server.status_interval_s)
 
-    def write_status(self, path: Path) -> None:
+    def retry_storage(self) -> None:
+        """Write what a full disk held back; journal the episode once it is over."""
+        ended = self.storage.retry()
+        if ended is not None:
+            self.journal.write(
+                "storage-recovered", None, since=ended["since"], first_error=ended["first"], failures=ended["failures"]
+            )
+
+    def status_doc(self, state: str = "running") -> dict[str, Any]:
         now = time.time()
-        doc = {
+        trouble = {"since": self.storage.since, "first_error": self.storage.first} if self.storage.degraded else None
+        return {
             "time": utc_now_iso(),
             "pid": os.getpid(),
+            "server": state,
             "datagrams": self.receiver.received if self.receiver else 0,
             "rejected": dict(self.receiver.rejected) if self.receiver else {},
+            "storage": trouble,
             "duts": {
                 name: {
                     **asdict(s.snap),
                     "benchmark": s.bench.name,
                     "heartbeat_age_s": round(now - s.last_heard_wall, 1) if s.last_heard_wall else None,
                     "datagrams": s.datagrams,
+                    "last_error": s.last_error,
                 }
                 for name, s in self.supervisors.items()
             },
         }
+
+    def write_status(self, path: Path, state: str = "running") -> None:
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, indent=1))
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(json.dumps(self.status_doc(state), indent=1))
+            os.replace(tmp, path)
+        except OSError as exc:  # a full disk: the status file waits, the watchdogs do not
+            self.storage.failed(path, exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
     async def _cancel_supervisors(self) -> None:
         # Cancel until every task is done: on Python < 3.12, asyncio.wait_for can swallow a cancellation
@@ -286,7 +385,16 @@ class Server:
 
     async def run(self, duration_s: float | None = None) -> int:
         loop = asyncio.get_running_loop()
-        self._build()
+        sock = self._claim()
+        try:
+            self._open()
+            self._build()
+        except BaseException:
+            sock.close()
+            if self.journal is not None:
+                self.journal.close()
+            self._lock.release()
+            raise
         by_name = dict(self.supervisors)
         legacy_by_ip: dict[str, list[Supervisor]] = {}
         for d in self.c.duts:
@@ -294,10 +402,8 @@ class Server:
                 ip = d.source_ip or resolve(d.host)
                 if ip:
                     legacy_by_ip.setdefault(ip, []).append(self.supervisors[d.name])
-        self.receiver = Receiver(self.verifier, by_name, legacy_by_ip)
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: self.receiver, local_addr=(self.c.server.bind, self.c.server.udp_port)
-        )
+        self.receiver = Receiver(self.verifier, by_name, legacy_by_ip, self.floors)
+        transport, _ = await loop.create_datagram_endpoint(lambda: self.receiver, sock=sock)
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
@@ -305,6 +411,8 @@ class Server:
             "server-start", None, campaign=self.c.campaign.name, pid=os.getpid(), udp=self.c.server.udp_port,
             duts=[d.name for d in self.c.duts],
         )  # fmt: skip
+        if self.floors.note:
+            self.journal.write("replay-floors-reset", None, note=self.floors.note)
         self._start_consoles()
         for name, sup in self.supervisors.items():
             self.tasks[name] = loop.create_task(self._supervise(sup), name=f"dut-{name}")
@@ -324,13 +432,19 @@ class Server:
             for con in self.consoles:
                 con.stop()
             status.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await status
             transport.close()
-            self.write_status(status_path(self.c))
+            self.floors.close(self.verifier.newest_ms)
+            self.retry_storage()
+            self.write_status(status_path(self.c), "stopped")
             self.journal.write(
                 "server-stop", None, datagrams=self.receiver.received, rejected=dict(self.receiver.rejected)
             )
-            self.journal.close()
-        return 0
+            self.lost_records = self.journal.close()
+            self.storage.give_up()
+            self._lock.release()
+        return 1 if self.lost_records else 0
 
     def _start_consoles(self) -> None:
         duts = [d for d in self.c.duts if d.console]
@@ -348,5 +462,4 @@ class Server:
 
 def serve(path: str | Path, duration_s: float | None = None, reset: list[str] | None = None) -> int:
     c = load_campaign(path)
-    c.server.log_dir.mkdir(parents=True, exist_ok=True)
     return asyncio.run(Server(c, str(path), reset).run(duration_s))

@@ -25,11 +25,12 @@ from typing import Any
 
 from diehardlab.watchdog.journal import Journal
 from diehardlab.watchdog.servercopy import ServerCopy
+from diehardlab.watchdog.storage import Storage
 from diehardlab.watchdog.switches.base import Driver, SwitchError
 
 from diehardlab.campaign import Benchmark, Dut, Escalation
 from diehardlab.errors import DiehardError
-from diehardlab.formats.filename import format_log_name
+from diehardlab.formats.filename import format_log_name, parse_log_name
 
 PLACEHOLDER = re.compile(
     r"\{(server_host|server_port|dut|hostname|benchmark|log_dir|run_dir|ecc|key_file|campaign_dir|python)\}"
@@ -59,6 +60,7 @@ class Snap:
     due: int = 0
     last_iteration: int = -1
     broken: bool = False
+    copy: str = ""  # the server copy open now (file name in log_dir): a restarted server closes what a dead one left
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Snap:
@@ -88,6 +90,10 @@ class Broken(Exception):
     """The DUT has exhausted its escalation: it stays off until an operator looks at it."""
 
 
+class StartFailed(Exception):
+    """The benchmark could not be started (its binary is missing, not executable...): a crash at start."""
+
+
 @dataclass
 class Context:
     """What every supervisor shares with the server."""
@@ -99,6 +105,11 @@ class Context:
     poll_s: float = 1.0
     campaign_dir: Path = Path(".")
     notify: Any = None  # diehardlab.watchdog.notify.Notifier | None
+    storage: Storage | None = None  # failed writes (full disk): reported once, retried (the journal's by default)
+
+    def __post_init__(self) -> None:
+        if self.storage is None:
+            self.storage = self.journal.storage
 
 
 class Supervisor:
@@ -129,6 +140,9 @@ class Supervisor:
         self.pulled_dir = ctx.log_dir / "pulled" / dut.name
         self.stopping = False  # set by the server at shutdown: leave the loop at the next step
         self.ecc_seen: bool | None = None  # the ECC flag of the DUT's datagrams (for ecc = "auto")
+        self.resumed = snap is not None  # a restarted server: settle what the previous one left first
+        self.last_error: str | None = None  # the last start failure, for the status file and 'diehard status'
+        self._refused_logfile = False  # a #LOGFILE name refused in this run (journaled once per run)
 
     # -- journal ---------------------------------------------------------------------------------------------
 
@@ -160,7 +174,11 @@ class Supervisor:
         if line.startswith("#LOGFILE "):
             dut_path = line[len("#LOGFILE ") :].strip()
             if self.copy is not None and not self.copy.lines:
-                self.copy.rename(self._copy_name(dut_path), dut_path)  # the copy opened at start takes the DUT's name
+                # the copy opened at start takes the DUT's name (when it is one of this DUT's)
+                name = self._dut_log_name(dut_path)
+                if name is not None and self.copy.rename(name, dut_path):
+                    self.snap.copy = self.copy.path.name
+                    self.log("copy-named", copy=self.snap.copy)
                 return
             if self.copy is not None:
                 self.copy.close("broken", "unknown")  # a new run began without the old one ending: #SERVER_UNKNOWN
@@ -187,10 +205,26 @@ class Supervisor:
             self.snap.app_restarts = self.snap.os_reboots = self.snap.power_cycles = self.snap.cool_downs = 0
             self.log("progress", iteration=self.snap.last_iteration)
 
-    def _copy_name(self, dut_path: str | None) -> str:
-        """The DUT's own log name when it told us (``#LOGFILE``), else libLogHelper's name in server UTC time."""
+    def _dut_log_name(self, dut_path: str | None) -> str | None:
+        """The DUT's own log name from its ``#LOGFILE``, when that name carries this DUT's host field (None when
+        it does not: journaled once per run). Host names are unique in a campaign, so a copy never takes the
+        name of another DUT's: a forged or broken #LOGFILE stays in its own DUT's copies."""
         name = Path(dut_path).name if dut_path else ""
-        if name.endswith(".log"):
+        parsed = parse_log_name(name) if name else None
+        if parsed is not None and parsed.hostname == self.dut.hostname:
+            return name
+        if name and not self._refused_logfile:
+            self._refused_logfile = True
+            self.log(
+                "logfile-refused", name=name[:200],
+                why=f"not a log name of host {self.dut.hostname!r}; the copy keeps the server's name",
+            )  # fmt: skip
+        return None
+
+    def _copy_name(self, dut_path: str | None) -> str:
+        """The DUT's own log name when it told us and may have it, else libLogHelper's name in server UTC time."""
+        name = self._dut_log_name(dut_path)
+        if name is not None:
             return name
         ecc = self.dut.ecc == "on" if self.dut.ecc != "auto" else bool(self.ecc_seen)
         return format_log_name(datetime.now(timezone.utc).replace(tzinfo=None), self.bench.name, ecc, self.dut.hostname)
@@ -204,16 +238,21 @@ class Supervisor:
             "argv": self.bench.header or " ".join(self.bench.argv),
             "dut_log": dut_path,
         }
-        self.copy = ServerCopy(self.ctx.log_dir, name, header)
+        self.copy = ServerCopy(self.ctx.log_dir, name, header, self.ctx.storage)
+        self.snap.copy = self.copy.path.name
 
     def _close_copy(self, action: str | None = None, cause: str | None = None) -> None:
         if self.copy is not None:
             self.copy.close(action, cause)
             self.copy = None
+        self.snap.copy = ""
 
     # -- the loop --------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        if self.resumed:
+            self.resumed = False  # once: a supervisor restarted after an error has nothing left to settle
+            await self._settle_leftover()
         if self.snap.broken:
             self._set_state("broken")
             return
@@ -223,6 +262,8 @@ class Supervisor:
                 try:
                     await self._start()
                     outcome = await self._watch()
+                except StartFailed:
+                    outcome = "start-failed"  # as a benchmark that dies at once: the escalation decides
                 except CONTROL_ERRORS as exc:
                     # The host answers the probe but cannot be controlled (SSH refused, wedged or timing
                     # out): the same as a host that does not answer, and a soft reboot needs SSH too.
@@ -268,14 +309,62 @@ class Supervisor:
             "python": sys.executable,
         }
 
+    async def _settle_leftover(self) -> None:
+        """The previous server died (SIGKILL, a crash, power loss) without stopping this DUT's benchmark or
+        closing its copy. Stop the benchmark with its grace period (it closes its own log), and close the copy
+        with the reason, so that the analysis counts no DUE that only the server's death made."""
+        name = self.snap.copy
+        if not name and self.snap.state != "running":
+            return
+        running: bool | None = None
+        try:
+            if await self.transport.reachable():
+                running = await self.transport.is_running()
+                if running:
+                    self.log("leftover-stop", grace_s=self.dut.stop_grace_s)
+                    await self.transport.stop(self.dut.stop_grace_s)
+        except CONTROL_ERRORS as exc:
+            self.log("control-error", error=str(exc)[:300] or type(exc).__name__)
+        if name:
+            copy = ServerCopy.reopen(self.ctx.log_dir / Path(name).name, self.ctx.storage)
+            if copy is not None:
+                ended = bool(running) or self._copy_ended(copy.path)
+                what = {True: "was still running and was stopped", False: "had exited", None: "could not be asked"}
+                copy.close_leftover(f"server-restart (the previous server died; the benchmark {what[running]})", ended)
+            self.log("leftover-closed", copy=name, benchmark_running=running)
+        self.snap.copy = ""
+        self._set_state("off")
+        await self._pull()
+
+    @staticmethod
+    def _copy_ended(path: Path) -> bool:
+        """Whether a copy holds the benchmark's own #END or #ABORT (its run ended by itself)."""
+        try:
+            with open(path, "rb") as f:
+                f.seek(max(0, path.stat().st_size - 4096))
+                tail = f.read().decode("ascii", "replace")
+        except OSError:
+            return False
+        return any(ln[24:].startswith(("#END", "#ABORT")) for ln in tail.splitlines())
+
     async def _start(self) -> None:
         argv = substitute(self.bench.argv, self.argv_values())
         self._ended = False
+        self._refused_logfile = False
         self._close_copy(None)
         self._accepting = True
-        pid = await self.transport.start(self.bench.name, argv)
-        # The copy exists from the start, so a run that dies before its first line still leaves its DUE record.
-        self._open_copy(None)
+        try:
+            pid = await self.transport.start(self.bench.name, argv)
+        except OSError as exc:  # local transport: the binary is missing or not executable, its folder is full
+            # No run began: no copy, no DUE for the analysis; the escalation still acts and the operator is told.
+            self._accepting = False
+            self.last_error = f"{argv[0]}: {exc.strerror or exc}"
+            self.log("start-failed", error=self.last_error[:300], argv=argv)
+            raise StartFailed(self.last_error) from exc
+        # The copy exists from the start, so a run that dies before its first line still leaves its DUE record
+        # (unless the benchmark's #LOGFILE came first, while the start command was still answering).
+        if self.copy is None:
+            self._open_copy(None)
         self.last_heard = time.monotonic()
         self.heard_since_start = False
         self._set_state("running")
@@ -314,6 +403,8 @@ class Supervisor:
         self._accepting = False
         await self.transport.stop(self.dut.stop_grace_s)
         self._close_copy(None)
+        if reason == "server-stop":
+            self._set_state("off")  # what the journal's last snapshot and the final status file say
         self.log("benchmark-stop", reason=reason)
         await self._pull()
 
@@ -341,7 +432,7 @@ class Supervisor:
 
     async def _next_action(self, cause: str) -> str:
         s, e = self.snap, self.esc
-        if cause in ("app-crash", "app-hang") and s.app_restarts < e.max_app_restarts:
+        if cause in ("app-crash", "app-hang", "start-failed") and s.app_restarts < e.max_app_restarts:
             return "app-restart"
         if s.os_reboots < e.max_os_reboots and await self.transport.reachable():
             return "os-reboot"
@@ -356,8 +447,9 @@ class Supervisor:
     async def _recover(self, cause: str, detected: bool = False) -> None:
         """Act on a failure until the host is back (the main loop then restarts the benchmark)."""
         self._accepting = False
-        event = "crash-detected" if cause == "app-crash" else "hang-detected"
-        self.snap.due += 1
+        event = "crash-detected" if cause in ("app-crash", "start-failed") else "hang-detected"
+        if cause != "start-failed":  # no run began: nothing for the cross section to count
+            self.snap.due += 1
         self._set_state("recovering")
         self.log(event, cause=cause, silent_s=round(time.monotonic() - self.last_heard, 3))
         while True:

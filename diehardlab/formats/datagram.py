@@ -21,8 +21,12 @@ and nothing else changes::
              first 16 bytes in hex; ``-`` when the campaign sets no key for this DUT
 
 The receiver (:class:`DatagramVerifier`) rejects, and counts by reason: malformed datagrams, unknown DUTs,
-a wrong or missing MAC, a replayed (session, seq) pair, and a send time outside the freshness window
-(which also stops the replay of a whole old session).
+a wrong or missing MAC (``bad-mac``), an unsigned datagram for a DUT without a key (``unsigned``: the server
+takes the extended form only signed; a keyless DUT speaks the legacy form, matched by its address), a replayed
+(session, seq) pair or a datagram sent before a server restart (``replay``), a send time outside the freshness
+window (``stale``, which also stops the replay of a whole old session), and a DUT opening sessions faster than
+they expire (``too-many-sessions``). Its bookkeeping costs O(1) per datagram and is bounded per DUT, whatever
+arrives.
 """
 
 from __future__ import annotations
@@ -34,17 +38,19 @@ import os
 import re
 import socket
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
+
+from diehardlab.formats.filename import PLAIN_NAME
 
 MAX_DATAGRAM = 1024
 ECC_ON, ECC_OFF = 0x0E, 0x0D
 _ECC_BYTES: dict[int, bool | None] = {ECC_ON: True, ECC_OFF: False, 0xEE: None, 0xED: None}
 _TAG = b"#INF DHX1 "
 _MAC_BYTES = 16
-_DUT = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
+_DUT = re.compile(rf"^{PLAIN_NAME}$")
 _EXT = re.compile(
-    rb"^#INF DHX1 ([LTH]) ([A-Za-z0-9._-]{1,32}) ([0-9a-f]{8}) (\d{1,12}) (\d{1,15}) ([A-Za-z0-9+/=]+|-) "
+    rb"^#INF DHX1 ([LTH]) (" + PLAIN_NAME.encode() + rb") ([0-9a-f]{8}) (\d{1,12}) (\d{1,15}) ([A-Za-z0-9+/=]+|-) "
     rb"([0-9a-f]{32}|-)\n?$"
 )
 
@@ -169,7 +175,7 @@ def _check_mac(data: bytes, key: bytes) -> bool:
     return hmac.compare_digest(mac, _mac(key, signed))
 
 
-@dataclass
+@dataclass(slots=True)
 class _Session:
     highest: int
     seen: set[int]
@@ -180,16 +186,28 @@ class _Session:
 class DatagramVerifier:
     """Server-side check of extended datagrams, with counters of what it rejected and why.
 
-    ``keys`` maps each known DUT to its key, or to None for a DUT that sends unsigned extended datagrams.
-    A DUT with a key must sign: an unsigned datagram claiming its name is rejected as ``bad-mac``.
+    ``keys`` maps each known DUT to its key, or to None for a DUT without one: its extended datagrams are
+    refused (``unsigned``) unless ``allow_unsigned`` (a lab bench on a closed network). A DUT with a key must
+    sign: an unsigned datagram claiming its name is rejected as ``bad-mac``.
+
+    Replays: a (session, seq) pair is taken once. Sessions live per DUT, least recently used first, and go as
+    soon as their newest datagram is older than the freshness window (every datagram of theirs is then stale
+    anyway), so the check is O(1) and at most ``max_sessions`` sessions per DUT exist. ``floors`` carries what
+    a previous server may have accepted (per DUT, the send time at or below which everything is refused), and
+    ``newest_ms`` what this one accepted, so that a restarted server keeps refusing replays (see the
+    watchdog's receiver, which persists them).
     """
 
     keys: dict[str, bytes | None]
     window_s: float = 30.0
     reorder: int = 256
+    max_sessions: int = 64
+    allow_unsigned: bool = False
+    floors: dict[str, int] = field(default_factory=dict)
     rejected: Counter = field(default_factory=Counter)
     accepted: int = 0
-    _sessions: dict[tuple[str, str], _Session] = field(default_factory=dict)
+    newest_ms: dict[str, int] = field(default_factory=dict)
+    _sessions: dict[str, OrderedDict[str, _Session]] = field(default_factory=dict)
 
     def verify(self, data: bytes, now: float | None = None) -> Datagram:
         """Return the datagram if it is to be believed, else raise :class:`DatagramError` (and count it)."""
@@ -203,33 +221,51 @@ class DatagramVerifier:
         self.accepted += 1
         return dg
 
+    @property
+    def session_count(self) -> int:
+        return sum(len(s) for s in self._sessions.values())
+
     def _verify_extended(self, dg: Datagram, data: bytes, now: float) -> None:
         # decode() fills dut, session, seq and sent_ms for every extended datagram.
         dut, session, seq, sent_ms = str(dg.dut), str(dg.session), int(dg.seq or 0), int(dg.sent_ms or 0)
         if dut not in self.keys:
             raise DatagramError("unknown-dut", dut)
         key = self.keys[dut]
-        if key is not None and (not dg.signed or not _check_mac(data, key)):
+        if key is None:
+            if not self.allow_unsigned:
+                raise DatagramError("unsigned", f"{dut} has no key: it may send the legacy form only")
+        elif not dg.signed or not _check_mac(data, key):
             raise DatagramError("bad-mac", dut)
-        if abs(now * 1000 - sent_ms) > self.window_s * 1000:
-            raise DatagramError("stale", f"{dut} sent {(now * 1000 - sent_ms) / 1000:.1f} s ago")
-        sess = self._sessions.get((dut, session))
+        now_ms = now * 1000
+        if abs(now_ms - sent_ms) > self.window_s * 1000:
+            raise DatagramError("stale", f"{dut} sent {(now_ms - sent_ms) / 1000:.1f} s ago")
+        if sent_ms <= self.floors.get(dut, -1):
+            raise DatagramError("replay", f"{dut} sent it before the server restarted")
+        sessions = self._sessions.get(dut)
+        if sessions is None:
+            sessions = self._sessions[dut] = OrderedDict()
+        sess = sessions.get(session)
         if sess is None:
-            self._forget_old(now)
-            self._sessions[(dut, session)] = _Session(seq, {seq}, sent_ms)
-            return
-        if seq in sess.seen or seq <= sess.highest - self.reorder:
-            raise DatagramError("replay", f"{dut} session {session} seq {seq}")
-        sess.seen.add(seq)
-        sess.highest = max(sess.highest, seq)
-        sess.last_ms = max(sess.last_ms, sent_ms)
-        if len(sess.seen) > 2 * self.reorder:
-            sess.seen = {s for s in sess.seen if s > sess.highest - self.reorder}
-
-    def _forget_old(self, now: float) -> None:
-        horizon = (now - 2 * self.window_s) * 1000
-        for sid in [k for k, s in self._sessions.items() if s.last_ms < horizon]:
-            del self._sessions[sid]
+            horizon = now_ms - self.window_s * 1000
+            while sessions:
+                oldest = next(iter(sessions.values()))
+                if oldest.last_ms >= horizon:
+                    break
+                sessions.popitem(last=False)
+            if len(sessions) >= self.max_sessions:
+                raise DatagramError("too-many-sessions", f"{dut}: {len(sessions)} sessions in {self.window_s:g} s")
+            sessions[session] = _Session(seq, {seq}, sent_ms)
+        else:
+            if seq in sess.seen or seq <= sess.highest - self.reorder:
+                raise DatagramError("replay", f"{dut} session {session} seq {seq}")
+            sess.seen.add(seq)
+            sess.highest = max(sess.highest, seq)
+            sess.last_ms = max(sess.last_ms, sent_ms)
+            if len(sess.seen) > 2 * self.reorder:
+                sess.seen = {s for s in sess.seen if s > sess.highest - self.reorder}
+            sessions.move_to_end(session)
+        if sent_ms > self.newest_ms.get(dut, -1):
+            self.newest_ms[dut] = sent_ms
 
 
 # -- sending ------------------------------------------------------------------------------------------------

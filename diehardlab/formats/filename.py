@@ -11,6 +11,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+# Names that become path components (a DUT's folders, a benchmark's output file, a log file name): plain words,
+# never ".", "..", a separator or a leading "-" (an option to ping or ssh) or "." (a hidden file). DUT, benchmark,
+# switch and campaign names follow PLAIN_NAME; the host field of a log name follows HOSTNAME (no "_": names
+# split on it).
+PLAIN_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}"
+HOSTNAME = r"[A-Za-z0-9][A-Za-z0-9.-]{0,63}"
+
+
+def name_problem(value: str, pattern: str = PLAIN_NAME) -> str | None:
+    """Why ``value`` cannot be one of those names (None when it can), in words for an error message."""
+    if re.fullmatch(pattern, value):
+        return None
+    what = "letters, digits, '.' and '-'" + (", '_'" if pattern == PLAIN_NAME else " (no '_')")
+    limit = 32 if pattern == PLAIN_NAME else 64
+    return f"use {what}, starting with a letter or digit, at most {limit} characters (it becomes a file name)"
+
+
 _NAME = re.compile(r"^(\d{4})_(\d{2})_(\d{2})_(\d{2})_(\d{2})_(\d{2})_(.+)\.log$")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
 import pytest
@@ -119,8 +120,49 @@ def test_unknown_dut_is_rejected():
 
 
 def test_unsigned_extended_form_for_a_dut_without_key():
+    # refused unless asked for: a keyless DUT's name in an unsigned datagram proves nothing (issue 18)
     v = DatagramVerifier({"lab-board": None})
+    with pytest.raises(DatagramError) as info:
+        v.verify(_dg(dut="lab-board", key=None), now=NOW)
+    assert info.value.reason == "unsigned" and v.session_count == 0
+    v = DatagramVerifier({"lab-board": None}, allow_unsigned=True)
     assert v.verify(_dg(dut="lab-board", key=None), now=NOW).seq == 0
+
+
+def test_session_bookkeeping_is_bounded_and_constant_time():
+    v = DatagramVerifier({"board-1": KEY, "lab-board": None}, window_s=30, max_sessions=64)
+    flood = [_dg(dut="lab-board", key=None, session=f"{i:08x}") for i in range(5000)]
+    for dg in flood:  # the issue's flood: unsigned, each with a fresh session id
+        with pytest.raises(DatagramError):
+            v.verify(dg, now=NOW)
+    assert v.rejected["unsigned"] == 5000 and v.session_count == 0
+    # a keyed DUT opening sessions faster than they expire is capped, not allowed to grow the table
+    for i in range(200):
+        with contextlib.suppress(DatagramError):
+            v.verify(_dg(session=f"{i:08x}", sent_ms=NOW_MS + i), now=NOW + i / 1000)
+    assert v.session_count == 64 and v.rejected["too-many-sessions"] == 136
+    # sessions whose datagrams are all stale go, in O(1) each, and a fresh session gets in again
+    later = NOW + 31
+    assert v.verify(_dg(session="0badf00d", sent_ms=int(later * 1000)), now=later).seq == 0
+    assert v.session_count == 1
+    # replays within a session are still refused after other sessions came and went
+    with pytest.raises(DatagramError) as info:
+        v.verify(_dg(session="0badf00d", sent_ms=int(later * 1000)), now=later)
+    assert info.value.reason == "replay"
+
+
+def test_a_floor_refuses_what_a_previous_server_may_have_accepted():
+    old = DatagramVerifier({"board-1": KEY})
+    seen = [_dg(seq=i, sent_ms=NOW_MS + i) for i in range(3)]
+    for dg in seen:
+        old.verify(dg, now=NOW)
+    assert old.newest_ms == {"board-1": NOW_MS + 2}
+    new = DatagramVerifier({"board-1": KEY}, floors=dict(old.newest_ms))  # what the restarted server loads
+    for dg in seen:
+        with pytest.raises(DatagramError) as info:
+            new.verify(dg, now=NOW)
+        assert info.value.reason == "replay"
+    assert new.verify(_dg(seq=3, sent_ms=NOW_MS + 3), now=NOW).seq == 3
 
 
 def test_sender_over_loopback():
@@ -147,7 +189,7 @@ def test_random_bytes_are_rejected_or_decoded_never_crash(data):
     try:
         v.verify(data, now=NOW)
     except DatagramError as exc:
-        assert exc.reason in {"malformed", "unknown-dut", "bad-mac", "stale", "replay"}
+        assert exc.reason in {"malformed", "unknown-dut", "bad-mac", "stale", "replay", "unsigned"}
 
 
 def test_key_text_decodes_the_same_for_server_and_dut():

@@ -60,8 +60,9 @@ def test_server_killed_and_restarted_resumes_the_same_counters(tmp_path):
     assert not Path(f"/proc/{pid2}").exists() or Path(f"/proc/{pid2}/stat").read_text().split()[2] == "Z"
     status = run_diehard("status", str(path))
     assert status.returncode == 0, status.stderr
+    assert "server stopped" in status.stdout.splitlines()[0]
     line = next(x for x in status.stdout.splitlines() if x.startswith("d1 "))
-    assert line.split()[:3] == ["d1", "running", "app"]
+    assert line.split()[:3] == ["d1", "off", "app"]  # the server stopped its benchmark on the way out
     assert line.split()[-3:] == ["1", "0", "0"]  # restarts, reboots, power cycles
 
 

@@ -127,10 +127,10 @@ def test_one_dut_failing_never_stops_another(tmp_path):
     path = local_campaign(tmp_path, body)
     with ServerThread(path) as srv:
         j = srv.c.server.journal
-        wait_for(lambda: events(j, "supervisor-error", "bad"))
+        wait_for(lambda: events(j, "broken", "bad"), timeout=20)
         it0 = srv.server.supervisors["good"].snap.last_iteration
         wait_for(lambda: srv.server.supervisors["good"].snap.last_iteration > it0 + 5)
-    assert "nonexistent" in events(j, "supervisor-error", "bad")[0]["error"]
+    assert "nonexistent" in events(j, "start-failed", "bad")[0]["error"]
     assert not events(j, "crash-detected", "good")
 
 

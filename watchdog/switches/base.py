@@ -8,6 +8,7 @@ server runs them in worker threads so a dead switch never stalls a watchdog.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Protocol
 
@@ -82,6 +83,10 @@ class Driver:
         self.set(outlet, False)
 
     def cycle(self, outlet: int, off_s: float) -> None:
+        # checked before switching: an outlet left off by a bad number is a board that stays down
+        if not (math.isfinite(off_s) and off_s >= 0):
+            raise SwitchError(f"switch {self.name!r}: off time {off_s!r} s must be a finite number >= 0")
+        self._check(outlet)
         self.off(outlet)
         time.sleep(off_s)
         self.on(outlet)

@@ -145,7 +145,13 @@ class LocalTransport:
             size = src.stat().st_size
             if self._pulled.get(src.name) == size and (dest / src.name).exists():
                 continue
-            shutil.copyfile(src, dest / src.name)
+            part = dest / (src.name + ".part")  # as SFTP pulls: never a half copy under the log's own name
+            try:
+                shutil.copyfile(src, part)
+                os.replace(part, dest / src.name)
+            except OSError:
+                part.unlink(missing_ok=True)
+                raise
             self._pulled[src.name] = size
             got.append(dest / src.name)
         return got
