@@ -42,6 +42,11 @@ def local_root(c: CampaignFile, dut: Dut) -> Path:
     return dut.local_dir or (c.server.log_dir.parent / "local-duts" / dut.name)
 
 
+def log_folders(c: CampaignFile) -> list[Path]:
+    """Where a campaign's logs are: the server copies (with the pulled DUT logs) and local DUTs' own folders."""
+    return [c.server.log_dir] + [local_root(c, d) for d in c.duts if d.transport == "local"]
+
+
 def server_host(c: CampaignFile) -> str:
     if c.server.public_host:
         return c.server.public_host
@@ -169,7 +174,9 @@ def plan(c: CampaignFile, source: str) -> str:
 
 
 class Server:
-    def __init__(self, campaign: CampaignFile, source: str = "", reset: list[str] | None = None):
+    def __init__(
+        self, campaign: CampaignFile, source: str = "", reset: list[str] | None = None, dashboard: str | None = None
+    ):
         self.c = campaign
         self.source = source
         self.reset = set(reset or [])
@@ -188,6 +195,13 @@ class Server:
             from diehardlab.watchdog.notify import Notifier
 
             self.notifier = Notifier(campaign.notify, campaign.campaign.name, self.journal)
+        # The live web page (--dashboard ADDR): its own tasks on this loop, reading the supervisors, never
+        # acting on them; built here so that a bad address or a missing token stops the start, not a campaign.
+        self.dashboard = None
+        if dashboard is not None:
+            from diehardlab.watchdog.dashboard.service import Dashboard
+
+            self.dashboard = Dashboard(campaign, source, dashboard, log_folders(campaign), server=self)
 
     def _build(self) -> None:
         c = self.c
@@ -287,6 +301,11 @@ class Server:
     async def run(self, duration_s: float | None = None) -> int:
         loop = asyncio.get_running_loop()
         self._build()
+        if self.dashboard is not None:
+            from diehardlab.watchdog.dashboard.service import announce
+
+            await self.dashboard.start()
+            print(announce(self.dashboard), flush=True)
         by_name = dict(self.supervisors)
         legacy_by_ip: dict[str, list[Supervisor]] = {}
         for d in self.c.duts:
@@ -329,6 +348,9 @@ class Server:
             self.journal.write(
                 "server-stop", None, datagrams=self.receiver.received, rejected=dict(self.receiver.rejected)
             )
+            if self.dashboard is not None:  # after server-stop, so the page's timeline shows the stop
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.dashboard.close(), timeout=15)
             self.journal.close()
         return 0
 
@@ -346,7 +368,9 @@ class Server:
             self.consoles.append(con)
 
 
-def serve(path: str | Path, duration_s: float | None = None, reset: list[str] | None = None) -> int:
+def serve(
+    path: str | Path, duration_s: float | None = None, reset: list[str] | None = None, dashboard: str | None = None
+) -> int:
     c = load_campaign(path)
     c.server.log_dir.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(Server(c, str(path), reset).run(duration_s))
+    return asyncio.run(Server(c, str(path), reset, dashboard).run(duration_s))
