@@ -166,7 +166,10 @@ class GroupsFeed:
         while True:
             began = time.monotonic()
             sig = await loop.run_in_executor(self.pool, log_signature, self.logs, self.flux)
-            if sig != self._signature:
+            if not any(p.is_dir() for p in self.logs):
+                # Nothing to analyse before the first run: no worker process yet.
+                self.status = "no logs yet (" + ", ".join(str(p) for p in self.logs) + "): the first run writes them"
+            elif sig != self._signature:
                 if self.last_ok is None:
                     self.status = "computing the first numbers (the analysis worker starts: a few seconds)"
                     self.publish(self.doc())
