@@ -36,11 +36,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from diehardlab.analysis import planning
-from diehardlab.analysis.fit import fit, group_table
-from diehardlab.analysis.flux import factor_schedule, read_flux_log
-
 from diehardlab.campaign import CampaignFile, load_campaign
 from diehardlab.errors import DataError, DiehardError
 from diehardlab.timezones import get_zone
@@ -57,6 +52,9 @@ def _iso(t: float) -> str:
 def facility_status(campaign: CampaignFile, path: Path) -> dict[str, Any]:
     """What the page shows of one facility log: its last row, the flux now (at the reference position),
     whether the beam is on, and the flux over the last two hours of the log."""
+    import numpy as np
+    from diehardlab.analysis.flux import factor_schedule, read_flux_log
+
     fac = campaign.facility
     zone = get_zone(fac.timezone) if fac else timezone.utc
     fl = read_flux_log(path, zone)
@@ -100,6 +98,9 @@ def fit_command(campaign: str, logs: list[str], flux: list[str]) -> str:
 
 
 def answer(req: dict[str, Any]) -> dict[str, Any]:
+    from diehardlab.analysis import planning
+    from diehardlab.analysis.fit import fit
+
     t0 = time.monotonic()
     path = str(req["campaign"])
     campaign = load_campaign(path)
@@ -145,6 +146,8 @@ def answer(req: dict[str, Any]) -> dict[str, Any]:
 
 def _in_progress(result: Any, names: set[str]) -> tuple[Any, list[str]]:
     """The runs the server still writes are not DUEs (yet): their "no #END" DUE is taken back."""
+    from diehardlab.analysis.fit import group_table
+
     runs = result.runs
     if not names or not len(runs):
         return result, []
@@ -169,9 +172,23 @@ def json_safe(v: Any) -> Any:
     return v
 
 
+def missing_extra() -> str:
+    """Why this machine cannot compute cross sections ('' when it can): the server extra alone lacks them."""
+    for name in ("numpy", "pandas", "scipy"):
+        try:
+            __import__(name)
+        except ImportError:
+            return (
+                f"cross sections need the 'analysis' extra on this machine (the Python package {name!r} is "
+                "missing): pip install 'diehardlab[analysis]'"
+            )
+    return ""
+
+
 def main() -> int:
     with contextlib.suppress(OSError):
         os.nice(10)  # the watchdogs first
+    missing = missing_extra()
     for line in sys.stdin:
         if not line.strip():
             continue
@@ -179,6 +196,8 @@ def main() -> int:
             req = json.loads(line)
             if not isinstance(req, dict) or "campaign" not in req:
                 raise DiehardError("a request is a JSON object with 'campaign', 'logs', 'flux', 'target'")
+            if missing:
+                raise DiehardError(missing)
             out = answer(req)
         except (DiehardError, ValueError) as exc:
             out = {"ok": False, "error": " ".join(str(exc).split())[:500]}

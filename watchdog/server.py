@@ -182,6 +182,13 @@ class Server:
         self.reset = set(reset or [])
         for name in self.reset:
             campaign.dut(name)  # a typo in --reset is an error, not a silent no-op
+        # The live web page (--dashboard ADDR): its own tasks on this loop, reading the supervisors, never
+        # acting on them; built first, so that a bad address or a missing token stops the start, not a campaign.
+        self.dashboard = None
+        if dashboard is not None:
+            from diehardlab.watchdog.dashboard.service import Dashboard
+
+            self.dashboard = Dashboard(campaign, source, dashboard, log_folders(campaign), server=self)
         self.journal = Journal(campaign.server.journal)
         self.keys = datagram_keys(campaign)
         self.verifier = DatagramVerifier(dict(self.keys), window_s=campaign.server.datagram_window_s)
@@ -195,13 +202,6 @@ class Server:
             from diehardlab.watchdog.notify import Notifier
 
             self.notifier = Notifier(campaign.notify, campaign.campaign.name, self.journal)
-        # The live web page (--dashboard ADDR): its own tasks on this loop, reading the supervisors, never
-        # acting on them; built here so that a bad address or a missing token stops the start, not a campaign.
-        self.dashboard = None
-        if dashboard is not None:
-            from diehardlab.watchdog.dashboard.service import Dashboard
-
-            self.dashboard = Dashboard(campaign, source, dashboard, log_folders(campaign), server=self)
 
     def _build(self) -> None:
         c = self.c
@@ -300,12 +300,12 @@ class Server:
 
     async def run(self, duration_s: float | None = None) -> int:
         loop = asyncio.get_running_loop()
-        self._build()
-        if self.dashboard is not None:
+        if self.dashboard is not None:  # first: a port already taken stops the start before anything runs
             from diehardlab.watchdog.dashboard.service import announce
 
             await self.dashboard.start()
             print(announce(self.dashboard), flush=True)
+        self._build()
         by_name = dict(self.supervisors)
         legacy_by_ip: dict[str, list[Supervisor]] = {}
         for d in self.c.duts:

@@ -68,3 +68,36 @@ def test_a_run_in_progress_is_not_a_due_yet(tmp_path, beam_logs, facility_logs):
     assert running == [name]
     assert g.loc[(group, "due"), "events"] == 0 and g.loc[(group, "sdc"), "events"] == 2
     assert _in_progress(result, {"another.log"})[1] == []  # a finished run keeps fit's reading
+
+
+WITHOUT_PANDAS = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == 'pandas':
+            raise ImportError('not installed on this server')
+sys.meta_path.insert(0, _Block())
+from diehardlab.analysis.live import main
+raise SystemExit(main())
+"""
+
+
+def test_a_server_without_the_analysis_extra_is_told_which_extra_to_install():
+    r = subprocess.run([sys.executable, "-c", WITHOUT_PANDAS], input=json.dumps({"campaign": "c.toml"}) + "\n",
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    doc = json.loads(r.stdout)
+    assert doc == {"ok": False, "error": doc["error"]} and "pip install 'diehardlab[analysis]'" in doc["error"]
+    assert "pandas" in doc["error"] and r.returncode == 0 and "Traceback" not in r.stderr
+
+
+def test_a_simulator_facility_log_of_one_row_is_skipped_not_fatal(tmp_path, beam_logs, facility_logs):
+    # A run that just started (or died at once) under the beam simulator has one row beside it so far.
+    name = "2016_11_24_01_26_02_cudaDarknet_carol-k402.log"
+    (tmp_path / name).write_bytes((beam_logs / name).read_bytes())
+    sibling = tmp_path / (name + ".chipir.txt")
+    sibling.write_text(
+        "Data From ChipIR\n24/11/2016 03:26:00 .411  00001000000 00001000000 00001000000 00001000000 2000.00 40.00\n"
+    )
+    result = fit(CAMPAIGN, [tmp_path], [facility_logs / "countlog-2016-11-24.txt"], jobs=1)
+    assert any(n.startswith("skipped: ") and str(sibling) in n for n in result.notes)
+    assert result.groups.set_index(["group", "error_class"]).loc[(result.runs["group"].iloc[0], "sdc"), "events"] == 2

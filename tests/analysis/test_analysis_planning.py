@@ -78,3 +78,13 @@ def test_progress_rows_are_the_fit_numbers_plus_the_beam_time(beam_logs, facilit
             assert r["beam_time_needed_s"] is None and r["upper_limit_cm2"] == ref["sigma_hi_cm2"]
     sdc = next(r for r in rows if r["error_class"] == "sdc")
     assert sdc["events"] == 2 and not sdc["enough"]  # the 2016 Darknet run's two SDCs
+
+
+def test_stats_target_prints_what_the_dashboard_shows(capsys):
+    from diehardlab.analysis.stats import main
+
+    assert main(["target", "0.2", "--events", "2", "--beam-on", "79.5"]) == 0
+    out = capsys.readouterr().out
+    need = planning.events_for_width(0.2, 0.95)
+    assert f": {need} events" in out
+    assert f"{need - 2} more events, {planning.beam_time_needed(2, need, 79.5):.6g} s of beam" in out

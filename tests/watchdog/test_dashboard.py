@@ -235,3 +235,14 @@ def test_the_files_source_says_when_the_server_stopped_writing(tmp_path):
     src._mtime = 0.0  # as if read before the server stopped rewriting it
     _, warnings = src.duts()
     assert "may have stopped" in warnings[0]
+
+
+def test_the_dashboard_command_needs_neither_torch_nor_the_analysis_packages(tmp_path):
+    from tests.conftest import run_diehard
+
+    heavy = ("torch", "pandas", "scipy", "numpy", "matplotlib")
+    path = live_campaign(tmp_path)
+    r = run_diehard("dashboard", str(path), "--bind", "127.0.0.1:0", "--duration", "1", block=heavy)
+    assert r.returncode == 0 and r.stdout.startswith("dashboard: http://127.0.0.1:"), r.stdout + r.stderr
+    r = run_diehard("serve", "--help", block=heavy)
+    assert r.returncode == 0 and "--dashboard" in r.stdout, r.stderr
