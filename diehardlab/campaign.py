@@ -1,8 +1,8 @@
 """The campaign file: one TOML document read by the server (``diehard serve``) and by the analysis.
 
 The server reads ``[server]``, ``[escalation]``, ``[notify]``, ``[[switch]]`` and the control part of each
-``[[dut]]``; the analysis reads ``[facility]``, ``[analysis]`` and each DUT's position, clock and the
-hostname its logs carry. Keeping both in one file means the numbers in a paper come from the same file
+``[[dut]]``; its live dashboard reads ``[dashboard]``; the analysis reads ``[facility]``, ``[analysis]`` and
+each DUT's position, clock and the hostname its logs carry. Keeping both in one file means the numbers in a paper come from the same file
 that ran the campaign. See ``setups/campaigns/`` for complete examples.
 
 No credentials in this file: switch passwords come from environment variables (``password_env``) or a
