@@ -114,6 +114,7 @@ function connect() {
   on("groups", onGroups);
   es.onerror = () => {
     if (es.readyState === EventSource.CLOSED) refused();
+    else if (!S.lastMessage) setConn("wait", "connecting: no data yet");
     else setConn("wait", "reconnecting: the numbers below are as of " + utc(S.lastMessage));
   };
 }
