@@ -2,8 +2,8 @@
 
 The server reads ``[server]``, ``[escalation]``, ``[notify]``, ``[[switch]]`` and the control part of each
 ``[[dut]]``; its live dashboard reads ``[dashboard]``; the analysis reads ``[facility]``, ``[analysis]`` and
-each DUT's position, clock and the hostname its logs carry. Keeping both in one file means the numbers in a paper come from the same file
-that ran the campaign. See ``setups/campaigns/`` for complete examples.
+each DUT's position, clock and the hostname its logs carry. Keeping both in one file means the numbers in a
+paper come from the same file that ran the campaign. See ``setups/campaigns/`` for complete examples.
 
 No credentials in this file: switch passwords come from environment variables (``password_env``) or a
 secrets file with mode 0600 (``secret = "name"``); SSH uses keys or the agent.
