@@ -48,6 +48,9 @@ def read_token(c: CampaignFile) -> str | None:
 
 
 class Dashboard:
+    """One dashboard: built first (a bad address or a missing token is a ConfigError before anything runs),
+    then :meth:`start` on the loop that serves it, :meth:`close` when that loop's server stops."""
+
     def __init__(
         self,
         campaign: CampaignFile,
@@ -62,6 +65,8 @@ class Dashboard:
         ``logs``: the folders the analysis reads; ``flux``: facility logs instead of the campaign's."""
         from diehardlab.watchdog.dashboard.web import Guard, parse_bind
 
+        if not str(campaign_path):
+            raise ValueError("the dashboard needs the campaign file's path: its analysis worker reads the file")
         self.c = campaign
         self.path = Path(campaign_path).resolve()
         self.bind = parse_bind(bind, "--dashboard" if server is not None else "--bind")
