@@ -113,20 +113,30 @@ def _options(campaign: CampaignFile, overrides: dict[str, Any]) -> FitOptions:
     return opts
 
 
-def _flux_logs(campaign: CampaignFile, flux_files: Sequence[Path], log_paths: Sequence[Path]) -> list[FluxLog]:
+def _flux_logs(
+    campaign: CampaignFile, flux_files: Sequence[Path], log_paths: Sequence[Path], notes: list[str] | None = None
+) -> list[FluxLog]:
     fac = campaign.facility
     zone = get_zone(fac.timezone) if fac else timezone.utc
-    files = [Path(p) for p in flux_files] or (list(fac.flux_logs) if fac else [])
+    given = [Path(p) for p in flux_files] or (list(fac.flux_logs) if fac else [])
     # The beam simulator writes one facility log beside each DUT log.
-    files += _beside(log_paths, ".chipir.txt")
+    siblings = _beside(log_paths, ".chipir.txt")
     seen: set[Path] = set()
     out = []
-    for f in files:
+    for i, f in enumerate([*given, *siblings]):
         rf = Path(f).resolve()
         if rf in seen:
             continue
         seen.add(rf)
-        out.append(read_flux_log(f, zone))
+        try:
+            out.append(read_flux_log(f, zone))
+        except DataError as exc:
+            if i < len(given):
+                raise
+            # A run that died within the simulator's first row interval (or one still starting) leaves a log of
+            # one row beside it: it covers nothing, and the other facility logs may still cover that run.
+            if notes is not None:
+                notes.append(f"skipped: {exc}")
     return out
 
 
@@ -163,7 +173,7 @@ def fit(
         notes.append(
             "simulated beam: fluence 'mean-flux-x-acc-time' (the simulator's own definition; --fluence to change)"
         )
-    flux_logs = _flux_logs(campaign, [Path(f) for f in flux_files or []], log_paths)
+    flux_logs = _flux_logs(campaign, [Path(f) for f in flux_files or []], log_paths, notes)
     for fl in flux_logs:
         notes += fl.notes()
     fzone = get_zone(fac.timezone)

@@ -3,6 +3,7 @@
 diehard stats poisson 7 --fluence 3.2e10            # events -> interval, cross section, FIT
 diehard stats binomial 17 250 --method wilson       # PVF-style proportion
 diehard stats sample-size 17174144 --error 0.01     # faults to inject (Leveque et al.)
+diehard stats target 0.2 --events 2 --beam-on 79.5  # events and beam time until +-20 % (the dashboard's)
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from diehardlab.analysis import intervals
+from diehardlab.analysis import intervals, planning
 
 from diehardlab import sampling
 from diehardlab.cli import make_parser
@@ -41,6 +42,24 @@ def _binomial(args: argparse.Namespace) -> int:
     lo, hi = intervals.binomial_interval(args.k, args.n, args.confidence, args.method)
     p = args.k / args.n if args.n else float("nan")
     print(f"{args.k} / {args.n} = {p:.6g}   {args.method} {args.confidence:.4g}: [{lo:.6g}, {hi:.6g}]")
+    return 0
+
+
+def _target(args: argparse.Namespace) -> int:
+    try:
+        need = planning.events_for_width(args.width, args.confidence, args.one_sided)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    side = "one-sided upper limit" if args.one_sided else "Garwood interval"
+    print(f"{side} within +-{100 * args.width:g} % at {args.confidence:.4g}: {need} events")
+    if args.events is not None:
+        if args.beam_on is None or args.beam_on <= 0 or args.events < 0 or args.boards < 1:
+            raise ConfigError("--events needs --beam-on S > 0 (beam-on seconds of those events), --boards >= 1")
+        width = planning.relative_half_width(args.events, args.confidence, args.one_sided)
+        secs = planning.beam_time_needed(args.events, need, args.beam_on, args.boards)
+        now = f"+-{100 * width:.1f} % now" if args.events else "no events yet: no rate to extrapolate"
+        more = "" if secs is None else f"; {max(0, need - args.events)} more events, {secs:.6g} s of beam"
+        print(f"{args.events} events in {args.beam_on:g} s of beam-on time ({args.boards} board(s)): {now}{more}")
     return 0
 
 
@@ -92,6 +111,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ss.add_argument("--p", type=float, default=0.5, help="estimated proportion (0.5 when unknown)")
     ss.add_argument("--subpopulations", type=int, default=1, help="sum over K equal sub-populations (per bit: 32)")
     ss.set_defaults(fn=_sample_size)
+    ta = sub.add_parser("target", help="events (and beam time) until the interval lies within +-WIDTH")
+    ta.add_argument("width", type=float, help="relative half-width, e.g. 0.2 for +-20 %%")
+    ta.add_argument("--confidence", type=float, default=0.95)
+    ta.add_argument("--one-sided", action="store_true", help="upper limit only")
+    ta.add_argument("--events", type=int, help="events so far (with --beam-on: the beam time still needed)")
+    ta.add_argument("--beam-on", type=float, help="beam-on seconds in which those events came (fit.csv beam_on_s)")
+    ta.add_argument("--boards", type=int, default=1, help="boards of the configuration running side by side")
+    ta.set_defaults(fn=_target)
     args = p.parse_args(argv)
     if getattr(args, "confidence", 0.5) is not None and not 0 < args.confidence < 1:
         raise ConfigError(f"--confidence must be in (0, 1), got {args.confidence}")

@@ -73,10 +73,13 @@ def repo_root() -> Path:
 
 
 class Demo:
-    def __init__(self, out: Path, budget: Budget, seed: int, echo: Callable[[str], None] = print):
+    def __init__(
+        self, out: Path, budget: Budget, seed: int, echo: Callable[[str], None] = print, dashboard: str = "127.0.0.1:0"
+    ):
         self.out = out
         self.budget = budget
         self.seed = seed
+        self.dashboard = dashboard
         self.echo = echo
         self.root = repo_root()
         self.state: dict = {}
@@ -190,8 +193,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("diehard-demo"), help="output folder (default ./diehard-demo)")
     p.add_argument("--quick", action="store_true", help="seconds of beam instead of minutes (under 60 s in all)")
     p.add_argument("--seed", type=int, default=1, help="seed of training, fault injection and the beam (default 1)")
+    p.add_argument("--dashboard", default="127.0.0.1:0", metavar="ADDR",
+                   help="where the campaign's live dashboard is served while it runs (default 127.0.0.1:0: a free "
+                   "port on this machine, printed when it serves)")  # fmt: skip
     a = p.parse_args(argv)
-    return run_demo(Demo(a.out.resolve(), Budget.for_mode(a.quick), a.seed))
+    return run_demo(Demo(a.out.resolve(), Budget.for_mode(a.quick), a.seed, dashboard=a.dashboard))
 
 
 MODELS = ("baseline", "diehardnet")
@@ -281,11 +287,19 @@ def write_campaign(demo: Demo, folder: Path) -> Path:
         ]
     lines += [
         "",
-        "# The demo writes the campaign's ChipIR-format count log (facility.chipir.txt) with the beam spec's factor.",
+        "# The demo writes the campaign's ChipIR-format count log (facility.chipir.txt) as the campaign runs, a row",
+        "# every few seconds as a facility does, with the beam spec's factor; the dashboard follows it as it grows.",
         "[facility]",
         'kind = "simulated"',
         f"flux_factor = {flux_factor!r}",
         'timezone = "UTC"',
+        'flux_logs = ["facility.chipir.txt"]',
+        "",
+        "# The live dashboard (diehard serve --dashboard): beam time still needed until each configuration's",
+        "# interval lies within +-20 %; the cross sections are recomputed every 10 s.",
+        "[dashboard]",
+        "target_relative_width = 0.2",
+        "refresh_s = 10",
         "",
         "[analysis]",
         'group_by = ["board", "benchmark", "ecc"]',
@@ -304,17 +318,16 @@ def beam_spec_path(demo: Demo) -> Path:
     return demo.root / "setups" / "beam" / f"{demo.budget.beam_spec}.toml"
 
 
-def write_facility_log(demo: Demo, stem: Path, start: float, end: float) -> Path:
-    """One ChipIR-format count log for the whole campaign, as a facility keeps it (``STEM.chipir.txt``).
+def facility_log(demo: Demo, stem: Path, start: float):
+    """One ChipIR-format count log for the whole campaign, as a facility keeps it (``STEM.chipir.txt``): rows up
+    to now, then the caller ``advance``s it while the campaign runs and ``close``s it at the end.
 
     The simulated beam is a function of UTC time alone (the same beam trips for every DUT), so the log the
-    facility would have written for the campaign's period is the simulator's, extended over that period.
+    facility writes during the campaign is the simulator's, extended over that period.
     """
     from diehardlab.harness.beam import ChipirLog, load_spec
 
-    log = ChipirLog(stem, load_spec(beam_spec_path(demo)).beam, start)
-    log.close(end)
-    return log.path
+    return ChipirLog(stem, load_spec(beam_spec_path(demo)).beam, start)
 
 
 def run_demo(demo: Demo) -> int:
@@ -372,9 +385,11 @@ def run_demo(demo: Demo) -> int:
     demo.step(4, total, "campaign file", [campaign_dir], campaign)
 
     def serve() -> str:
-        started = time.time()
-        counts = serve_until_shown(demo, campaign_dir / "campaign.toml", campaign_dir / "journal.jsonl")
-        write_facility_log(demo, campaign_dir / "facility", started - 5.0, time.time() + 5.0)
+        facility = facility_log(demo, campaign_dir / "facility", time.time() - 5.0)
+        try:
+            counts = serve_until_shown(demo, campaign_dir / "campaign.toml", campaign_dir / "journal.jsonl", facility)
+        finally:
+            facility.close(time.time() + 5.0)
         keys = ("crash-detected", "hang-detected", "app-restart", "power-cycle")
         return ", ".join(f"{k} {counts.get(k, 0)}" for k in keys)
 
@@ -433,16 +448,21 @@ SHOWN = {
 }
 
 
-def serve_until_shown(demo: Demo, campaign: Path, journal: Path) -> dict[str, int]:
+def serve_until_shown(demo: Demo, campaign: Path, journal: Path, facility=None) -> dict[str, int]:
     """Serve the campaign at least ``serve_s`` seconds and until the watchdog has restarted an app,
     recovered a hang and power-cycled a board (at most ``serve_max_s``); then stop it as a user would
-    (SIGINT: the server stops the benchmarks, closes the server copies and journals it)."""
+    (SIGINT: the server stops the benchmarks, closes the server copies and journals it). The server serves
+    the live dashboard too (``--dashboard``): its address is printed as soon as the server says it serves.
+    ``facility``: the facility log, written as the campaign runs."""
     from diehardlab.watchdog.journal import read_journal
 
     b = demo.budget
     logs = demo.out / "logs"
     logs.mkdir(exist_ok=True)
     cmd = [sys.executable, "-m", "diehardlab", "serve", str(campaign), "--duration", str(b.serve_max_s)]
+    if demo.dashboard:
+        cmd += ["--dashboard", demo.dashboard]
+    announced = False
     demo.echo(f"      serving {campaign.name} (at least {b.serve_s:.0f} s, at most {b.serve_max_s:.0f} s): {journal}")
     t0 = time.monotonic()
     shown: set[str] = set()
@@ -453,6 +473,10 @@ def serve_until_shown(demo: Demo, campaign: Path, journal: Path) -> dict[str, in
         try:
             while proc.poll() is None:
                 time.sleep(0.5)
+                if facility is not None:
+                    facility.advance(time.time())
+                if demo.dashboard and not announced:
+                    announced = _announce_dashboard(demo, logs / "serve.log")
                 evs = read_journal(journal)  # the watchdog's reader: a torn last line is skipped
                 for what, seen in SHOWN.items():
                     if what not in shown and seen(evs):
@@ -472,6 +496,19 @@ def serve_until_shown(demo: Demo, campaign: Path, journal: Path) -> dict[str, in
     if missing:
         demo.echo(f"      note: within {b.serve_max_s:.0f} s the watchdog did not show {', '.join(missing)}")
     return journal_counts(journal)
+
+
+def _announce_dashboard(demo: Demo, serve_log: Path) -> bool:
+    """Echo the dashboard's address once the server has printed it (``dashboard: URL``) in its log."""
+    try:
+        text = serve_log.read_text(errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("dashboard: http"):
+            demo.echo(f"      {line}  (live while the campaign serves; read-only; open it in a browser)")
+            return True
+    return False
 
 
 def _last_metrics(ckpt: Path) -> str:

@@ -1,9 +1,9 @@
 """The campaign file: one TOML document read by the server (``diehard serve``) and by the analysis.
 
 The server reads ``[server]``, ``[escalation]``, ``[notify]``, ``[[switch]]`` and the control part of each
-``[[dut]]``; the analysis reads ``[facility]``, ``[analysis]`` and each DUT's position, clock and the
-hostname its logs carry. Keeping both in one file means the numbers in a paper come from the same file
-that ran the campaign. See ``setups/campaigns/`` for complete examples.
+``[[dut]]``; its live dashboard reads ``[dashboard]``; the analysis reads ``[facility]``, ``[analysis]`` and
+each DUT's position, clock and the hostname its logs carry. Keeping both in one file means the numbers in a
+paper come from the same file that ran the campaign. See ``setups/campaigns/`` for complete examples.
 
 No credentials in this file: switch passwords come from environment variables (``password_env``) or a
 secrets file with mode 0600 (``secret = "name"``); SSH uses keys or the agent.
@@ -283,6 +283,21 @@ class Analysis(Strict):
         return _zone_name(v)
 
 
+class Dashboard(Strict):
+    """The live web page (``diehard dashboard``, ``diehard serve --dashboard``): read-only, localhost by default."""
+
+    # Beam time is wanted until each configuration's interval (Garwood, at [analysis] confidence) lies within
+    # +-this fraction of its cross section, e.g. 0.2 = +-20 %.
+    target_relative_width: float = Field(0.2, gt=0, lt=1)
+    # Binding anywhere but loopback needs a token: the name of its entry in the secrets file ([server]
+    # secrets_file), never the token itself.
+    token_secret: str | None = None
+    refresh_s: float = Field(15.0, ge=1)  # how often the cross sections are recomputed from the growing files
+    max_clients: int = Field(32, ge=1, le=1000)  # open pages at once; more are refused (503), never queued
+    # A facility log named in [facility] flux_logs and has not grown for this long is flagged on the page.
+    facility_stall_s: float = Field(120.0, gt=0)
+
+
 class CampaignFile(Strict):
     campaign: Campaign
     server: Server = Server()
@@ -292,6 +307,7 @@ class CampaignFile(Strict):
     duts: list[Dut] = Field(min_length=1, alias="dut")
     facility: Facility | None = None
     analysis: Analysis = Analysis()
+    dashboard: Dashboard = Dashboard()
 
     model_config = Strict.model_config | {"populate_by_name": True}
 

@@ -1,4 +1,4 @@
-"""``diehard serve FILE [--duration S] [--check]``."""
+"""``diehard serve FILE [--duration S] [--check] [--dashboard ADDR]``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,11 @@ def main(argv: Sequence[str]) -> int:
         "--reset", action="append", default=[], metavar="DUT",
         help="start this DUT's escalation afresh (a broken board that was repaired); repeatable",
     )  # fmt: skip
+    p.add_argument(
+        "--dashboard", metavar="ADDR",
+        help="also serve the live, read-only dashboard on HOST:PORT (e.g. 127.0.0.1:8080; a non-loopback address "
+        "needs [dashboard] token_secret)",
+    )  # fmt: skip
     a = p.parse_args(list(argv))
     from diehardlab.watchdog.server import plan, problems, serve
 
@@ -31,4 +36,4 @@ def main(argv: Sequence[str]) -> int:
         return 0
     if a.duration is not None and a.duration <= 0:
         p.error("--duration must be > 0")
-    return serve(a.campaign, a.duration, a.reset)
+    return serve(a.campaign, a.duration, a.reset, a.dashboard)

@@ -50,6 +50,11 @@ def local_root(c: CampaignFile, dut: Dut) -> Path:
     return dut.local_dir or (c.server.log_dir.parent / "local-duts" / dut.name)
 
 
+def log_folders(c: CampaignFile) -> list[Path]:
+    """Where a campaign's logs are: the server copies (with the pulled DUT logs) and local DUTs' own folders."""
+    return [c.server.log_dir] + [local_root(c, d) for d in c.duts if d.transport == "local"]
+
+
 def server_host(c: CampaignFile) -> str:
     if c.server.public_host:
         return c.server.public_host
@@ -183,7 +188,9 @@ def plan(c: CampaignFile, source: str) -> str:
 
 
 class Server:
-    def __init__(self, campaign: CampaignFile, source: str = "", reset: list[str] | None = None):
+    def __init__(
+        self, campaign: CampaignFile, source: str = "", reset: list[str] | None = None, dashboard: str | None = None
+    ):
         self.c = campaign
         self.source = source
         self.reset = set(reset or [])
@@ -191,6 +198,13 @@ class Server:
             campaign.dut(name)  # a typo in --reset is an error, not a silent no-op
         self.storage = Storage()
         self.journal: Journal = None  # type: ignore[assignment]  # opened by run(), after the lock and the port
+        # The live web page (--dashboard ADDR): its own tasks on this loop, reading the supervisors, never
+        # acting on them; built first, so that a bad address or a missing token stops the start, not a campaign.
+        self.dashboard = None
+        if dashboard is not None:
+            from diehardlab.watchdog.dashboard.service import Dashboard
+
+            self.dashboard = Dashboard(campaign, source, dashboard, log_folders(campaign), server=self)
         self.keys = datagram_keys(campaign)
         self.verifier = DatagramVerifier(dict(self.keys), window_s=campaign.server.datagram_window_s)
         self.floors = ReplayFloors(replay_path(campaign), self.storage)
@@ -387,10 +401,18 @@ class Server:
         loop = asyncio.get_running_loop()
         sock = self._claim()
         try:
+            if self.dashboard is not None:  # after the lock and the UDP port, before anything runs or is written
+                from diehardlab.watchdog.dashboard.service import announce
+
+                await self.dashboard.start()
+                print(announce(self.dashboard), flush=True)
             self._open()
             self._build()
         except BaseException:
             sock.close()
+            if self.dashboard is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.dashboard.close(), timeout=15)
             if self.journal is not None:
                 self.journal.close()
             self._lock.release()
@@ -441,6 +463,9 @@ class Server:
             self.journal.write(
                 "server-stop", None, datagrams=self.receiver.received, rejected=dict(self.receiver.rejected)
             )
+            if self.dashboard is not None:  # after server-stop, so the page's timeline shows the stop
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.dashboard.close(), timeout=15)
             self.lost_records = self.journal.close()
             self.storage.give_up()
             self._lock.release()
@@ -460,6 +485,8 @@ class Server:
             self.consoles.append(con)
 
 
-def serve(path: str | Path, duration_s: float | None = None, reset: list[str] | None = None) -> int:
+def serve(
+    path: str | Path, duration_s: float | None = None, reset: list[str] | None = None, dashboard: str | None = None
+) -> int:
     c = load_campaign(path)
-    return asyncio.run(Server(c, str(path), reset).run(duration_s))
+    return asyncio.run(Server(c, str(path), reset, dashboard).run(duration_s))

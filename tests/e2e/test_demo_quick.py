@@ -35,6 +35,7 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     r = _demo(out)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "SIMULATED BEAM" in r.stdout and "report:" in r.stdout
+    assert "dashboard: http://127.0.0.1:" in r.stdout  # printed while the campaign serves, with its address
     for step in range(1, 8):
         assert f"[{step}/7]" in r.stdout  # progress: what step, how long
 
