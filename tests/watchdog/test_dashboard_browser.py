@@ -7,6 +7,7 @@ file order (the facility log stops growing in the last live one).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import socket
@@ -199,7 +200,12 @@ def test_a_hundred_connections_and_pages_that_vanish_mid_stream(browser, live):
     wait(browser, lambda d: _health(live.url)["clients"] <= before, timeout=10)
     health = _health(live.url)
     assert health["refused"] >= 68 and health.get("disconnected", 0) + health.get("dropped-write", 0) >= 1
-    assert not events(live.c.server.journal, "supervisor-error")
+    # The journal holds the foreign line written above (read_journal rightly refuses it): read around it.
+    records = []
+    for line in live.c.server.journal.read_bytes().splitlines():
+        with contextlib.suppress(ValueError):
+            records.append(json.loads(line))
+    assert records and not [r for r in records if r.get("event") == "supervisor-error"]
     send_legacy(live.c.server.udp_port, "#IT Ite:3001 KerTime:0.0100000 AccTime:30.0100000")
     wait(browser, lambda d: cell(d, "quiet", "rate").get_attribute("title") == "iteration 3001", timeout=2.0)
 
