@@ -35,11 +35,16 @@ def garwood(n: int, confidence: float = 0.95, one_sided: bool = False) -> tuple[
     return lo, float(chi2.ppf(1 - a / 2, 2 * n + 2) / 2)
 
 
-def legacy_error(n: int, value: float, z: float = 1.96) -> float:
-    """The published GPU papers' bar: z*value/sqrt(n) when n >= 40, else z*value/n; NaN at n = 0."""
+def legacy_error(n: int, value: float, z: float = 1.96, small_n: str = "sqrt") -> float:
+    """The published GPU papers' bar, for comparison only; NaN at n = 0.
+
+    ``small_n="sqrt"``: z*value/sqrt(n) for every n >= 1, as every bar of the UFRGS-CAROL ipdps2021 tables is
+    (N below 40 included). ``small_n="n"``: z*value/n below 40, the variant FORMATS.md also lists."""
     if n <= 0:
         return math.nan
-    return z * value / math.sqrt(n) if n >= 40 else z * value / n
+    if small_n == "n" and n < 40:
+        return z * value / n
+    return z * value / math.sqrt(n)
 
 
 def clopper_pearson(k: int, n: int, confidence: float = 0.95, one_sided: bool = False) -> tuple[float, float]:

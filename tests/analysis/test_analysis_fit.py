@@ -111,7 +111,8 @@ def test_fit_options_and_outputs(campaign, tmp_path):
     # mean flux over run B's 240 s window (60 s of beam) x its 200 s of kernel time
     b = res.runs[res.runs["due"].eq(1)].iloc[0]
     assert b["fluence_n_cm2"] == pytest.approx(60 * 10 * 2.0e5 * 0.5 / 240 * 200)
-    assert sdc["sigma_legacy_err_cm2"] == pytest.approx(1.96 * sdc["sigma_cm2"] / 2)
+    # the ipdps2021 convention: 1.96 x value / sqrt(N) for every N, 2 included
+    assert sdc["sigma_legacy_err_cm2"] == pytest.approx(1.96 * sdc["sigma_cm2"] / math.sqrt(2))
     # reference with zero events: ratios against it are infinite, the interval's lower bound is finite
     assert row(res.groups, "sdc", "dut1/cudaDarknet/OFF")["norm_reference"] == "dut1/cudaGEMM/OFF"
     written = write_result(res, tmp_path / "out")
@@ -140,7 +141,7 @@ def test_simulated_campaign_truth_comparison(tmp_path):
     (logs / "board1.console.log").write_text("U-Boot 2016.01\nStarting kernel ...\n")
     cfile = campaign_file(tmp_path, kind="simulated", factor=1.0e5)
     res = fit(cfile, [logs])
-    assert any("board1.console.log: skipped: not a libLogHelper log" in n for n in res.notes)
+    assert any("board1.console.log: console capture of 'board1', which is no DUT" in n for n in res.notes)
     truth["flux_factor"] = 5.0e5
     log.with_name(log.name + ".truth.json").write_text(json.dumps(truth))
     assert any("WARNING" in n and "set flux_factor = 500000" in n for n in fit(cfile, [logs]).notes)
@@ -213,9 +214,10 @@ def test_unknown_host_is_excluded_visibly(tmp_path, beam_logs, facility_logs):
     assert res.runs["exclude_reason"].str.contains("no flux log covers").sum() == 7
 
 
-def test_wall_end_from_file_time_when_plausible(tmp_path):
-    """A fresh DUT log without a wall-clock end: its modification time ends the run (20 s of kernel time in
-    100 s of wall time); with wall_end="kernel", or an implausible time (a later copy), start + kernel time."""
+def test_wall_end_from_file_time_only_when_asked(tmp_path):
+    """A fresh DUT log without a wall-clock end (20 s of kernel time in 100 s of wall time): by default it ends at
+    start + kernel time, whatever the file's time; with wall_end="mtime" its modification time ends the run when
+    plausible, and an implausible time (a copy made later) is not used."""
     import os
     from datetime import datetime, timezone
 
@@ -226,14 +228,18 @@ def test_wall_end_from_file_time_when_plausible(tmp_path):
     write(tmp_path / "flux.txt", chipir_rows(400, 10.0, start=start - timedelta(seconds=200)))
     cfile = campaign_file(tmp_path)
     r = fit(cfile, [tmp_path / "logs"], [tmp_path / "flux.txt"]).runs.iloc[0]
-    assert r["end_source"] == "file modification time" and r["wall_s"] == pytest.approx(100)
-    assert r["fluence_n_cm2"] == pytest.approx(100 * 10 * 1e5)
-    r = fit(cfile, [tmp_path / "logs"], [tmp_path / "flux.txt"], fluence="mean-flux-x-acc-time").runs.iloc[0]
-    assert r["fluence_n_cm2"] == pytest.approx(20 * 10 * 1e5)
-    r = fit(cfile, [tmp_path / "logs"], [tmp_path / "flux.txt"], wall_end="kernel").runs.iloc[0]
     assert r["end_source"].startswith("start + kernel") and r["wall_s"] == pytest.approx(20)
+    assert r["fluence_window"] == "start + kernel time"
+    res = fit(cfile, [tmp_path / "logs"], [tmp_path / "flux.txt"], wall_end="mtime")
+    r = res.runs.iloc[0]
+    assert r["end_source"] == "file modification time" and r["wall_s"] == pytest.approx(100)
+    assert r["fluence_n_cm2"] == pytest.approx(100 * 10 * 1e5) and r["fluence_window"] == "file time"
+    assert any("--wall-end mtime" in n for n in res.notes) and res.meta["wall_end"] == "mtime"
+    r = fit(cfile, [tmp_path / "logs"], [tmp_path / "flux.txt"], fluence="mean-flux-x-acc-time",
+            wall_end="mtime").runs.iloc[0]  # fmt: skip
+    assert r["fluence_n_cm2"] == pytest.approx(20 * 10 * 1e5)
     os.utime(log, (now.replace(tzinfo=timezone.utc).timestamp() + 86400 * 30,) * 2)  # copied a month later
-    r = fit(cfile, [tmp_path / "logs"], [tmp_path / "flux.txt"]).runs.iloc[0]
+    r = fit(cfile, [tmp_path / "logs"], [tmp_path / "flux.txt"], wall_end="mtime").runs.iloc[0]
     assert r["end_source"].startswith("start + kernel")
 
 
