@@ -309,7 +309,7 @@ def fit(
         )
     runs_df = _runs_frame(runs, opts)
     groups = group_table(runs_df, opts)
-    groups = fig7(groups, opts, notes)
+    groups = fig7(groups, opts, notes) if len(groups) else groups
     for g, windows_used in _mixed_windows(runs_df).items():
         notes.append(f"group {g} mixes fluence windows ({windows_used}): its runs' fluences are not defined alike")
     events = _events_frame(runs, runs_df)
@@ -596,6 +596,10 @@ def group_table(runs: pd.DataFrame, opts: FitOptions) -> pd.DataFrame:
         off = sub[(sub["fluence_n_cm2"] <= 0) & ((sub["sdc"] > 0) | (sub["due"] > 0))]
         fluence = float(beam["fluence_n_cm2"].sum())
         keys = {k: sub[k].iloc[0] for k in keys_out}
+        for k in GROUP_KEYS:  # the other keys too, where the group's runs agree: references may name them
+            if k not in keys:
+                vals = set(sub[k].fillna("").astype(str))
+                keys[k] = vals.pop() if len(vals) == 1 else "(mixed)"
         counts, split_note = _class_counts(beam, causes, recoveries)
         off_counts, _ = _class_counts(off, causes, recoveries)
         windows = ", ".join(sorted(set(beam["fluence_window"]) - {""}))
@@ -648,8 +652,10 @@ def group_table(runs: pd.DataFrame, opts: FitOptions) -> pd.DataFrame:
             row["note"] = "; ".join(notes)
             rows.append(row)
     df = pd.DataFrame(rows)
-    if df.empty:
-        return df
+    if df.empty:  # every run excluded: the table still says what it would hold
+        return pd.DataFrame(columns=["group", *keys_out, "error_class", "events", "events_beam_off", "runs",
+                                     "fluence_n_cm2", "sigma_cm2", "sigma_lo_cm2", "sigma_hi_cm2", "fit", "fit_lo",
+                                     "fit_hi", "ci_method", "fluence_method", "note"])  # fmt: skip
     df["events"] = df["events"].astype("Int64")
     return normalise(df, opts.reference_group, opts.confidence)
 
@@ -740,10 +746,14 @@ def fig7(df: pd.DataFrame, opts: FitOptions, notes: list[str]) -> pd.DataFrame:
         df[col] = "" if col == "fig7_reference" else math.nan
     per = list(opts.fig7_per)
     panels = df.groupby(per, sort=True, dropna=False) if per else [((), df)]
+    anywhere = bool(_matching(df, opts.fig7_reference))
     for panel, sub in panels:
         refs = _matching(sub, opts.fig7_reference)
         name = "/".join(str(x) for x in (panel if isinstance(panel, tuple) else (panel,))) or "all groups"
         if len(refs) != 1:
+            if not refs and anywhere:
+                notes.append(f"Fig. 7 panel {name} (fig7_per = {per}): no group matches {opts.fig7_reference!r}: "
+                             "not normalised")  # fmt: skip
             if len(refs) > 1:
                 notes.append(f"Fig. 7 panel {name}: {len(refs)} groups match {opts.fig7_reference!r} "
                              f"({', '.join(refs)}): not normalised; add keys to fig7_reference")  # fmt: skip
