@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import sys
-import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,6 +30,7 @@ import pandas as pd
 from diehardlab.analysis import due as dues
 from diehardlab.analysis import intervals
 from diehardlab.analysis.flux import FluxLog, factor_schedule, merge_flux_logs, read_flux_log
+from diehardlab.analysis.outputs import replace_folder
 from diehardlab.analysis.runs import (
     FLUENCE_METHODS,
     KERNEL_WINDOW,
@@ -784,55 +782,11 @@ def _ours(name: str) -> bool:
     return name == "meta.json" or (stem in OUTPUTS and ext in ("csv", "parquet"))
 
 
-def replace_folder(out: Path, write, what: str = "diehard fit", ours=_ours) -> list[Path]:
-    """Write a command's outputs into a new folder beside ``out``, then put it in place of ``out`` as a whole:
-    a reader sees the old set or the new one, never a mix (a stale file of an earlier run cannot survive) and
-    never a half-written file. ``out`` may hold only files of ``what``; anything else is refused."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out}: exists and is not a folder; give a folder with --out")
-    if out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if not ours(p.name))
-        if foreign:
-            raise DataError(
-                f"{out}: holds files that are not outputs of {what} ({', '.join(foreign[:5])}"
-                f"{' ...' if len(foreign) > 5 else ''}); choose another --out folder or move them away"
-            )
-    tmp = None
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
-        names = write(tmp)
-        for name in names:
-            with open(tmp / name, "rb+") as f:
-                os.fsync(f.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)
-        if out.is_dir():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rename(out, old / "x")
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-        tmp = None
-    except OSError as exc:
-        raise DataError(
-            f"{out}: cannot write the results ({exc.strerror or exc}); the folder is unchanged. Free space or give "
-            "a writable --out"
-        ) from None
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return [out / n for n in names]
-
-
 def write_result(result: FitResult, out_dir: str | Path) -> list[Path]:
     """fit.csv (tidy, per group and class), runs.csv, events.csv, truth.csv, meta.json; Parquet when possible.
 
-    The folder's outputs are replaced as a set (:func:`replace_folder`): a real campaign's results never sit
-    beside an earlier simulated fit's truth.csv."""
+    The folder's outputs are replaced as a set (:func:`diehardlab.analysis.outputs.replace_folder`): a real
+    campaign's results never sit beside an earlier simulated fit's truth.csv."""
     tables = {"fit": result.groups, "runs": result.runs, "events": result.events}
     if not result.truth.empty:
         tables["truth"] = result.truth
@@ -857,13 +811,14 @@ def write_result(result: FitResult, out_dir: str | Path) -> list[Path]:
         names.append("meta.json")
         return names
 
-    return replace_folder(Path(out_dir), write)
+    return replace_folder(Path(out_dir), write, "diehard fit", _ours)
 
 
 def format_groups(df: pd.DataFrame, classes: Sequence[str] | None = None) -> str:
     if df.empty:
         return "(no groups)"
-    lines = [f"{'group':<40} {'class':<14} {'events':>6} {'fluence n/cm2':>13} {'sigma cm2 [lo, hi]':>36} {'FIT':>10}"]
+    w = min(90, max(10, *(len(str(x)) for x in df["group"])))
+    lines = [f"{'group':<{w}} {'class':<14} {'events':>6} {'fluence n/cm2':>13} {'sigma cm2 [lo, hi]':>36} {'FIT':>10}"]
     for _, r in df.iterrows():
         if classes is not None and r["error_class"] not in classes:
             continue
@@ -873,7 +828,7 @@ def format_groups(df: pd.DataFrame, classes: Sequence[str] | None = None) -> str
         fit_v = "" if pd.isna(r["fit"]) else f"{r['fit']:.4g}"
         extra = f"  (+{int(r['events_beam_off'])} without beam)" if r.get("events_beam_off", 0) else ""
         lines.append(
-            f"{r['group'][:40]:<40} {r['error_class']:<14} {ev:>6} {r['fluence_n_cm2']:>13.4g} {sig:>36} "
+            f"{r['group'][:w]:<{w}} {r['error_class']:<14} {ev:>6} {r['fluence_n_cm2']:>13.4g} {sig:>36} "
             f"{fit_v:>10}{extra}"
         )
     return "\n".join(lines)

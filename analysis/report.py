@@ -13,9 +13,7 @@ import base64
 import html
 import json
 import math
-import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,6 +24,7 @@ import pandas as pd
 from diehardlab.analysis import plots
 from diehardlab.analysis.fit import FitResult
 from diehardlab.analysis.nvbitfi import PvfResult
+from diehardlab.analysis.outputs import new_folder_beside, swap_in, write_file
 from diehardlab.analysis.truth import compare, load_truths
 
 from diehardlab.cli import make_parser
@@ -240,41 +239,29 @@ class _Doc:
         """Write then rename: the report file (and a Markdown report's figure folder, as a whole) appears
         complete or not at all; a full or read-only disk is one clear error and the old report stays."""
         text = self.render(title)
-        out = self.out
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        figs = out.with_name(out.stem + "_files")
-        new_figs = None
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            if self.md and self.figures:
-                new_figs = Path(tempfile.mkdtemp(prefix=f".{figs.name}.new-", dir=out.parent))
+        figs = self.out.with_name(self.out.stem + "_files")
+        new = None
+        if self.md and self.figures:
+            try:
+                new = new_folder_beside(figs)
                 for name, png in self.figures.items():
-                    (new_figs / name).write_bytes(png)
-                os.chmod(new_figs, 0o755)
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            if new_figs is not None:
-                if figs.is_dir():
-                    old = Path(tempfile.mkdtemp(prefix=f".{figs.name}.old-", dir=out.parent))
-                    os.rename(figs, old / "x")
-                    os.rename(new_figs, figs)
-                    shutil.rmtree(old, ignore_errors=True)
-                else:
-                    os.rename(new_figs, figs)
-                new_figs = None
-            os.replace(tmp, out)
-        except OSError as exc:
-            raise DataError(
-                f"{out}: cannot write the report ({exc.strerror or exc}); nothing was replaced. Free space or give "
-                "a writable --out"
-            ) from None
+                    (new / name).write_bytes(png)
+            except OSError as exc:
+                if new is not None:
+                    shutil.rmtree(new, ignore_errors=True)
+                raise DataError(f"{figs}: cannot write the report's figures ({exc.strerror or exc}); nothing was "
+                                "replaced. Free space or give a writable --out") from None  # fmt: skip
+
+        def body(f) -> None:
+            f.write(text)
+            if new is not None:
+                swap_in(new, figs)  # the figures first: the new report never points at missing ones
+
+        try:
+            return write_file(self.out, body, "the report")
         finally:
-            if new_figs is not None:
-                shutil.rmtree(new_figs, ignore_errors=True)
-            tmp.unlink(missing_ok=True)
-        return out
+            if new is not None and new.exists():
+                shutil.rmtree(new, ignore_errors=True)
 
 
 FIT_COLS = ["group", "error_class", "events", "events_beam_off", "fluence_n_cm2", "natural_equiv_years", "sigma_cm2",

@@ -207,11 +207,11 @@ def test_unknown_host_is_excluded_visibly(tmp_path, beam_logs, facility_logs):
     (tmp_path / "c.toml").write_text(CHIPIR_2016.format(zone="UTC"))
     res = fit(tmp_path / "c.toml", [beam_logs], [facility_logs / "countlog-2016-11-24.txt"])
     ex = res.runs[res.runs["excluded"]]
-    assert len(ex) == 7 and len(res.runs) == 8
+    assert len(ex) == 8 and len(res.runs) == 9
     assert all(("clock zone is unknown" in s) or ("no flux log" in s) for s in ex["exclude_reason"])
     # with a default zone for unlisted hosts, runs outside the flux log are excluded for that reason
     res = fit(tmp_path / "c.toml", [beam_logs], [facility_logs / "countlog-2016-11-24.txt"], dut_timezone="UTC")
-    assert res.runs["exclude_reason"].str.contains("no flux log covers").sum() == 7
+    assert res.runs["exclude_reason"].str.contains("no flux log covers").sum() == 8
 
 
 def test_wall_end_from_file_time_only_when_asked(tmp_path):

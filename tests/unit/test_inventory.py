@@ -16,7 +16,7 @@ def test_inventory_of_the_real_samples(beam_logs, tmp_path, capsys):
     out_csv = tmp_path / "inv.csv"
     assert main([str(beam_logs), "--csv", str(out_csv), "--tz", "Europe/London"]) == 0
     rows = list(csv.DictReader(out_csv.open()))
-    assert list(rows[0]) == COLUMNS and len(rows) == 8
+    assert list(rows[0]) == COLUMNS and len(rows) == 9
     by = {r["path"]: r for r in rows}
     d = by["2016_11_24_01_26_02_cudaDarknet_carol-k402.log"]
     assert (d["sdc"], d["iterations"], d["aborted"], d["ended"]) == (
@@ -28,7 +28,7 @@ def test_inventory_of_the_real_samples(beam_logs, tmp_path, capsys):
     assert q["ecc"] == "OFF" and q["start_utc"] == "2017-09-10T14:18:35Z"  # BST
     mid = by["2016_12_11_17_47_28_cudaDarknet_carol-k402.log"]
     assert mid["start_source"] == "file name" and mid["ended"] == "False"
-    assert "8 logs, 13 SDC records" in capsys.readouterr().out
+    assert "9 logs, 15 SDC records" in capsys.readouterr().out
 
 
 def test_no_time_zone_no_utc(beam_logs):
@@ -52,8 +52,8 @@ def test_thousands_of_logs_in_nested_folders(beam_logs, tmp_path):
         for src in beam_logs.glob("*.log"):
             shutil.copy(src, d / src.name.replace(".log", f"_{k}.log").replace("_carol", f"x{k}_carol"))
     rows, notes = inventory(tmp_path, jobs=2)
-    assert len(rows) == 480 and not notes
-    assert sum(int(r["sdc"]) for r in rows) == 60 * 13
+    assert len(rows) == 540 and not notes
+    assert sum(int(r["sdc"]) for r in rows) == 60 * 15
 
 
 def test_missing_folder_is_a_clear_error(tmp_path):
