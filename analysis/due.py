@@ -74,9 +74,9 @@ def classify_text(lines: Iterable[str]) -> tuple[str, str] | None:
             m = pat.search(line)
             if m:
                 detail = line.strip()[:160]
-                if cause == "gpu-xid":
-                    x = _XID.search(line)
-                    detail = f"Xid {x.group(1)}: {detail}" if x else detail
+                x = _XID.search(line)
+                if x:
+                    detail = f"Xid {x.group(1)}: {detail}"
                 best = (rank, cause, detail)
                 break
     return None if best is None else (best[1], best[2])
