@@ -718,6 +718,9 @@ def normalise(df: pd.DataFrame, reference: str | None, confidence: float) -> pd.
             ok = sub[(sub["events"].fillna(0) > 0) & (sub["fluence_n_cm2"] > 0)]
             ref_rows = ok.loc[[ok["sigma_cm2"].astype(float).idxmin()]] if len(ok) else ok
         if ref_rows.empty:
+            why = "no group has events in this class" if ref_label is None else f"{ref_label} has no such row"
+            for idx in sub.index:
+                _add_note(df, idx, f"not normalised: {why}")
             continue
         ref = ref_rows.iloc[0]
         for idx, row in sub.iterrows():
@@ -737,21 +740,22 @@ def fig7(df: pd.DataFrame, opts: FitOptions, notes: list[str]) -> pd.DataFrame:
     """Fig. 7 of the DieHardNet paper: in each panel (groups sharing ``fig7_per``, per board by default), the
     tolerable SDC, critical SDC and DUE rates of every group over the critical-SDC rate of the panel's reference
     group (``fig7_reference``, e.g. ``model=diehardnet``), with the exact interval of that ratio."""
-    if df.empty:
-        return df
+    if df.empty or not _matching(df, opts.fig7_reference):
+        return df  # no reference group anywhere: Fig. 7 does not apply, no empty columns
     df = df.copy()
     for col in ("fig7_reference", "fig7_norm", "fig7_norm_lo", "fig7_norm_hi"):
         df[col] = "" if col == "fig7_reference" else math.nan
     per = list(opts.fig7_per)
     panels = df.groupby(per, sort=True, dropna=False) if per else [((), df)]
-    anywhere = bool(_matching(df, opts.fig7_reference))
     for panel, sub in panels:
         refs = _matching(sub, opts.fig7_reference)
         name = "/".join(str(x) for x in (panel if isinstance(panel, tuple) else (panel,))) or "all groups"
         if len(refs) != 1:
-            if not refs and anywhere:
+            if not refs:
                 notes.append(f"Fig. 7 panel {name} (fig7_per = {per}): no group matches {opts.fig7_reference!r}: "
                              "not normalised")  # fmt: skip
+                for idx in sub[sub["error_class"].isin(FIG7_CLASSES)].index:
+                    _add_note(df, idx, f"Fig. 7: no {opts.fig7_reference} group in this panel")
             if len(refs) > 1:
                 notes.append(f"Fig. 7 panel {name}: {len(refs)} groups match {opts.fig7_reference!r} "
                              f"({', '.join(refs)}): not normalised; add keys to fig7_reference")  # fmt: skip
@@ -761,6 +765,8 @@ def fig7(df: pd.DataFrame, opts: FitOptions, notes: list[str]) -> pd.DataFrame:
             notes.append(
                 f"Fig. 7 panel {name}: the reference {refs[0]} has no known critical-SDC count: not normalised"
             )
+            for idx in sub[sub["error_class"].isin(FIG7_CLASSES)].index:
+                _add_note(df, idx, "Fig. 7: the reference's critical-SDC count is unknown")
             continue
         ref = ref_rows.iloc[0]
         for idx, row in sub[sub["error_class"].isin(FIG7_CLASSES)].iterrows():

@@ -155,6 +155,7 @@ def _read_rows(path: Path, kind: str, zone: tzinfo) -> tuple[list[float], list[f
     bad: list[tuple[int, str]] = []
     fields: list[int] = []
     last_raw = ""
+    lineno = 0
     epoch = _Epoch(zone)
     with open(path, encoding="utf-8", errors="replace", newline="\n") as f:
         for lineno, line in enumerate(f, 1):
@@ -187,9 +188,11 @@ def _read_rows(path: Path, kind: str, zone: tzinfo) -> tuple[list[float], list[f
             ln.append(lineno)
             fields.append(len(s.replace(";", " ").split()))
     truncated = False
-    if ts and not last_raw.endswith("\n") and len(fields) > 1:
-        usual = max(set(fields), key=fields.count)
-        if fields[-1] < usual:
+    if last_raw.strip() and not last_raw.endswith("\n"):
+        if bad and bad[-1][0] == lineno:  # the last line, cut short mid-row
+            truncated = True
+            bad.append(bad.pop())
+        elif len(fields) > 1 and fields[-1] < max(set(fields), key=fields.count):  # a row with fields missing
             truncated = True
             bad.append((ln[-1], last_raw.strip()))
             for arr in (ts, cs, ln):

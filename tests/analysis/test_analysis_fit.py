@@ -11,7 +11,7 @@ import pytest
 from diehardlab.analysis.fit import fit, write_result
 from scipy.stats import chi2
 
-from diehardlab.errors import ConfigError
+from diehardlab.errors import ConfigError, DataError
 from tests.analysis.conftest import T0, campaign_file, chipir_rows, write
 from tests.analysis.logs import dut_log
 
@@ -298,3 +298,55 @@ def test_simulated_campaign_without_facility_table(tmp_path):
     log.with_name(log.name + ".truth.json").unlink()
     with pytest.raises(ConfigError, match=r"no \[facility\] table"):
         fit(cfile, [logs])
+
+
+def test_run_before_the_first_dated_factor_is_excluded(tmp_path):
+    """Issue 18: with dated flux_factors only, a run before the first date got a NaN fluence that pandas skipped in
+    the group's sum while its events stayed: the cross section doubled, silently. It is excluded, with the reason,
+    and no NaN or infinite number reaches the table without a note saying why."""
+    rows = [f"{(T0 + timedelta(seconds=s)):%Y-%m-%d %H:%M:%S},000 {1000 + 4 * s}" for s in range(0, 3601, 2)]
+    write(tmp_path / "lansce.txt", rows)
+    (tmp_path / "c.toml").write_text(
+        '[campaign]\nname = "l"\n[facility]\nkind = "lansce"\nflux_logs = ["lansce.txt"]\n'
+        "flux_factors = [{since = 2026-03-01T10:30:00, value = 10.0}]\n"
+        '[[dut]]\nname = "dut1"\ntransport = "local"\n[[dut.benchmark]]\nname = "cudaDarknet"\nargv = ["x"]\n'
+    )
+    dut_log(tmp_path / "logs", T0 + timedelta(minutes=10), iters=600, sdc_at={5: True, 9: True})  # before 10:30
+    dut_log(tmp_path / "logs", T0 + timedelta(minutes=40), iters=600, sdc_at={5: True, 9: True})
+    res = fit(tmp_path / "c.toml", [tmp_path / "logs"])
+    early = res.runs.sort_values("start_utc").iloc[0]
+    assert early["excluded"] and "before the first [facility] flux_factors date" in early["exclude_reason"]
+    sdc = row(res.groups, "sdc")
+    assert sdc["events"] == 2 and sdc["fluence_n_cm2"] == pytest.approx(600 * 4 * 10.0)
+    cols = ["events", "fluence_n_cm2", "sigma_cm2", "sigma_lo_cm2", "sigma_hi_cm2", "fit", "fit_lo", "fit_hi", "norm",
+            "norm_lo", "norm_hi"]  # fmt: skip
+    bad = ~res.groups[cols].astype(float).apply(lambda c: c.map(math.isfinite)).all(axis=1)
+    assert bad.any() and (res.groups.loc[bad, "note"].str.len() > 0).all()
+    assert not res.runs.loc[~res.runs["excluded"], "fluence_n_cm2"].isna().any()
+
+
+def test_fit_replaces_an_earlier_fit_as_a_set(tmp_path, campaign):
+    """Issue 18: a real fit into a folder that held a simulated fit kept its truth.csv, and the report then showed
+    a 'truth comparison' for a real campaign. The outputs replace the folder's as a set; a folder holding other
+    files is refused and left as it was."""
+    from diehardlab.analysis.report import build_report
+
+    logs = tmp_path / "sim"
+    log = dut_log(logs, T0 + timedelta(minutes=1), iters=100, sdc_at={5: True})
+    write(log.with_name(log.name + ".chipir.txt"), chipir_rows(3600, 10.0))
+    truth = {"simulated": True, "log_file": log.name, "flux_factor": 1.0e5, "true_sigma_cm2": {"sdc": 1e-9}}
+    log.with_name(log.name + ".truth.json").write_text(json.dumps(truth))
+    out = tmp_path / "fit-results"
+    (tmp_path / "simc").mkdir()
+    write_result(fit(campaign_file(tmp_path / "simc", kind="simulated"), [logs]), out)
+    assert (out / "truth.csv").is_file()
+    cfile, real_logs, flux = campaign
+    written = write_result(fit(cfile, [real_logs], [flux]), out)
+    assert not (out / "truth.csv").exists() and {p.name for p in out.iterdir()} == {p.name for p in written}
+    assert json.loads((out / "meta.json").read_text())["simulated"] is False
+    assert "Truth comparison" not in build_report(tmp_path / "r.md", fit=out).read_text()
+    (out / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(DataError, match=r"holds files that are not outputs of diehard fit \(notes\.txt\)"):
+        write_result(fit(cfile, [real_logs], [flux]), out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
