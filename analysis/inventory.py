@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.jobs < 0:
         raise ConfigError(f"--jobs must be >= 0 (0: one per core), got {args.jobs}")
 
-    zone = get_zone(args.dut_timezone, "--dut-timezone") if args.dut_timezone else None
+    zone = get_zone(args.dut_timezone, "--dut-timezone (--tz)") if args.dut_timezone else None
     t0 = time.perf_counter()
     rows, notes = inventory(args.folder, zone, args.jobs)
     elapsed = time.perf_counter() - t0
@@ -158,6 +158,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             w.writeheader()
             w.writerows(rows)
 
-        write_file(args.csv, write, "the inventory CSV", newline="")
+        write_file(args.csv, write, "the inventory CSV", newline="", option="--csv")
         print(f"wrote {args.csv}")
     return 0

@@ -36,10 +36,10 @@ def swap_in(new: Path, target: Path) -> None:
         os.rename(new, target)
 
 
-def _cannot(path: Path, exc: OSError, what: str) -> DataError:
+def _cannot(path: Path, exc: OSError, what: str, option: str = "--out") -> DataError:
     return DataError(
         f"{path}: cannot write {what} ({exc.strerror or exc}); nothing there was replaced. Free space or give a "
-        "writable --out"
+        f"writable {option}"
     )
 
 
@@ -76,11 +76,13 @@ def replace_folder(out: Path, write: Callable[[Path], list[str]], what: str, our
     return [out / n for n in names]
 
 
-def write_file(path: Path, write: Callable[[IO[str]], None], what: str, newline: str | None = None) -> Path:
+def write_file(
+    path: Path, write: Callable[[IO[str]], None], what: str, newline: str | None = None, option: str = "--out"
+) -> Path:
     """Write a text file through ``write(f)`` under a temporary name beside it, fsync, rename into place."""
     path = Path(path)
     if path.is_dir():
-        raise DataError(f"{path}: is a folder; give a file name")
+        raise DataError(f"{path}: is a folder; give a file name with {option}")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +92,7 @@ def write_file(path: Path, write: Callable[[IO[str]], None], what: str, newline:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        raise _cannot(path, exc, what) from None
+        raise _cannot(path, exc, what, option) from None
     finally:
         tmp.unlink(missing_ok=True)
     return path

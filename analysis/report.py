@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from diehardlab.analysis import plots
 from diehardlab.analysis.fit import FitResult
 from diehardlab.analysis.nvbitfi import PvfResult
 from diehardlab.analysis.outputs import new_folder_beside, swap_in, write_file
@@ -158,6 +157,13 @@ def load_evaluate(items: Sequence[str | Path | dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _plots():
+    """The figures module, imported when the first figure is drawn (matplotlib takes a while to import)."""
+    from diehardlab.analysis import plots
+
+    return plots
+
+
 def _fmt(v: Any) -> str:
     if v is None or v is pd.NA:
         return ""
@@ -286,9 +292,14 @@ def build_report(
     truth: Sequence[str | Path] = (),
     title: str | None = None,
 ) -> Path:
-    """Write the report to ``out`` (.html: self-contained; .md: figures in ``<stem>_files/``)."""
+    """Write the report to ``out`` (.html: self-contained; .md: figures in ``<stem>_files/``).
+
+    Every input is read (and refused, when it is not what it should be) before anything is drawn."""
     doc = _Doc(Path(out))
     data = load_fit(fit) if fit is not None else None
+    truths = load_truths([Path(x) for x in truth]) if truth else None
+    pv_cats = load_pvf(pvf) if pvf is not None else None
+    ev = load_evaluate(evaluate) if evaluate else None
     simulated = bool(data and data.simulated) or bool(truth)
     name = data.meta.get("campaign", "") if data else ""
     title = title or f"diehardlab report{': ' + name if name else ''}"
@@ -297,27 +308,26 @@ def build_report(
     doc.p(f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by diehardlab "
           f"{(data.meta.get('versions') or {}).get('diehardlab', '') if data else ''}.")  # fmt: skip
     if data is not None:
-        _fit_sections(doc, data, simulated, truth)
-    if pvf is not None:
-        pv, cats = load_pvf(pvf)
+        _fit_sections(doc, data, simulated, truths)
+    if pv_cats is not None:
+        pv, cats = pv_cats
         doc.h(2, "NVBitFI: program vulnerability factor")
         if len(pv):
             doc.p(f"PVF = outcome count / injections made, per (app, instruction group, bit-flip model); "
                   f"intervals: {pv['ci_method'].iloc[0]}.")  # fmt: skip
-            doc.image(plots.pvf_plot(pv), "PVF split into critical and tolerable SDC")
+            doc.image(_plots().pvf_plot(pv), "PVF split into critical and tolerable SDC")
         doc.table(pv, ["app", "group", "model", "outcome", "count", "injections", "pvf", "pvf_lo", "pvf_hi"])
         doc.h(3, "Outcome categories (all 19)")
         doc.table(cats, ["app", "group", "model", "category", "category_name", "outcome", "count"])
-    if evaluate:
-        ev = load_evaluate(evaluate)
+    if ev is not None:
         doc.h(2, "Application-level fault injection: regret")
         doc.p("Regret = clean accuracy - accuracy under injected faults (mean and standard deviation over trials).")
-        doc.image(plots.regret_plot(ev), "regret per model configuration")
+        doc.image(_plots().regret_plot(ev), "regret per model configuration")
         doc.table(ev, ["label", *EVAL_KEYS])
     return doc.write(title)
 
 
-def _fit_sections(doc: _Doc, data: FitData, simulated: bool, truth: Sequence[str | Path]) -> None:
+def _fit_sections(doc: _Doc, data: FitData, simulated: bool, truths: dict[str, dict] | None) -> None:
     g = data.groups
     meta = data.meta
     opts = meta.get("options") or {}
@@ -342,22 +352,22 @@ def _fit_sections(doc: _Doc, data: FitData, simulated: bool, truth: Sequence[str
     main = g[g["error_class"].isin(MAIN_CLASSES)] if len(g) else g
     if len(g):
         classes = [c for c in ("sdc", "sdc_critical", "sdc_tolerable", "due") if c in set(g["error_class"])]
-        doc.image(plots.fit_plot(main, simulated, classes), "FIT per error class")
+        doc.image(_plots().fit_plot(main, simulated, classes), "FIT per error class")
     doc.table(main, FIT_COLS)
     _attention(doc, g)
     if len(g) and "norm" in g and g["norm"].notna().any():
         ref = ", ".join(sorted(set(g["norm_reference"].dropna().astype(str)) - {""}))
         doc.h(3, f"Normalised cross sections (reference: {ref})")
         classes = [c for c in ("sdc", "sdc_critical", "sdc_tolerable", "due") if c in set(g["error_class"])]
-        doc.image(plots.normalised_plot(main, simulated, classes), "normalised cross sections")
+        doc.image(_plots().normalised_plot(main, simulated, classes), "normalised cross sections")
     _due_sections(doc, g, simulated)
     _fig7_section(doc, g, simulated)
     if len(data.events):
         doc.h(3, "Cumulative events against fluence")
-        doc.image(plots.cumulative_plot(data.events, simulated), "cumulative events")
+        doc.image(_plots().cumulative_plot(data.events, simulated), "cumulative events")
     t = data.truth
-    if truth:
-        t = compare(data.runs, g, load_truths([Path(x) for x in truth]))
+    if truths:
+        t = compare(data.runs, g, truths)
     if t is not None and len(t):
         doc.h(2, "Truth comparison (simulated beam)")
         hits = int(t["contains_true"].astype(bool).sum())
@@ -425,7 +435,7 @@ def _due_sections(doc: _Doc, g: pd.DataFrame, simulated: bool) -> None:
         doc.p(f"DUEs per {what}: counts, cross sections and FIT with the same intervals as above.")
         sub = sub.assign(error_class=sub["error_class"].str.removeprefix(prefix))
         classes = sorted(set(sub["error_class"]))
-        doc.image(plots.fit_plot(sub, simulated, classes, title), title)
+        doc.image(_plots().fit_plot(sub, simulated, classes, title), title)
         doc.table(sub, DUE_COLS)
 
 
@@ -438,7 +448,7 @@ def _fig7_section(doc: _Doc, g: pd.DataFrame, simulated: bool) -> None:
     doc.p(f"Tolerable SDC, critical SDC and DUE FIT of each group over the critical-SDC FIT of its panel's reference "
           f"({refs}), with the exact interval of the ratio of two Poisson rates.")  # fmt: skip
     classes = [c for c in ("sdc_tolerable", "sdc_critical", "due") if c in set(sub["error_class"])]
-    doc.image(plots.fig7_plot(sub, simulated, classes), "Fig. 7 normalised FIT")
+    doc.image(_plots().fig7_plot(sub, simulated, classes), "Fig. 7 normalised FIT")
     doc.table(sub, FIG7_COLS)
 
 
