@@ -13,6 +13,7 @@ as some reference parsers do (``.*END.*``), miscounts.
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -230,15 +231,29 @@ class LogParser:
 
 def read_lines(path: str | Path) -> list[str]:
     """A log's lines, decoded leniently: real logs hold stray bytes and may end mid-line."""
-    return [line.removesuffix("\n") for line in iter_lines(path)]
+    return [line for block in line_blocks(path) for line in block]
+
+
+def line_blocks(path: str | Path, chunk: int = 1 << 20) -> Iterator[list[str]]:
+    """A log's lines (without their ``\n``) in blocks of about ``chunk`` bytes, so a log of any size is read in
+    bounded memory at the speed of reading it whole. Lines end at ``\n`` only (a stray ``\r`` stays in its
+    line); bytes that are not UTF-8 are replaced, also when a character is split between two blocks."""
+    decode = codecs.getincrementaldecoder("utf-8")("replace").decode
+    rest = ""
+    with open(path, "rb") as f:
+        while data := f.read(chunk):
+            lines = (rest + decode(data)).split("\n")
+            rest = lines.pop()
+            yield lines
+    rest += decode(b"", True)
+    if rest:
+        yield [rest]
 
 
 def iter_lines(path: str | Path) -> Iterator[str]:
-    """A log's lines one at a time (with their ``\n``), so a log of any size is read in bounded memory.
-
-    Lines end at ``\n`` only (a stray ``\r`` stays in its line), bytes that are not UTF-8 are replaced."""
-    with open(path, encoding="utf-8", errors="replace", newline="\n") as f:
-        yield from f
+    """A log's lines one at a time, without their ``\n`` (see :func:`line_blocks`)."""
+    for block in line_blocks(path):
+        yield from block
 
 
 def parse_file(path: str | Path) -> Iterator[Record]:
@@ -374,44 +389,46 @@ def summarize(path: str | Path, max_examples: int = 20) -> LogSummary:
     first = True  # no fast #IT seen yet
     dnn = False
     marks = s.marks
-    lineno = 0
-    for lineno, line in enumerate(iter_lines(path), 1):
-        m = it_match(line)
-        if m is not None:
-            it_lines += 1
-            it = int(m[1])
-            if it > top:
-                top = it
-            if len(marks) < MARKS or it % SAMPLE == 0:
-                _mark(marks, it, float(m[3]))
-            if first:
-                first = False
-                if s.first_iteration is None:
-                    s.first_iteration = it
-                if s.first_acc_time is None:
-                    s.first_acc_time = float(m[3]) - float(m[2])
-            fast_last = m
-            continue
-        head = line[:5]
-        if head == "#ERR ":
-            err_lines += 1
-            if "critical-img:" in line:
-                crit_lines += 1
-                parser._critical_pending = True
-            if not dnn and line.startswith("#ERR batch:"):
-                dnn = True
-            continue
-        if head == "#INF " and line[5:6] not in _INF_SPECIAL:
-            inf_lines += 1  # free-form #INF text that carries nothing the summary keeps
-            continue
-        rec = parser.parse_line(line, lineno)
-        if rec is None:
-            continue
-        if fast_last is not None and type(rec) in (Iteration, Sdc, InfCount) and rec.acc_time is not None:
-            s.last_acc_time = float(fast_last[3])  # keeps _fold's order: this record comes later
-            fast_last = None
-        _fold(s, rec, max_examples)
-    s.lines = lineno
+    lines = 0
+    for block in line_blocks(path):  # blocks of lines, not a generator per line: this loop is the hot path
+        for lineno, line in enumerate(block, lines + 1):
+            m = it_match(line)
+            if m is not None:
+                it_lines += 1
+                it = int(m[1])
+                if it > top:
+                    top = it
+                if len(marks) < MARKS or it % SAMPLE == 0:
+                    _mark(marks, it, float(m[3]))
+                if first:
+                    first = False
+                    if s.first_iteration is None:
+                        s.first_iteration = it
+                    if s.first_acc_time is None:
+                        s.first_acc_time = float(m[3]) - float(m[2])
+                fast_last = m
+                continue
+            head = line[:5]
+            if head == "#ERR ":
+                err_lines += 1
+                if "critical-img:" in line:
+                    crit_lines += 1
+                    parser._critical_pending = True
+                if not dnn and line.startswith("#ERR batch:"):
+                    dnn = True
+                continue
+            if head == "#INF " and line[5:6] not in _INF_SPECIAL:
+                inf_lines += 1  # free-form #INF text that carries nothing the summary keeps
+                continue
+            rec = parser.parse_line(line, lineno)
+            if rec is None:
+                continue
+            if fast_last is not None and type(rec) in (Iteration, Sdc, InfCount) and rec.acc_time is not None:
+                s.last_acc_time = float(fast_last[3])  # keeps _fold's order: this record comes later
+                fast_last = None
+            _fold(s, rec, max_examples)
+        lines += len(block)
+    s.lines = lines
     if fast_last is not None:
         s.last_acc_time = float(fast_last[3])
     if top >= 0:
