@@ -11,8 +11,16 @@
 from __future__ import annotations
 
 import math
+from functools import cache
 
-from scipy.stats import beta, chi2, norm
+
+@cache
+def _stats():
+    """scipy.stats, imported on first use: it takes a second or more to import, and a command that refuses its
+    input (or never computes an interval) should not wait for it."""
+    from scipy import stats
+
+    return stats
 
 
 def _alpha(confidence: float) -> float:
@@ -30,16 +38,21 @@ def garwood(n: int, confidence: float = 0.95, one_sided: bool = False) -> tuple[
         raise ValueError(f"event count must be >= 0, got {n}")
     a = _alpha(confidence)
     if one_sided:
-        return 0.0, float(chi2.ppf(1 - a, 2 * n + 2) / 2)
-    lo = 0.0 if n == 0 else float(chi2.ppf(a / 2, 2 * n) / 2)
-    return lo, float(chi2.ppf(1 - a / 2, 2 * n + 2) / 2)
+        return 0.0, float(_stats().chi2.ppf(1 - a, 2 * n + 2) / 2)
+    lo = 0.0 if n == 0 else float(_stats().chi2.ppf(a / 2, 2 * n) / 2)
+    return lo, float(_stats().chi2.ppf(1 - a / 2, 2 * n + 2) / 2)
 
 
-def legacy_error(n: int, value: float, z: float = 1.96) -> float:
-    """The published GPU papers' bar: z*value/sqrt(n) when n >= 40, else z*value/n; NaN at n = 0."""
+def legacy_error(n: int, value: float, z: float = 1.96, small_n: str = "sqrt") -> float:
+    """The published GPU papers' bar, for comparison only; NaN at n = 0.
+
+    ``small_n="sqrt"``: z*value/sqrt(n) for every n >= 1, as every bar of the UFRGS-CAROL ipdps2021 tables is
+    (N below 40 included). ``small_n="n"``: z*value/n below 40, the variant FORMATS.md also lists."""
     if n <= 0:
         return math.nan
-    return z * value / math.sqrt(n) if n >= 40 else z * value / n
+    if small_n == "n" and n < 40:
+        return z * value / n
+    return z * value / math.sqrt(n)
 
 
 def clopper_pearson(k: int, n: int, confidence: float = 0.95, one_sided: bool = False) -> tuple[float, float]:
@@ -50,9 +63,9 @@ def clopper_pearson(k: int, n: int, confidence: float = 0.95, one_sided: bool = 
         return 0.0, 1.0
     a = _alpha(confidence)
     if one_sided:
-        return 0.0, 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
-    lo = 0.0 if k == 0 else float(beta.ppf(a / 2, k, n - k + 1))
-    hi = 1.0 if k == n else float(beta.ppf(1 - a / 2, k + 1, n - k))
+        return 0.0, 1.0 if k == n else float(_stats().beta.ppf(1 - a, k + 1, n - k))
+    lo = 0.0 if k == 0 else float(_stats().beta.ppf(a / 2, k, n - k + 1))
+    hi = 1.0 if k == n else float(_stats().beta.ppf(1 - a / 2, k + 1, n - k))
     return lo, hi
 
 
@@ -62,7 +75,7 @@ def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
         raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
     if n == 0:
         return 0.0, 1.0
-    z = float(norm.ppf(1 - _alpha(confidence) / 2))
+    z = float(_stats().norm.ppf(1 - _alpha(confidence) / 2))
     p = k / n
     den = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / den

@@ -15,8 +15,10 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import tzinfo
 from pathlib import Path
 
+from diehardlab.analysis.outputs import write_file
+
 from diehardlab.cli import make_parser
-from diehardlab.errors import DataError
+from diehardlab.errors import ConfigError, DataError
 from diehardlab.formats.parser import LogSummary, summarize
 from diehardlab.timezones import get_zone, to_utc
 
@@ -74,8 +76,9 @@ def row_of(s: LogSummary, root: Path, dut_zone: tzinfo | None) -> dict[str, obje
         "acc_time_s": round(s.last_acc_time, 6) if s.last_acc_time is not None else "",
         "kernel_time_s": round(s.kernel_time, 6),
         "sdc": s.sdc_count,
-        "critical_sdc": s.critical_sdc,
-        "tolerable_sdc": s.tolerable_sdc,
+        # Empty when the log has SDCs but no diehardnet detail lines: the split is unknown, not "all tolerable".
+        "critical_sdc": "" if s.critical_sdc is None else s.critical_sdc,
+        "tolerable_sdc": "" if s.tolerable_sdc is None else s.tolerable_sdc,
         "err_lines": s.err_lines,
         "aborted": s.aborted or "",
         "ended": s.ended,
@@ -84,9 +87,12 @@ def row_of(s: LogSummary, root: Path, dut_zone: tzinfo | None) -> dict[str, obje
     }
 
 
-def _work(args: tuple[str, str, tzinfo | None]) -> tuple[dict[str, object], list[str]]:
+def _work(args: tuple[str, str, tzinfo | None]) -> tuple[dict[str, object] | None, list[str]]:
     path, root, zone = args
-    s = summarize(path, max_examples=3)
+    try:
+        s = summarize(path, max_examples=3)
+    except OSError as exc:  # one unreadable file must not stop the inventory of the others
+        return None, [f"{path}: cannot read ({exc.strerror or exc}): left out"]
     notes = [f"{path}:{ln}: unparsed ({why}): {text}" for ln, why, text in s.unparsed_examples]
     if s.unparsed > len(s.unparsed_examples):
         notes.append(f"{path}: {s.unparsed - len(s.unparsed_examples)} more unparsed lines")
@@ -102,7 +108,7 @@ def inventory(root: Path, zone: tzinfo | None = None, jobs: int = 0) -> tuple[li
             results = list(pool.map(_work, tasks, chunksize=max(1, len(tasks) // (jobs * 8))))
     else:
         results = [_work(t) for t in tasks]
-    rows = [r for r, _ in results]
+    rows = [r for r, _ in results if r is not None]
     notes = [n for _, ns in results for n in ns]
     return rows, notes
 
@@ -125,11 +131,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = make_parser("logs", "An inventory of a folder of libLogHelper logs, one row per file.")
     p.add_argument("folder", type=Path, help="folder of .log files (searched recursively), or one file")
     p.add_argument("--csv", type=Path, help="also write every column to this CSV file")
-    p.add_argument("--tz", help="time zone of the DUT clocks for logs that do not state theirs (IANA name)")
+    p.add_argument("--dut-timezone", "--tz", dest="dut_timezone",
+                   help="time zone of the DUT clocks for logs that do not state theirs (IANA name; as in 'diehard "
+                   "fit --dut-timezone')")  # fmt: skip
     p.add_argument("--jobs", type=int, default=0, help="worker processes (default: one per core)")
     args = p.parse_args(argv)
+    if args.jobs < 0:
+        raise ConfigError(f"--jobs must be >= 0 (0: one per core), got {args.jobs}")
 
-    zone = get_zone(args.tz) if args.tz else None
+    zone = get_zone(args.dut_timezone, "--dut-timezone (--tz)") if args.dut_timezone else None
     t0 = time.perf_counter()
     rows, notes = inventory(args.folder, zone, args.jobs)
     elapsed = time.perf_counter() - t0
@@ -142,10 +152,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\n{len(rows)} logs, {sum(int(r['sdc']) for r in rows)} SDC records, "
           f"{sum(int(r['unparsed_lines']) for r in rows)} unparsed lines, read in {elapsed:.2f} s")  # fmt: skip
     if args.csv:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, "w", newline="") as f:
+
+        def write(f) -> None:
             w = csv.DictWriter(f, fieldnames=COLUMNS)
             w.writeheader()
             w.writerows(rows)
+
+        write_file(args.csv, write, "the inventory CSV", newline="", option="--csv")
         print(f"wrote {args.csv}")
     return 0

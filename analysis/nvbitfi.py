@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 from diehardlab.analysis import intervals
+from diehardlab.analysis.outputs import replace_folder
 
 from diehardlab.cli import make_parser
 from diehardlab.errors import ConfigError, DataError
@@ -146,6 +147,8 @@ def pvf(
     notes: list[str] = []
     rows = []
     for f in files:
+        if not f.is_file():
+            raise DataError(f"{f}: not a file; give the NVBitFI logs folder or one results file")
         for r in read_results(f, notes):
             folder = _injection_dir(f, r["app"], r["igid"], r["bfm"], r["icount"])
             r["injected"] = not _not_injected(folder)
@@ -155,11 +158,27 @@ def pvf(
                 log = _dut_log_of(folder, Path(dut_logs) if dut_logs else None)
                 if log is not None:
                     s = summarize(log)
-                    r["sdc_severity"] = "critical" if s.critical_sdc else ("tolerable" if s.sdc_count else "")
+                    # A log without diehardnet detail lines cannot say critical or tolerable: unjoined, not tolerable.
+                    crit = s.critical_sdc
+                    r["sdc_severity"] = (
+                        "" if crit is None else ("critical" if crit else ("tolerable" if s.sdc_count else ""))
+                    )
                     r["dut_log"] = str(log)
             rows.append(r)
+    if not rows:
+        shown = "; ".join(notes[:2])
+        raise DataError(
+            f"{root}: no readable NVBitFI result line in {len(files)} results file(s)"
+            f"{': ' + shown if shown else ''}; are these NVBitFI results (icount;kname;kcount;iid;opid;bid:pc:...)?"
+        )
     inj = pd.DataFrame(rows)
     made = inj[inj["injected"]]
+    if made.empty:
+        raise DataError(
+            f"{root}: none of the {len(inj)} injections was made (every injection folder's "
+            "nvbitfi-injection-log-temp.txt says 'Error not injected'): there is no PVF to compute; check the "
+            "NVBitFI campaign (instruction group and kernel names)"
+        )
     keys = ["app", "group", "model", "igid", "bfm"]
     cats = made.groupby([*keys, "category"]).size().rename("count").reset_index()
     cats["category_name"] = cats["category"].map(CATEGORIES)
@@ -185,15 +204,19 @@ def pvf(
     return PvfResult(inj, cats, pd.DataFrame(out), notes, meta)
 
 
+PVF_OUTPUTS = ("pvf.csv", "categories.csv", "injections.csv", "meta.json")
+
+
 def write_pvf(result: PvfResult, out_dir: Path | str) -> list[Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, df in (("pvf", result.pvf), ("categories", result.categories), ("injections", result.injections)):
-        df.to_csv(out / f"{name}.csv", index=False)
-        paths.append(out / f"{name}.csv")
-    (out / "meta.json").write_text(json.dumps(result.meta | {"notes": result.notes}, indent=2) + "\n")
-    return [*paths, out / "meta.json"]
+    """pvf.csv, categories.csv, injections.csv and meta.json, replacing the folder's outputs as a set."""
+
+    def write(folder: Path) -> list[str]:
+        for name, df in (("pvf", result.pvf), ("categories", result.categories), ("injections", result.injections)):
+            df.to_csv(folder / f"{name}.csv", index=False)
+        (folder / "meta.json").write_text(json.dumps(result.meta | {"notes": result.notes}, indent=2) + "\n")
+        return list(PVF_OUTPUTS)
+
+    return replace_folder(Path(out_dir), write, "diehard pvf", lambda name: name in PVF_OUTPUTS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,8 +30,9 @@ def _bars(ax, df: pd.DataFrame, value: str, lo: str, hi: str, classes: list[str]
     x = np.arange(len(groups))
     for i, cls in enumerate(classes):
         sub = df[df["error_class"] == cls].set_index("group").reindex(groups)
-        v = sub[value].to_numpy(float)
-        lo_v, hi_v = sub[lo].to_numpy(float), sub[hi].to_numpy(float)
+        v = pd.to_numeric(sub[value], errors="coerce").to_numpy(float)
+        lo_v = pd.to_numeric(sub[lo], errors="coerce").to_numpy(float)
+        hi_v = pd.to_numeric(sub[hi], errors="coerce").to_numpy(float)
         # zero-event groups: draw the upper limit as an open marker, never drop them
         shown = np.where(np.isfinite(v) & (v > 0), v, np.nan)
         err = np.vstack([np.clip(shown - lo_v, 0, None), np.clip(hi_v - shown, 0, None)])
@@ -44,12 +45,23 @@ def _bars(ax, df: pd.DataFrame, value: str, lo: str, hi: str, classes: list[str]
     ax.legend(fontsize=8)
 
 
-def fit_plot(groups: pd.DataFrame, simulated: bool, classes: list[str]) -> bytes:
+def fit_plot(groups: pd.DataFrame, simulated: bool, classes: list[str], title: str = "FIT per error class") -> bytes:
     fig, ax = plt.subplots(figsize=(8, 4))
     _bars(ax, groups, "fit", "fit_lo", "fit_hi", classes)
     ax.set_yscale("log")
     ax.set_ylabel("FIT (failures in 10^9 h at 13 n/(cm^2 h))")
-    ax.set_title(f"FIT per error class ({groups['ci_method'].iloc[0]} interval)")
+    ax.set_title(f"{title} ({groups['ci_method'].iloc[0]} interval)")
+    return _png(fig, simulated)
+
+
+def fig7_plot(groups: pd.DataFrame, simulated: bool, classes: list[str]) -> bytes:
+    """Fig. 7 of the DieHardNet paper: each class's FIT over the panel reference's critical-SDC FIT."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    _bars(ax, groups, "fig7_norm", "fig7_norm_lo", "fig7_norm_hi", classes)
+    ax.set_yscale("log")
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_ylabel("FIT / DieHardNet critical-SDC FIT")
+    ax.set_title("Normalised to the DieHardNet critical-SDC FIT (exact ratio intervals)")
     return _png(fig, simulated)
 
 

@@ -9,6 +9,7 @@ diehard stats target 0.2 --events 2 --beam-on 79.5  # events and beam time until
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 
 from diehardlab.analysis import intervals, planning
@@ -17,8 +18,25 @@ from diehardlab import sampling
 from diehardlab.cli import make_parser
 from diehardlab.errors import ConfigError
 
+# Counts beyond 2^53 are not exact in floating point, and chi-square quantiles of such degrees of freedom are not
+# computed (scipy refuses them): far beyond any beam test's events.
+MAX_EVENTS = 2**53
+
+
+def _positive(value: float | None, option: str, unit: str, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{option} must be a positive number of {unit}, got {value}")
+
 
 def _poisson(args: argparse.Namespace) -> int:
+    if args.events < 0:
+        raise ConfigError(f"EVENTS must be a count >= 0, got {args.events}")
+    if args.events > MAX_EVENTS:
+        raise ConfigError(f"EVENTS {args.events} is beyond what this tool computes exactly (at most 2^53)")
+    _positive(args.fluence, "--fluence", "n/cm^2")
+    _positive(args.sea_level_flux, "--sea-level-flux", "n/(cm^2 h)")
     lo, hi = intervals.garwood(args.events, args.confidence, args.one_sided)
     side = "one-sided upper limit" if args.one_sided else "two-sided"
     print(f"events: {args.events}  Garwood {side} {args.confidence:.4g}: [{lo:.6g}, {hi:.6g}]")
@@ -32,11 +50,13 @@ def _poisson(args: argparse.Namespace) -> int:
         )
     if args.events > 0:
         legacy = intervals.legacy_error(args.events, float(args.events))
-        print(f"legacy bar (for comparison only): +/- {legacy:.6g} events")
+        print(f"legacy bar 1.96 x N / sqrt(N) (ipdps2021 tables; for comparison only): +/- {legacy:.6g} events")
     return 0
 
 
 def _binomial(args: argparse.Namespace) -> int:
+    if args.n > MAX_EVENTS:
+        raise ConfigError(f"N {args.n} is beyond what this tool computes exactly (at most 2^53)")
     if not 0 <= args.k <= args.n:
         raise ConfigError(f"need 0 <= K <= N, got K={args.k}, N={args.n}")
     lo, hi = intervals.binomial_interval(args.k, args.n, args.confidence, args.method)
@@ -64,6 +84,18 @@ def _target(args: argparse.Namespace) -> int:
 
 
 def _sample_size(args: argparse.Namespace) -> int:
+    for opt, v in (("--weights", args.weights), ("--bits", args.bits), ("--values", args.values),
+                   ("--subpopulations", args.subpopulations)):  # fmt: skip
+        if v is not None and v <= 0:
+            raise ConfigError(f"{opt} must be a whole number >= 1, got {v}")
+    if args.population is not None and args.population < 0:
+        raise ConfigError(f"POPULATION must be >= 0, got {args.population}")
+    if args.t is not None and not (math.isfinite(args.t) and args.t > 0):
+        raise ConfigError(f"--t must be a positive number (2.58 for 99 %), got {args.t}")
+    if not (math.isfinite(args.error) and 0 < args.error < 1):
+        raise ConfigError(f"--error must be in (0, 1), got {args.error}")
+    if not (math.isfinite(args.p) and 0 <= args.p <= 1):
+        raise ConfigError(f"--p must be in [0, 1], got {args.p}")
     population = args.population
     if population is None:
         if args.weights is None:

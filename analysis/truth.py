@@ -29,10 +29,11 @@ def load_truths(paths: Sequence[Path]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for p in find_truth_files(paths):
         try:
-            doc = json.loads(Path(p).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DataError(f"{p}: not a readable truth file: {exc}") from exc
-        if not isinstance(doc, dict) or "true_sigma_cm2" not in doc:
+            doc = json.loads(Path(p).read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)[:100]
+            raise DataError(f"{p}: not a readable truth file ({why})") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("true_sigma_cm2"), dict):
             raise DataError(f"{p}: no 'true_sigma_cm2' in this truth file (is it a beam-simulator truth file?)")
         name = doc.get("log_file") or Path(p).name.removesuffix(".truth.json")
         out[Path(name).name] = doc

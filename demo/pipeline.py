@@ -308,6 +308,9 @@ def write_campaign(demo: Demo, folder: Path) -> Path:
         "# mean flux times the accumulated kernel time (the reference parsers' definition), not the flux",
         "# integrated over each run's wall-clock window (which includes start-up and comparison time).",
         'fluence = "mean-flux-x-acc-time"',
+        "# Each board runs one model here: Fig. 7 normalises both to the DieHardNet board's critical-SDC FIT.",
+        "fig7_per = []",
+        'fig7_reference = "model=diehardnet"',
     ]
     path = folder / "campaign.toml"
     path.write_text("\n".join(lines) + "\n")

@@ -230,7 +230,7 @@ class Dut(Strict):
 
 class FluxFactor(Strict):
     since: datetime  # facility clock
-    value: float = Field(gt=0)
+    value: float = Field(gt=0, allow_inf_nan=False)
 
 
 class BeamWindow(Strict):
@@ -240,7 +240,7 @@ class BeamWindow(Strict):
     @model_validator(mode="after")
     def _ordered(self) -> BeamWindow:
         if self.end <= self.start:
-            raise ValueError(f"end {self.end} is not after start {self.start}")
+            raise ValueError(f"a beam window must end after it starts (start {self.start}, end {self.end})")
         return self
 
 
@@ -248,12 +248,17 @@ class Facility(Strict):
     kind: Literal["chipir", "lansce", "simulated"]
     # Counts-to-flux factor, n/cm^2/s per (count/s), from the facility's calibration (not public). One
     # value, or a list by date when it changed during the campaign (LANSCE).
-    flux_factor: float | None = Field(None, gt=0)
+    flux_factor: float | None = Field(None, gt=0, allow_inf_nan=False)
     flux_factors: list[FluxFactor] = []
     timezone: str = "UTC"  # the facility log's clock
-    reference_distance_m: float = Field(20.0, gt=0)  # LANSCE: inverse-square from here
+    reference_distance_m: float = Field(20.0, gt=0, allow_inf_nan=False)  # LANSCE: inverse-square from here
     flux_logs: list[Path] = []  # relative paths: to the campaign file
     beam_windows: list[BeamWindow] = []  # when set, only these periods count as beam time
+    # The flux files of a facility are one timeline: gaps (between daily files, rows missing, a counter reset) up
+    # to this long are bridged; longer ones are beam of unknown state, and runs inside them are excluded.
+    flux_gap_s: float = Field(300.0, ge=0, allow_inf_nan=False)
+    # The most flux the facility can deliver at a board: a counter interval above it is a glitch, not beam.
+    max_flux_n_cm2_s: float | None = Field(None, gt=0, allow_inf_nan=False)
 
     @field_validator("timezone")
     @classmethod
@@ -267,15 +272,45 @@ class Facility(Strict):
         return self
 
 
+class EccRule(Strict):
+    """The ECC mode of logs that do not state it (names before 2017 have no ECC field): by board, by folder,
+    by time range on the facility clock; the first rule that matches a log applies."""
+
+    value: Literal["ON", "OFF", "on", "off"]
+    board: str | None = None  # a [[dut]] name or the host field of the log names
+    folder: str | None = None  # logs under a folder whose path ends with this (e.g. "Kepler/ECCON")
+    since: datetime | None = None  # facility clock, inclusive
+    until: datetime | None = None  # exclusive
+
+    @model_validator(mode="after")
+    def _something(self) -> EccRule:
+        if self.board is None and self.folder is None and self.since is None and self.until is None:
+            raise ValueError("an ecc rule needs at least one of board, folder, since, until")
+        if self.since is not None and self.until is not None and self.until <= self.since:
+            raise ValueError(f"until ({self.until}) must be after since ({self.since})")
+        return self
+
+
 class Analysis(Strict):
-    group_by: list[str] = ["board", "benchmark", "ecc"]
+    # "config": the #HEADER fields that differ between runs of one board and benchmark (two input sets or ABFT
+    # modes are two groups); "header.<key>": one #HEADER field.
+    group_by: list[str] = ["board", "benchmark", "ecc", "config"]
+    header_ignore: list[str] = []  # #HEADER keys that do not make a configuration (e.g. a per-run seed)
     confidence: float = Field(0.95, gt=0, lt=1)
     one_sided: bool = False
     fluence: Literal["integrated", "mean-flux-x-acc-time"] = "integrated"
     reference_group: str | None = None  # normalise to this group, as papers publish
-    sea_level_flux: float = Field(13.0, gt=0)  # n/(cm^2 h), JEDEC JESD89A
+    sea_level_flux: float = Field(13.0, gt=0, allow_inf_nan=False)  # n/(cm^2 h), JEDEC JESD89A
     server_timezone: str = "UTC"  # the clock of server copies (#SERVER_BEGIN, #SERVER_END, ISO prefixes)
     beam_off_fraction: float = Field(0.1, ge=0, lt=1)  # counter rate below this x the median = beam off
+    # The end of logs without a wall-clock end: start + kernel time, or the file's modification time when
+    # plausible ("mtime": results then depend on how the files were copied).
+    wall_end: Literal["kernel", "mtime"] = "kernel"
+    ecc: list[EccRule] = []
+    # Fig. 7 of the DieHardNet paper: every class of every group normalised to the critical-SDC rate of the
+    # group matching fig7_reference, per panel of groups sharing the fig7_per keys (per board by default).
+    fig7_per: list[str] = ["board"]
+    fig7_reference: str = "model=diehardnet"
 
     @field_validator("server_timezone")
     @classmethod

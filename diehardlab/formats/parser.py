@@ -13,6 +13,7 @@ as some reference parsers do (``.*END.*``), miscounts.
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -230,16 +231,33 @@ class LogParser:
 
 def read_lines(path: str | Path) -> list[str]:
     """A log's lines, decoded leniently: real logs hold stray bytes and may end mid-line."""
-    data = Path(path).read_bytes()
-    text = data.decode("utf-8", "replace")
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return lines
+    return [line for block in line_blocks(path) for line in block]
+
+
+def line_blocks(path: str | Path, chunk: int = 1 << 20) -> Iterator[list[str]]:
+    """A log's lines (without their ``\n``) in blocks of about ``chunk`` bytes, so a log of any size is read in
+    bounded memory at the speed of reading it whole. Lines end at ``\n`` only (a stray ``\r`` stays in its
+    line); bytes that are not UTF-8 are replaced, also when a character is split between two blocks."""
+    decode = codecs.getincrementaldecoder("utf-8")("replace").decode
+    rest = ""
+    with open(path, "rb") as f:
+        while data := f.read(chunk):
+            lines = (rest + decode(data)).split("\n")
+            rest = lines.pop()
+            yield lines
+    rest += decode(b"", True)
+    if rest:
+        yield [rest]
+
+
+def iter_lines(path: str | Path) -> Iterator[str]:
+    """A log's lines one at a time, without their ``\n`` (see :func:`line_blocks`)."""
+    for block in line_blocks(path):
+        yield from block
 
 
 def parse_file(path: str | Path) -> Iterator[Record]:
-    return LogParser().parse(read_lines(path))
+    return LogParser().parse(iter_lines(path))
 
 
 # -- summary -----------------------------------------------------------------------------------------------
@@ -293,17 +311,26 @@ class LogSummary:
     unparsed_examples: list[tuple[int, str, str]] = field(default_factory=list)
     dnn_details: bool = False  # diehardnet detail lines (#ERR batch:...): critical/tolerable is meaningful
     last_dut_stamp: datetime | None = None  # server copies: receive time of the last line the DUT sent
+    # (iteration, AccTime) of timed records, a fingerprint of the run: the first MARKS of them and those of every
+    # SAMPLE-th iteration (at most MAX_MARKS in all). Copies of one run share them; two runs do not.
+    marks: list[tuple[int, float]] = field(default_factory=list)
 
     @property
     def sdc_count(self) -> int:
         return len(self.sdc)
 
     @property
-    def critical_sdc(self) -> int:
+    def critical_sdc(self) -> int | None:
+        """SDC records with a diehardnet ``critical-img`` line; None (unknown) when the log has SDCs but no
+        diehardnet detail lines: a generic benchmark's SDC is neither critical nor tolerable as far as we know."""
+        if self.sdc and not self.dnn_details:
+            return None
         return sum(1 for e in self.sdc if e.critical)
 
     @property
-    def tolerable_sdc(self) -> int:
+    def tolerable_sdc(self) -> int | None:
+        if self.sdc and not self.dnn_details:
+            return None
         return sum(1 for e in self.sdc if not e.critical)
 
     @property
@@ -331,6 +358,13 @@ _DEC = r"(\d+\.?\d*(?:[eE][-+]?\d+)?)"
 _IT_FAST = re.compile(r"#IT (?:Ite:)?(\d+) +KerTime:" + _DEC + r" +AccTime:" + _DEC + r"\s*$")
 # #INF lines starting with these may be counts (Ite:), DUE causes, our clock line or a STOP reason.
 _INF_SPECIAL = ("I", "D", "d", "S", "")
+MARKS, SAMPLE, MAX_MARKS = 64, 97, 1024
+
+
+def _mark(marks: list[tuple[int, float]], iteration: int, acc_time: float) -> None:
+    n = len(marks)
+    if n < MARKS or (iteration % SAMPLE == 0 and n < MAX_MARKS):
+        marks.append((iteration, acc_time))
 
 
 def summarize(path: str | Path, max_examples: int = 20) -> LogSummary:
@@ -346,8 +380,6 @@ def summarize(path: str | Path, max_examples: int = 20) -> LogSummary:
     name = parse_log_name(path)
     if name:
         s.benchmark, s.hostname, s.ecc, s.name_time = name.benchmark, name.hostname, name.ecc, name.started
-    lines = read_lines(path)
-    s.lines = len(lines)
     parser = LogParser()
     it_match = _IT_FAST.match
     fast_last = None  # the last fast #IT match, while it is the last timed record
@@ -356,40 +388,47 @@ def summarize(path: str | Path, max_examples: int = 20) -> LogSummary:
     top = -1  # the largest fast #IT iteration
     first = True  # no fast #IT seen yet
     dnn = False
-    for lineno, line in enumerate(lines, 1):
-        m = it_match(line)
-        if m is not None:
-            it_lines += 1
-            it = int(m[1])
-            if it > top:
-                top = it
-            if first:
-                first = False
-                if s.first_iteration is None:
-                    s.first_iteration = it
-                if s.first_acc_time is None:
-                    s.first_acc_time = float(m[3]) - float(m[2])
-            fast_last = m
-            continue
-        head = line[:5]
-        if head == "#ERR ":
-            err_lines += 1
-            if "critical-img:" in line:
-                crit_lines += 1
-                parser._critical_pending = True
-            if not dnn and line.startswith("#ERR batch:"):
-                dnn = True
-            continue
-        if head == "#INF " and line[5:6] not in _INF_SPECIAL:
-            inf_lines += 1  # free-form #INF text that carries nothing the summary keeps
-            continue
-        rec = parser.parse_line(line, lineno)
-        if rec is None:
-            continue
-        if fast_last is not None and type(rec) in (Iteration, Sdc, InfCount) and rec.acc_time is not None:
-            s.last_acc_time = float(fast_last[3])  # keeps _fold's order: this record comes later
-            fast_last = None
-        _fold(s, rec, max_examples)
+    marks = s.marks
+    lines = 0
+    for block in line_blocks(path):  # blocks of lines, not a generator per line: this loop is the hot path
+        for lineno, line in enumerate(block, lines + 1):
+            m = it_match(line)
+            if m is not None:
+                it_lines += 1
+                it = int(m[1])
+                if it > top:
+                    top = it
+                if len(marks) < MARKS or it % SAMPLE == 0:
+                    _mark(marks, it, float(m[3]))
+                if first:
+                    first = False
+                    if s.first_iteration is None:
+                        s.first_iteration = it
+                    if s.first_acc_time is None:
+                        s.first_acc_time = float(m[3]) - float(m[2])
+                fast_last = m
+                continue
+            head = line[:5]
+            if head == "#ERR ":
+                err_lines += 1
+                if "critical-img:" in line:
+                    crit_lines += 1
+                    parser._critical_pending = True
+                if not dnn and line.startswith("#ERR batch:"):
+                    dnn = True
+                continue
+            if head == "#INF " and line[5:6] not in _INF_SPECIAL:
+                inf_lines += 1  # free-form #INF text that carries nothing the summary keeps
+                continue
+            rec = parser.parse_line(line, lineno)
+            if rec is None:
+                continue
+            if fast_last is not None and type(rec) in (Iteration, Sdc, InfCount) and rec.acc_time is not None:
+                s.last_acc_time = float(fast_last[3])  # keeps _fold's order: this record comes later
+                fast_last = None
+            _fold(s, rec, max_examples)
+        lines += len(block)
+    s.lines = lines
     if fast_last is not None:
         s.last_acc_time = float(fast_last[3])
     if top >= 0:
@@ -440,6 +479,7 @@ def _fold(s: LogSummary, rec: Record, max_examples: int) -> None:
         s.it_lines += 1
         _iter(s, rec.iteration)
         _timed(s, rec.kernel_time, rec.acc_time)
+        _mark(s.marks, rec.iteration, rec.acc_time)
     elif t is ErrDetail:
         s.err_lines += 1
         s.critical_err_lines += rec.critical
@@ -449,6 +489,8 @@ def _fold(s: LogSummary, rec: Record, max_examples: int) -> None:
         s.sdc.append(SdcEvent(rec.lineno, rec.iteration, rec.acc_time, rec.kernel_errors, rec.critical, rec.stamp))
         _iter(s, rec.iteration)
         _timed(s, rec.kernel_time, rec.acc_time)
+        if rec.iteration is not None and rec.acc_time is not None:
+            _mark(s.marks, rec.iteration, rec.acc_time)
     elif t is InfDetail:
         s.inf_lines += 1
         if rec.text.startswith("DUE cause:"):

@@ -63,13 +63,15 @@ def test_documented_example_on_the_real_samples(tmp_path, beam_logs, facility_lo
     from tests.conftest import ROOT
 
     r = run_diehard("fit", "--campaign", str(ROOT / "setups" / "analysis" / "chipir-2016-11.toml"), "--logs",
-                    str(beam_logs), "--flux", str(facility_logs / "countlog-2016-11-24.txt"), "--out",
-                    str(tmp_path / "fit"), block=("torch",))  # fmt: skip
+                    str(beam_logs), "--flux", str(facility_logs / "countlog-2016-11-24.txt"), "--flux",
+                    str(facility_logs / "countlog-2016-11-27.txt"), "--out", str(tmp_path / "fit"),
+                    block=("torch",))  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert "8 runs (7 excluded)" in r.stdout
+    assert "9 runs (7 excluded)" in r.stdout
     assert r.stderr.count("EXCLUDED: no flux log covers") == 7
-    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("carol-k402/cudaDarknet/-") and " sdc " in ln)
-    assert line.split()[2] == "2"
+    # the two Darknet runs: two configurations of one board and benchmark, 2 SDC each
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("carol-k402/cudaDarknet/-/abft=") and " sdc " in ln]
+    assert len(lines) == 2 and all(ln.split()[2] == "2" for ln in lines)
     r = run_diehard("report", "--fit", str(tmp_path / "fit"), "--out", str(tmp_path / "r.md"), block=("torch",))
     assert r.returncode == 0, r.stderr
-    assert "carol-k402/cudaDarknet/-" in (tmp_path / "r.md").read_text()
+    assert "carol-k402/cudaDarknet/-/abft=dumb_abft" in (tmp_path / "r.md").read_text()

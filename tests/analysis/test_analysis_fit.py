@@ -11,7 +11,7 @@ import pytest
 from diehardlab.analysis.fit import fit, write_result
 from scipy.stats import chi2
 
-from diehardlab.errors import ConfigError
+from diehardlab.errors import ConfigError, DataError
 from tests.analysis.conftest import T0, campaign_file, chipir_rows, write
 from tests.analysis.logs import dut_log
 
@@ -111,7 +111,8 @@ def test_fit_options_and_outputs(campaign, tmp_path):
     # mean flux over run B's 240 s window (60 s of beam) x its 200 s of kernel time
     b = res.runs[res.runs["due"].eq(1)].iloc[0]
     assert b["fluence_n_cm2"] == pytest.approx(60 * 10 * 2.0e5 * 0.5 / 240 * 200)
-    assert sdc["sigma_legacy_err_cm2"] == pytest.approx(1.96 * sdc["sigma_cm2"] / 2)
+    # the ipdps2021 convention: 1.96 x value / sqrt(N) for every N, 2 included
+    assert sdc["sigma_legacy_err_cm2"] == pytest.approx(1.96 * sdc["sigma_cm2"] / math.sqrt(2))
     # reference with zero events: ratios against it are infinite, the interval's lower bound is finite
     assert row(res.groups, "sdc", "dut1/cudaDarknet/OFF")["norm_reference"] == "dut1/cudaGEMM/OFF"
     written = write_result(res, tmp_path / "out")
@@ -140,7 +141,7 @@ def test_simulated_campaign_truth_comparison(tmp_path):
     (logs / "board1.console.log").write_text("U-Boot 2016.01\nStarting kernel ...\n")
     cfile = campaign_file(tmp_path, kind="simulated", factor=1.0e5)
     res = fit(cfile, [logs])
-    assert any("board1.console.log: skipped: not a libLogHelper log" in n for n in res.notes)
+    assert any("board1.console.log: console capture of 'board1', which is no DUT" in n for n in res.notes)
     truth["flux_factor"] = 5.0e5
     log.with_name(log.name + ".truth.json").write_text(json.dumps(truth))
     assert any("WARNING" in n and "set flux_factor = 500000" in n for n in fit(cfile, [logs]).notes)
@@ -206,16 +207,17 @@ def test_unknown_host_is_excluded_visibly(tmp_path, beam_logs, facility_logs):
     (tmp_path / "c.toml").write_text(CHIPIR_2016.format(zone="UTC"))
     res = fit(tmp_path / "c.toml", [beam_logs], [facility_logs / "countlog-2016-11-24.txt"])
     ex = res.runs[res.runs["excluded"]]
-    assert len(ex) == 7 and len(res.runs) == 8
+    assert len(ex) == 8 and len(res.runs) == 9
     assert all(("clock zone is unknown" in s) or ("no flux log" in s) for s in ex["exclude_reason"])
     # with a default zone for unlisted hosts, runs outside the flux log are excluded for that reason
     res = fit(tmp_path / "c.toml", [beam_logs], [facility_logs / "countlog-2016-11-24.txt"], dut_timezone="UTC")
-    assert res.runs["exclude_reason"].str.contains("no flux log covers").sum() == 7
+    assert res.runs["exclude_reason"].str.contains("no flux log covers").sum() == 8
 
 
-def test_wall_end_from_file_time_when_plausible(tmp_path):
-    """A fresh DUT log without a wall-clock end: its modification time ends the run (20 s of kernel time in
-    100 s of wall time); with wall_end="kernel", or an implausible time (a later copy), start + kernel time."""
+def test_wall_end_from_file_time_only_when_asked(tmp_path):
+    """A fresh DUT log without a wall-clock end (20 s of kernel time in 100 s of wall time): by default it ends at
+    start + kernel time, whatever the file's time; with wall_end="mtime" its modification time ends the run when
+    plausible, and an implausible time (a copy made later) is not used."""
     import os
     from datetime import datetime, timezone
 
@@ -226,14 +228,18 @@ def test_wall_end_from_file_time_when_plausible(tmp_path):
     write(tmp_path / "flux.txt", chipir_rows(400, 10.0, start=start - timedelta(seconds=200)))
     cfile = campaign_file(tmp_path)
     r = fit(cfile, [tmp_path / "logs"], [tmp_path / "flux.txt"]).runs.iloc[0]
-    assert r["end_source"] == "file modification time" and r["wall_s"] == pytest.approx(100)
-    assert r["fluence_n_cm2"] == pytest.approx(100 * 10 * 1e5)
-    r = fit(cfile, [tmp_path / "logs"], [tmp_path / "flux.txt"], fluence="mean-flux-x-acc-time").runs.iloc[0]
-    assert r["fluence_n_cm2"] == pytest.approx(20 * 10 * 1e5)
-    r = fit(cfile, [tmp_path / "logs"], [tmp_path / "flux.txt"], wall_end="kernel").runs.iloc[0]
     assert r["end_source"].startswith("start + kernel") and r["wall_s"] == pytest.approx(20)
+    assert r["fluence_window"] == "start + kernel time"
+    res = fit(cfile, [tmp_path / "logs"], [tmp_path / "flux.txt"], wall_end="mtime")
+    r = res.runs.iloc[0]
+    assert r["end_source"] == "file modification time" and r["wall_s"] == pytest.approx(100)
+    assert r["fluence_n_cm2"] == pytest.approx(100 * 10 * 1e5) and r["fluence_window"] == "file time"
+    assert any("--wall-end mtime" in n for n in res.notes) and res.meta["wall_end"] == "mtime"
+    r = fit(cfile, [tmp_path / "logs"], [tmp_path / "flux.txt"], fluence="mean-flux-x-acc-time",
+            wall_end="mtime").runs.iloc[0]  # fmt: skip
+    assert r["fluence_n_cm2"] == pytest.approx(20 * 10 * 1e5)
     os.utime(log, (now.replace(tzinfo=timezone.utc).timestamp() + 86400 * 30,) * 2)  # copied a month later
-    r = fit(cfile, [tmp_path / "logs"], [tmp_path / "flux.txt"]).runs.iloc[0]
+    r = fit(cfile, [tmp_path / "logs"], [tmp_path / "flux.txt"], wall_end="mtime").runs.iloc[0]
     assert r["end_source"].startswith("start + kernel")
 
 
@@ -292,3 +298,55 @@ def test_simulated_campaign_without_facility_table(tmp_path):
     log.with_name(log.name + ".truth.json").unlink()
     with pytest.raises(ConfigError, match=r"no \[facility\] table"):
         fit(cfile, [logs])
+
+
+def test_run_before_the_first_dated_factor_is_excluded(tmp_path):
+    """Issue 18: with dated flux_factors only, a run before the first date got a NaN fluence that pandas skipped in
+    the group's sum while its events stayed: the cross section doubled, silently. It is excluded, with the reason,
+    and no NaN or infinite number reaches the table without a note saying why."""
+    rows = [f"{(T0 + timedelta(seconds=s)):%Y-%m-%d %H:%M:%S},000 {1000 + 4 * s}" for s in range(0, 3601, 2)]
+    write(tmp_path / "lansce.txt", rows)
+    (tmp_path / "c.toml").write_text(
+        '[campaign]\nname = "l"\n[facility]\nkind = "lansce"\nflux_logs = ["lansce.txt"]\n'
+        "flux_factors = [{since = 2026-03-01T10:30:00, value = 10.0}]\n"
+        '[[dut]]\nname = "dut1"\ntransport = "local"\n[[dut.benchmark]]\nname = "cudaDarknet"\nargv = ["x"]\n'
+    )
+    dut_log(tmp_path / "logs", T0 + timedelta(minutes=10), iters=600, sdc_at={5: True, 9: True})  # before 10:30
+    dut_log(tmp_path / "logs", T0 + timedelta(minutes=40), iters=600, sdc_at={5: True, 9: True})
+    res = fit(tmp_path / "c.toml", [tmp_path / "logs"])
+    early = res.runs.sort_values("start_utc").iloc[0]
+    assert early["excluded"] and "before the first [facility] flux_factors date" in early["exclude_reason"]
+    sdc = row(res.groups, "sdc")
+    assert sdc["events"] == 2 and sdc["fluence_n_cm2"] == pytest.approx(600 * 4 * 10.0)
+    cols = ["events", "fluence_n_cm2", "sigma_cm2", "sigma_lo_cm2", "sigma_hi_cm2", "fit", "fit_lo", "fit_hi", "norm",
+            "norm_lo", "norm_hi"]  # fmt: skip
+    bad = ~res.groups[cols].astype(float).apply(lambda c: c.map(math.isfinite)).all(axis=1)
+    assert bad.any() and (res.groups.loc[bad, "note"].str.len() > 0).all()
+    assert not res.runs.loc[~res.runs["excluded"], "fluence_n_cm2"].isna().any()
+
+
+def test_fit_replaces_an_earlier_fit_as_a_set(tmp_path, campaign):
+    """Issue 18: a real fit into a folder that held a simulated fit kept its truth.csv, and the report then showed
+    a 'truth comparison' for a real campaign. The outputs replace the folder's as a set; a folder holding other
+    files is refused and left as it was."""
+    from diehardlab.analysis.report import build_report
+
+    logs = tmp_path / "sim"
+    log = dut_log(logs, T0 + timedelta(minutes=1), iters=100, sdc_at={5: True})
+    write(log.with_name(log.name + ".chipir.txt"), chipir_rows(3600, 10.0))
+    truth = {"simulated": True, "log_file": log.name, "flux_factor": 1.0e5, "true_sigma_cm2": {"sdc": 1e-9}}
+    log.with_name(log.name + ".truth.json").write_text(json.dumps(truth))
+    out = tmp_path / "fit-results"
+    (tmp_path / "simc").mkdir()
+    write_result(fit(campaign_file(tmp_path / "simc", kind="simulated"), [logs]), out)
+    assert (out / "truth.csv").is_file()
+    cfile, real_logs, flux = campaign
+    written = write_result(fit(cfile, [real_logs], [flux]), out)
+    assert not (out / "truth.csv").exists() and {p.name for p in out.iterdir()} == {p.name for p in written}
+    assert json.loads((out / "meta.json").read_text())["simulated"] is False
+    assert "Truth comparison" not in build_report(tmp_path / "r.md", fit=out).read_text()
+    (out / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(DataError, match=r"holds files that are not outputs of diehard fit \(notes\.txt\)"):
+        write_result(fit(cfile, [real_logs], [flux]), out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

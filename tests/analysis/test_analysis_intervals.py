@@ -54,7 +54,9 @@ def test_garwood_coverage_over_2000_simulated_campaigns():
 
 def test_legacy_error_bar():
     assert math.isnan(intervals.legacy_error(0, 0.0))
-    assert intervals.legacy_error(10, 5.0) == pytest.approx(1.96 * 5.0 / 10)
+    # every bar of the ipdps2021 tables is 1.96 x value / sqrt(N), N below 40 included
+    assert intervals.legacy_error(10, 5.0) == pytest.approx(1.96 * 5.0 / math.sqrt(10))
+    assert intervals.legacy_error(10, 5.0, small_n="n") == pytest.approx(1.96 * 5.0 / 10)
     assert intervals.legacy_error(100, 5.0) == pytest.approx(1.96 * 5.0 / 10)
 
 

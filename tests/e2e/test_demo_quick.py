@@ -55,6 +55,15 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
         assert all(float(x["fit_hi"]) >= float(x["fit"]) >= float(x["fit_lo"]) >= 0 for x in rows)
         assert dut in report
     assert "fit_hi" in report  # the FIT table with its interval
+    # what the DieHardNet paper reports beyond cross sections: DUE causes, recovery levels, the Fig. 7 panel
+    for heading in ("DUE root causes", "DUE recovery levels", "Fig. 7: FIT normalised to the DieHardNet critical-SDC"):
+        assert heading in report
+    runs = list(csv.DictReader((out / "analysis" / "runs.csv").open()))
+    dues = [x for x in runs if x["due"] == "1"]
+    assert dues and all(x["due_root_cause"] in ("crash-no-output", "hang-no-output") for x in dues)
+    assert {x["due_recovery"] for x in dues} <= {"app-restart", "power-cycle"} and "power-cycle" in {
+        x["due_recovery"] for x in dues}  # fmt: skip
+    assert any(x["error_class"] == "sdc_critical" and x["fig7_norm"] == "1.0" for x in fit)
 
     truth = list(csv.DictReader((out / "analysis" / "truth.csv").open()))
     assert {x["group"].split("/")[0] for x in truth} == {"dut-baseline", "dut-diehardnet"}

@@ -34,6 +34,9 @@ REAL = {
         it=825, sdc=2, err=504, aborted="amount of errors equals of the last iteration", ended=True, first=0,
         last=824, acc=79.492019,
     ),
+    "2016_11_27_01_09_38_cudaDarknet_carol-k402.log": dict(
+        it=278, sdc=2, err=87, aborted=None, ended=False, first=0, last=277, acc=114.163686
+    ),
     "2016_12_11_17_47_28_cudaDarknet_carol-k402.log": dict(
         it=3528, sdc=1, err=262, aborted=None, ended=False, first=2803, last=6330, acc=2263.039384
     ),

@@ -90,7 +90,7 @@ def test_installs_beside_the_watchdog_library_and_uninstalls_without_touching_it
     out = _run([str(py), "-m", "diehardlab.watchdog", "--help"], cwd=tmp_path).stdout
     assert "python -m diehardlab.watchdog" in out and "serve" in out
     logs = _run([str(env_dir / "bin" / "diehard"), "logs", str(BEAM_LOGS)], cwd=tmp_path).stdout
-    assert "13 SDC records" in logs
+    assert "15 SDC records" in logs
     _run([str(py), "-m", "pip", "uninstall", "-q", "-y", "diehardlab"], cwd=tmp_path)
     _run([str(py), "-c", "from watchdog.observers import Observer; import watchdog.events"], cwd=tmp_path)
     gone = subprocess.run([str(py), "-c", "import diehardlab"], cwd=tmp_path, capture_output=True, timeout=60)
