@@ -301,10 +301,13 @@ def _limit(ds: Dataset, limit: int, seed: int) -> tuple[torch.Tensor, torch.Tens
     return ds.x[keep], ds.y[keep]
 
 
-def make_state(cfg: TrainConfig, in_channels: int, num_classes: int, steps_per_epoch: int) -> TrainState:
+def make_state(
+    cfg: TrainConfig, in_channels: int, num_classes: int, steps_per_epoch: int, model: nn.Module | None = None
+) -> TrainState:
+    """Optimizer, schedule, generators and injector around ``model`` (default: a new ``cfg.model`` network)."""
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, in_channels, num_classes).to(device)
+    model = (model if model is not None else build_model(cfg.model, in_channels, num_classes)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     # No weight decay on BN parameters and biases (standard for these ResNets).
@@ -376,6 +379,15 @@ def run_config(cfg: TrainConfig, extra: dict[str, Any] | None = None) -> dict[st
     return {**cfg.to_dict(), **(extra or {}), "diehardlab_version": __version__, "torch_version": torch.__version__}
 
 
+@dataclass
+class Start:
+    """Where a run that does not start from scratch starts: a network with its weights (``diehard train --from``,
+    ``diehard harden --fine-tune``) and what config.json must say about it (its hardening, where it came from)."""
+
+    model: nn.Module
+    config: dict[str, Any]
+
+
 def train(
     cfg: TrainConfig,
     out: str | Path,
@@ -383,14 +395,19 @@ def train(
     progress: bool = False,
     log=print,
     stop_after: int = 0,
+    start: Start | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg`` into the checkpoint folder ``out`` (continuing it with ``resume``); returns the summary.
 
     ``stop_after`` ends this session after that many epochs (0: run to the end); ``resume`` continues later.
+    ``start`` trains that network from its weights instead of a new ``cfg.model`` one.
     """
     out = Path(out)
+    model = start.model if start is not None else None
     if resume:
         saved_cfg = ckpt.read_config(out)
+        if "hardening" in saved_cfg or "factory" in saved_cfg:  # not a cfg.model network: rebuild it as saved
+            model = ckpt.build_architecture(saved_cfg, out / ckpt.CONFIG)
         fresh = run_config(cfg, {k: saved_cfg.get(k) for k in ("in_channels", "num_classes", "normalisation")})
         # Where the data is and which device runs it may change between sessions; the recipe may not.
         free = ("diehardlab_version", "torch_version", "data_dir", "device", "eval_batch_size")
@@ -407,7 +424,7 @@ def train(
     val_ds = load_dataset(cfg.dataset, "val", data_dir)
     info = train_ds.info
     x, y = _limit(train_ds, cfg.train_limit, cfg.seed)
-    state = make_state(cfg, info.in_channels, info.num_classes, math.ceil(len(y) / cfg.batch_size))
+    state = make_state(cfg, info.in_channels, info.num_classes, math.ceil(len(y) / cfg.batch_size), model)
     device = state.device
     x, y = x.to(device), y.to(device)
     vx, vy = val_ds.x.to(device), val_ds.y.to(device)
@@ -417,6 +434,7 @@ def train(
             "in_channels": info.in_channels,
             "num_classes": info.num_classes,
             "normalisation": {"mean": list(info.mean), "std": list(info.std)},
+            **(start.config if start is not None else {}),
         },
     )
     rows: list[dict[str, Any]] = []
@@ -488,6 +506,9 @@ def main(argv: list[str] | None = None) -> int:
         "metrics.csv. Example: diehard train --config setups/models/digits_diehardnet.toml --out ckpt/dhn",
     )
     p.add_argument("--config", help="model config TOML (setups/models/*.toml); optional with --resume")
+    p.add_argument("--from", dest="from_ckpt", metavar="CKPT", help="start from this checkpoint's network and weights")
+    p.add_argument("--fine-tune", action="store_true", help="with --from: fault-aware (curriculum, BN recal.)")
+    p.add_argument("--lr", type=float, help="with --from: learning rate (default: the recipe's x 0.5)")
     p.add_argument("--dataset", choices=NAMES, help="override the config's dataset")
     p.add_argument("--data-dir", help="folder with the dataset files (fashion-mnist/mnist idx, cifar pickles)")
     p.add_argument("--epochs", type=int, help="override the number of epochs")
@@ -507,6 +528,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if args.from_ckpt or args.fine_tune or args.lr is not None:
+        from diehardlab.hardening.finetune import main_from
+
+        return main_from(p, args)
     if args.config is None and not (args.resume and args.out):
         p.error("--config is required (or --resume with --out to continue a saved run)")
     if args.config:
