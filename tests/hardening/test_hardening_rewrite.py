@@ -39,8 +39,12 @@ def _model(cfg: ModelConfig, cin: int) -> Callable[[], nn.Module]:
 
 CASES = [
     pytest.param(_model(ModelConfig(arch="smallnet", width=4), 1), (6, 1, 8, 8), Expect(5, 0, 3, 3, 6), id="smallnet"),
-    pytest.param(_model(ModelConfig(arch="resnet20", shortcut="pad", width=4), 3), (4, 3, 8, 8),
-                 Expect(19, 0, 10, 9, 20), id="resnet20-pad"),  # fmt: skip
+    pytest.param(
+        _model(ModelConfig(arch="resnet20", shortcut="pad", width=4), 3),
+        (4, 3, 8, 8),
+        Expect(19, 0, 10, 9, 20),
+        id="resnet20-pad",
+    ),
     pytest.param(LeNet5, (4, 3, 32, 32), Expect(4, 0, 0, 0, 4), id="lenet5"),
     pytest.param(zoo_like.TinyResNet, (4, 3, 8, 8), Expect(5, 0, 3, 3, 6), id="resnet-torchvision"),
     pytest.param(zoo_like.TinyMobileNetV2, (4, 3, 8, 8), Expect(0, 7, 7, 3, 8), id="mobilenetv2"),
@@ -121,8 +125,8 @@ def test_every_change_is_applied_where_it_should_be_and_nowhere_else(factory, sh
             for name, (kind, ins) in list(expected.items()):
                 if name != bn and act in ins:
                     expected[name] = (kind, tuple(bn if i == act else i for i in ins))
-            expected[act] = (expected[act][0], (conv,) + expected[act][1][1:])
-            expected[bn] = (expected[bn][0], (act,) + expected[bn][1][1:])
+            expected[act] = (expected[act][0], (conv, *expected[act][1][1:]))
+            expected[bn] = (expected[bn][0], (act, *expected[bn][1][1:]))
     assert _edges(h.model, original=False) == expected
 
     # A NaN filter is the only reader of every activation, and the classifier reads one.
@@ -209,5 +213,5 @@ def test_a_rebuild_refuses_a_record_that_does_not_fit_the_model() -> None:
     with pytest.raises(DataError, match="relu_9"):
         rebuild(LeNet5().eval(), record)
     del record["bounds"]["relu_9"], record["bounds"]["relu"]
-    with pytest.raises(DataError, match="relu .*no saved bound"):
+    with pytest.raises(DataError, match=r"relu .*no saved bound"):
         rebuild(LeNet5().eval(), record)
