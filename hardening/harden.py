@@ -3,7 +3,7 @@
 Steps: load the checkpoint; measure its clean accuracy; rewrite its graph with the recipe
 (``diehardlab.hardening.rewrite``); with order inversion, re-estimate the BN statistics on the calibration
 images (each inverted BN now normalises activations, not conv outputs); calibrate the per-site bounds; with
-``--fine-tune N``, fault-aware fine-tuning for N epochs (``diehardlab.hardening.finetune``); write the
+``--fine-tune N``, fault-aware fine-tuning for N epochs (``diehard train --from``); write the
 checkpoint folder under a temporary name, load it back with ``load_model`` (the bounds-only model must
 reproduce the in-memory one bit for bit), measure its clean accuracy on the same images, and rename it to
 ``--out`` only when the accuracy lost is within ``--accuracy-budget``. Over budget, nothing is written to
@@ -114,8 +114,7 @@ def _loud(lines: list[str]) -> None:
 
 
 def _fine_tune(args: argparse.Namespace, loaded: ckpt.LoadedModel, h: Hardened, tmp: Path) -> dict[str, Any]:
-    from diehardlab.hardening.finetune import from_checkpoint
-    from diehardlab.hardening.train import load_config, train
+    from diehardlab.hardening.train import from_checkpoint, load_config, train
 
     recipe = load_config(args.config) if args.config else None
     hardened = ckpt.LoadedModel(h.model, loaded.config, loaded.dataset, loaded.in_channels, loaded.num_classes,
@@ -154,12 +153,14 @@ def run(args: argparse.Namespace) -> int:
     if loaded.config.get("hardening"):
         name = loaded.config["hardening"].get("recipe", {}).get("name", "?")
         raise ConfigError(f"{args.ckpt}: hardened already (recipe {name}); harden the original checkpoint")
+    h = harden(loaded.model, recipe)  # first: an untraceable model is refused before any data is read
+    h.model.to(dev).eval()
     imgs = _images(args, loaded)
+    # The original's accuracy before anything runs the rewritten graph: it shares the original's modules, and
+    # the BN re-estimation below changes them.
     before = clean_accuracy(loaded.model, imgs.measure_x, imgs.measure_y, dev)
     print(f"harden {args.ckpt} with recipe {recipe.name} ({recipe_file}) -> {out}")
 
-    h = harden(loaded.model, recipe)
-    h.model.to(dev).eval()
     cal = _batches(imgs.calibration, dev)
     if h.inverted:
         # Each inverted BN was fitted to conv outputs and now sees activations: its statistics are re-estimated

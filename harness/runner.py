@@ -21,6 +21,7 @@ import socket
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -95,6 +96,10 @@ class BeamHook(Protocol):
     """
 
     label: str  # goes into the log's #HEADER, so every log of a simulated run says so
+
+    def bind(self, network: Callable[[], tuple[torch.nn.Module, list[torch.Tensor], GoldenCompare]]) -> None:
+        """Called before ``start``: the network as it is at each call (model, golden input batches, comparison),
+        for a beam that strikes inside it."""
 
     def start(self, writer: LogWriter, benchmark: str, hostname: str) -> None: ...
 
@@ -198,6 +203,7 @@ class Runner:
             f"arch:{model.get('arch', '?')}",
             f"activation:{model.get('activation', '?')}",
             f"order:{model.get('order', '?')}",
+            *([f"hardening:{cfg['hardening']['recipe']['name']}"] if cfg.get("hardening") else []),
             f"dataset:{rec.get('dataset', self.loaded.dataset)}",
             f"images:{rec['inputs'].shape[0]}",
             f"batch_size:{rec['batch_size']}",
@@ -245,8 +251,13 @@ class Runner:
             f"torch:{self.golden_rec.get('torch_version', '?')} reload_after_sdc:{'on' if o.reload else 'off'}"
         )
         if self.sim is not None:
+            self.sim.bind(self.network)
             self.sim.start(w, self.benchmark, self.hostname)
         return w
+
+    def network(self) -> tuple[torch.nn.Module, list[torch.Tensor], GoldenCompare]:
+        """The model, the golden input batches and the comparison as they are now (a reload replaces them)."""
+        return self.model, self.batches, self.compare
 
     def run(self) -> int:
         handlers = {}
