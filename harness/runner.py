@@ -97,9 +97,11 @@ class BeamHook(Protocol):
 
     label: str  # goes into the log's #HEADER, so every log of a simulated run says so
 
-    def bind(self, network: Callable[[], tuple[torch.nn.Module, list[torch.Tensor], GoldenCompare]]) -> None:
-        """Called before ``start``: the network as it is at each call (model, golden input batches, comparison),
-        for a beam that strikes inside it."""
+    def bind(
+        self, network: Callable[[], tuple[torch.nn.Module, list[torch.Tensor], GoldenCompare]], log_dir: Path
+    ) -> None:
+        """Called at the end of ``prepare``, before the first log line: the network as it is at each call
+        (model, golden input batches, comparison), for a beam that strikes inside it, and the log folder."""
 
     def start(self, writer: LogWriter, benchmark: str, hostname: str) -> None: ...
 
@@ -176,6 +178,8 @@ class Runner:
                 self.sender = DatagramSender(host, port, self.ecc.enabled, dut if extended else None, key)
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"--server {o.server}: {exc}") from exc
+        if self.sim is not None:  # before the first line: a slow hook set-up is start-up time, not a hang
+            self.sim.bind(self.network, Path(o.log_dir))
 
     def _load_tensors(self, rec: dict[str, Any]) -> None:
         bs = int(rec["batch_size"])
@@ -251,7 +255,6 @@ class Runner:
             f"torch:{self.golden_rec.get('torch_version', '?')} reload_after_sdc:{'on' if o.reload else 'off'}"
         )
         if self.sim is not None:
-            self.sim.bind(self.network)
             self.sim.start(w, self.benchmark, self.hostname)
         return w
 

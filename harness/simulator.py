@@ -71,9 +71,12 @@ class BeamSimulation:
     def from_file(cls, path: str | Path) -> BeamSimulation:
         return cls(load_spec(path), Path(path))
 
-    def bind(self, network: Network) -> None:
-        """The runner's network, for strikes inside it (called before :meth:`start`)."""
+    def bind(self, network: Network, log_dir: Path) -> None:
+        """The runner's network, for strikes inside it. Called before the first log line is written: the
+        strike calibration runs here, inside the watchdog's start-up allowance, not its liveness timeout."""
         self.network = network
+        if self.spec.cross_section_cm2.strike > 0:
+            self._calibrate_strikes(Path(log_dir))
 
     def start(self, writer: LogWriter, benchmark: str, hostname: str) -> None:
         self.writer = writer
@@ -92,19 +95,30 @@ class BeamSimulation:
             f"truth:{self.truth.path.name} facility:{self.facility.path.name}"
         )
         if self.spec.cross_section_cm2.strike > 0:
-            self._start_strikes(log_dir)
+            if self.strikes is None:
+                raise ConfigError(f"{self.spec_path}: strike events need the runner's network (diehard run binds it)")
+            self.strikes.gen = self.gen  # the run's strikes draw from the run's seed
+            cs = self.spec.cross_section_cm2
+            doc = self.calibration
+            true = self.truth.doc["true_sigma_cm2"]
+            true["sdc"] = cs.corrupt + cs.nan + cs.strike * doc["p_sdc"]
+            if cs.corrupt == 0:
+                # A NaN or Inf output is always a critical SDC (a non-finite row); a strike's share was measured.
+                # Output corruption by magnitude has no known critical share, so with it the split is not given.
+                true["sdc_critical"] = cs.nan + cs.strike * doc["p_critical"]
+                true["sdc_tolerable"] = cs.strike * (doc["p_sdc"] - doc["p_critical"])
+            self.truth.doc["strike_calibration"] = doc
+            self.truth.save()
 
-    def _start_strikes(self, folder: Path) -> None:
-        """Measure P(SDC | strike) and P(critical | strike) on this model and golden (or reuse the measurement of
-        an earlier run of the same model), and complete the truth file's true cross sections with them."""
+    def _calibrate_strikes(self, folder: Path) -> None:
+        """Measure P(SDC | strike) and P(critical | strike) on this model and golden, or reuse the measurement of
+        an earlier run of the same model (cached in the log folder)."""
         from diehardlab.harness.strike import NetworkStrikes, cached_calibration, calibration_key, save_calibration
 
-        if self.network is None:
-            raise ConfigError(f"{self.spec_path}: strike events need the runner's network (diehard run binds it)")
         model, batches, compare = self.network()
-        self.strikes = NetworkStrikes(self.spec.strike, model, batches[0], self.gen)
         # One calibration per model and spec, whatever the run: the truth is the same for every run of a model.
-        cal_seed = self.spec.seed if self.spec.seed is not None else self.seed
+        cal_seed = self.spec.seed if self.spec.seed is not None else int.from_bytes(os.urandom(8), "big") >> 1
+        self.strikes = NetworkStrikes(self.spec.strike, model, batches[0], torch.Generator().manual_seed(cal_seed))
         key = calibration_key(model, batches, compare.threshold, self.spec.strike, cal_seed)
         doc = cached_calibration(folder, key)
         if doc is None:
@@ -114,17 +128,12 @@ class BeamSimulation:
             )
             cal.key, cal.seconds = key, round(time.perf_counter() - t0, 3)
             doc = cal.to_dict()
-            save_calibration(folder, doc)
-        cs = self.spec.cross_section_cm2
-        true = self.truth.doc["true_sigma_cm2"]
-        true["sdc"] = cs.corrupt + cs.nan + cs.strike * doc["p_sdc"]
-        if cs.corrupt == 0:
-            # A NaN or Inf output is always a critical SDC (a non-finite row); a strike's share was just measured.
-            # Output corruption by magnitude has no known critical share, so with it the split is not given.
-            true["sdc_critical"] = cs.nan + cs.strike * doc["p_critical"]
-            true["sdc_tolerable"] = cs.strike * (doc["p_sdc"] - doc["p_critical"])
-        self.truth.doc["strike_calibration"] = doc
-        self.truth.save()
+            try:  # only a cache: an unwritable log folder is the runner's to report, with its own message
+                folder.mkdir(parents=True, exist_ok=True)
+                save_calibration(folder, doc)
+            except OSError:
+                pass
+        self.calibration = doc
 
     # -- per iteration ------------------------------------------------------------------------------------
 
