@@ -172,6 +172,26 @@ def run(args: argparse.Namespace) -> int:
         print("  " + c.line())
     print(f"  {_counts(h)}")
 
+    try:
+        return _write(args, recipe_file, loaded, h, imgs, before, stats, dev)
+    except OSError as exc:
+        raise ConfigError(
+            f"--out {out}: cannot write the checkpoint there ({exc.strerror or exc}); nothing was written to {out}"
+        ) from exc
+
+
+def _write(
+    args: argparse.Namespace,
+    recipe_file: str,
+    loaded: ckpt.LoadedModel,
+    h: Hardened,
+    imgs: Images,
+    before: dict[str, Any],
+    stats: dict[str, Any],
+    dev: torch.device,
+) -> int:
+    """Fine-tune if asked, write under a temporary name, load back, check the accuracy budget, rename."""
+    recipe, out = h.recipe, Path(args.out)
     tmp = out.with_name(out.name + ".tmp-harden")
     if tmp.exists():
         shutil.rmtree(tmp)

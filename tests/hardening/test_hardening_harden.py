@@ -165,3 +165,11 @@ def test_an_untraceable_checkpoint_model_is_refused_naming_the_construct(tmp_pat
     with pytest.raises(ConfigError, match=r"zoo_like\.py:\d+ in forward: 'if x\.mean\(\) > 0:' \(module inner\)"):
         harden_main([str(ckpt), "--recipe", "bounds-only", "--out", str(tmp_path / "h"), *QUIET])
     assert not (tmp_path / "h").exists()
+
+
+def test_an_unwritable_out_is_one_line_naming_it(baseline, tmp_path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    with pytest.raises(ConfigError, match=r"--out .*a-file/h: cannot write the checkpoint there"):
+        harden_main([str(baseline), "--recipe", "bounds-only", "--out", str(blocker / "h"), *QUIET])
+    assert blocker.read_text() == "not a folder\n"
