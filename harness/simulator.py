@@ -66,6 +66,7 @@ class BeamSimulation:
         self.network: Network | None = None
         self.strikes: Any = None  # diehardlab.harness.strike.NetworkStrikes, when the spec has strike events
         self.pending_strikes: list[list[Any]] = []  # [record, Strike, the iteration's outputs (once applied)]
+        self.calibration: dict[str, Any] = {}  # P(sdc), P(critical) per strike, measured in bind()
 
     @classmethod
     def from_file(cls, path: str | Path) -> BeamSimulation:
