@@ -347,13 +347,14 @@ def _rewrite(model: nn.Module, recipe: Recipe, bounds: dict[str, float] | None) 
         site = node.name
         src = _input(node)
         last = node
-        if act.family in ("relu", "gelu") and src is not None:
-            later_readers = [u for u in src.users if u is not node]
-            if act.inplace and later_readers:
-                changes.append(Change(site, "activation", "skipped",
-                                      f"{act.what} works in place and its input is read again by "
-                                      f"{', '.join(_describe(u) for u in later_readers)}"))  # fmt: skip
-                continue
+        others = [u for u in src.users if u is not node] if src is not None else []
+        if act.family in ("relu", "gelu") and act.inplace and others:
+            # Out of place, it would leave the other readers the value before the activation: not rewritten
+            # (a NaN filter after it is still safe).
+            changes.append(Change(site, "activation", "skipped",
+                                  f"{act.what} works in place and its input is also read by "
+                                  f"{', '.join(_describe(u) for u in others)}"))  # fmt: skip
+        elif act.family in ("relu", "gelu") and src is not None:
             if bounds is not None:
                 if site not in bounds:
                     raise DataError(f"activation {site} ({act.what}) has no saved bound: the model's code changed")

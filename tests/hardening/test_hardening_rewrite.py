@@ -195,7 +195,8 @@ def test_an_in_place_relu_read_again_is_skipped_with_the_reason() -> None:
     model = zoo_like.InPlaceReadAgain().eval()
     h = harden(model, Recipe(name="b"))
     (act,) = [c for c in h.changes if c.kind == "activation"]
-    assert act.action == "skipped" and "in place" in act.detail and "add" in act.detail
+    assert act.action == "skipped" and "in place" in act.detail and "also read by add" in act.detail
+    assert [c.action for c in h.changes if c.kind == "nan-filter"] == ["inserted"]
 
 
 def test_an_untraceable_model_gets_an_error_naming_the_construct() -> None:
