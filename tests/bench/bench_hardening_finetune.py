@@ -86,8 +86,15 @@ def main() -> None:
                          time.perf_counter() - t0))  # fmt: skip
         base, base_epochs = ckpts["baseline"]
         jobs = [("bounds-only", folder / "bounds-only", 0, ["--recipe", "bounds-only"])]
-        jobs += [(f"hardened + FT {k}", folder / f"diehardnet-ft{k}", k, ["--recipe", "diehardnet", "--fine-tune", str(k)])
-                 for k in FINE_TUNES]  # fmt: skip
+        for k in FINE_TUNES:
+            jobs.append(
+                (
+                    f"hardened + FT {k}",
+                    folder / f"diehardnet-ft{k}",
+                    k,
+                    ["--recipe", "diehardnet", "--fine-tune", str(k)],
+                )
+            )
         for name, out, k, extra in jobs:
             t0 = time.perf_counter()
             if not out.exists():
