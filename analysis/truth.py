@@ -17,7 +17,16 @@ from diehardlab.analysis.inventory import find_files
 
 from diehardlab.errors import DataError
 
-TRUE_CLASSES = {"sdc": "sdc", "due": "due", "due_crash": "crash", "due_hang": "hang"}
+# fit's error class -> the truth file's key. The critical/tolerable split is in the truth files of beams that strike
+# inside the network (the simulator measures each model's share); output corruption has none, and is skipped.
+TRUE_CLASSES = {
+    "sdc": "sdc",
+    "sdc_critical": "sdc_critical",
+    "sdc_tolerable": "sdc_tolerable",
+    "due": "due",
+    "due_crash": "crash",
+    "due_hang": "hang",
+}
 
 
 def find_truth_files(paths: Sequence[Path]) -> list[Path]:
@@ -44,6 +53,8 @@ def _observed_as(event: dict, cls: str) -> bool:
     observed, kind = event.get("observed"), event.get("kind")
     if cls == "sdc":
         return observed == "sdc"
+    if cls in ("sdc_critical", "sdc_tolerable"):
+        return observed == "sdc" and bool(event.get("critical")) == (cls == "sdc_critical")
     if cls == "due":
         return observed == "due" and kind in ("crash", "hang")
     return observed == "due" and kind == TRUE_CLASSES[cls]

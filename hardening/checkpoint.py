@@ -3,7 +3,9 @@
 A checkpoint is a folder::
 
     config.json   the full training config: model (ModelConfig fields), dataset, in_channels, num_classes,
-                  seed, normalisation, diehardlab_version, torch_version, ...
+                  seed, normalisation, diehardlab_version, torch_version, ...; "hardening" (the recipe and
+                  bound of every site) when ``diehard harden`` rewrote the model, "fine_tune" when
+                  ``diehard train --from`` started from another checkpoint's weights
     model.pt      final (or latest) weights: the model's state_dict only
     last.pt       resume state: model, optimizer, scheduler, epoch, generator states
     metrics.csv   one row per epoch
@@ -113,23 +115,71 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def import_callable(spec: str, what: str) -> Any:
+    """The callable named ``MODULE:CALLABLE`` or ``FILE.py:CALLABLE``; errors start with ``what``."""
+    import importlib
+    import importlib.util
+
+    from diehardlab.errors import ConfigError
+
+    mod_name, sep, attr = str(spec).rpartition(":")
+    if not sep or not mod_name or not attr:
+        raise ConfigError(f"{what}: {spec!r} must be MODULE:CALLABLE or FILE.py:CALLABLE")
+    try:
+        if mod_name.endswith(".py"):
+            path = Path(mod_name)
+            if not path.is_file():
+                raise ConfigError(f"{what}: {path} does not exist")
+            s = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(s)
+            s.loader.exec_module(module)
+        else:
+            module = importlib.import_module(mod_name)
+        return getattr(module, attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{what}: cannot load {spec!r} ({exc})") from exc
+
+
+def build_architecture(config: dict[str, Any], source: str | Path = CONFIG) -> nn.Module:
+    """The untrained network a ``config.json`` describes, ready for ``load_state_dict``.
+
+    The base is ``"factory"`` (``MODULE:CALLABLE`` with ``"factory_kwargs"``, for architectures defined
+    elsewhere) or ``"model"`` (``diehardlab.hardening.models.ModelConfig``); a ``"hardening"`` entry (written by
+    ``diehard harden``) then rewrites it exactly as it was hardened (``diehardlab.hardening.rewrite.rebuild``).
+    """
+    if config.get("factory"):
+        kwargs = config.get("factory_kwargs") or {}
+        if not isinstance(kwargs, dict):
+            raise DataError(f"{source}: 'factory_kwargs' must be a table of keyword arguments")
+        model = import_callable(config["factory"], f"{source}: factory")(**kwargs)
+        if not isinstance(model, nn.Module):
+            raise DataError(f"{source}: factory {config['factory']} returned {type(model).__name__}, not a module")
+    else:
+        from diehardlab.hardening.models import ModelConfig, build_model
+
+        model = build_model(
+            ModelConfig.from_dict(config["model"], f"{source}: model"),
+            int(config["in_channels"]),
+            int(config["num_classes"]),
+        )
+    if config.get("hardening"):
+        from diehardlab.hardening.rewrite import rebuild
+
+        model = rebuild(model.eval(), config["hardening"], str(source))
+    return model
+
+
 def load_model(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the model from ``config.json`` and load ``model.pt`` into it, in eval mode on ``device``."""
-    from diehardlab.hardening.models import ModelConfig, build_model
-
     d = Path(ckpt_dir)
     config = read_config(d)
     weights = d / MODEL
     if not weights.is_file():
         raise DataError(f"{weights}: missing; the training run did not finish an epoch (resume it with --resume)")
-    for key in ("model", "dataset", "in_channels", "num_classes"):
+    for key in ("model" if not config.get("factory") else "factory", "dataset", "in_channels", "num_classes"):
         if key not in config:
             raise DataError(f"{d / CONFIG}: no {key!r} entry; not written by 'diehard train'")
-    model = build_model(
-        ModelConfig.from_dict(config["model"], f"{d / CONFIG}: model"),
-        int(config["in_channels"]),
-        int(config["num_classes"]),
-    )
+    model = build_architecture(config, d / CONFIG)
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         model.load_state_dict(state)

@@ -7,6 +7,7 @@ COMMANDS: list[Command] = [
     Command(
         "evaluate", "diehardlab.hardening.evaluate", "clean accuracy and regret under injected faults (K campaigns)"
     ),
+    Command("harden", "diehardlab.hardening.harden", "rewrite a trained model with the DieHardNet changes (torch.fx)"),
     Command("sfi", "diehardlab.hardening.sfi.cli", "statistical fault injection: sample sizes, runs, curves"),
     Command("select", "diehardlab.hardening.selection", "rank test images by difficulty (el2n, deepgini, ce)"),
 ]

@@ -164,6 +164,7 @@ def evaluate_checkpoint(
             "model_hash": loaded.model_hash,
             "model_name": loaded.config.get("name"),
             "model": loaded.config.get("model"),
+            "hardening": (loaded.config.get("hardening") or {}).get("recipe"),  # diehard harden's recipe, if any
             "dataset": loaded.dataset,
             "split": split,
             "limit": limit,

@@ -301,10 +301,13 @@ def _limit(ds: Dataset, limit: int, seed: int) -> tuple[torch.Tensor, torch.Tens
     return ds.x[keep], ds.y[keep]
 
 
-def make_state(cfg: TrainConfig, in_channels: int, num_classes: int, steps_per_epoch: int) -> TrainState:
+def make_state(
+    cfg: TrainConfig, in_channels: int, num_classes: int, steps_per_epoch: int, model: nn.Module | None = None
+) -> TrainState:
+    """Optimizer, schedule, generators and injector around ``model`` (default: a new ``cfg.model`` network)."""
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, in_channels, num_classes).to(device)
+    model = (model if model is not None else build_model(cfg.model, in_channels, num_classes)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     # No weight decay on BN parameters and biases (standard for these ResNets).
@@ -376,6 +379,15 @@ def run_config(cfg: TrainConfig, extra: dict[str, Any] | None = None) -> dict[st
     return {**cfg.to_dict(), **(extra or {}), "diehardlab_version": __version__, "torch_version": torch.__version__}
 
 
+@dataclass
+class Start:
+    """Where a run that does not start from scratch starts: a network with its weights (``diehard train --from``,
+    ``diehard harden --fine-tune``) and what config.json must say about it (its hardening, where it came from)."""
+
+    model: nn.Module
+    config: dict[str, Any]
+
+
 def train(
     cfg: TrainConfig,
     out: str | Path,
@@ -383,14 +395,19 @@ def train(
     progress: bool = False,
     log=print,
     stop_after: int = 0,
+    start: Start | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg`` into the checkpoint folder ``out`` (continuing it with ``resume``); returns the summary.
 
     ``stop_after`` ends this session after that many epochs (0: run to the end); ``resume`` continues later.
+    ``start`` trains that network from its weights instead of a new ``cfg.model`` one.
     """
     out = Path(out)
+    model = start.model if start is not None else None
     if resume:
         saved_cfg = ckpt.read_config(out)
+        if "hardening" in saved_cfg or "factory" in saved_cfg:  # not a cfg.model network: rebuild it as saved
+            model = ckpt.build_architecture(saved_cfg, out / ckpt.CONFIG)
         fresh = run_config(cfg, {k: saved_cfg.get(k) for k in ("in_channels", "num_classes", "normalisation")})
         # Where the data is and which device runs it may change between sessions; the recipe may not.
         free = ("diehardlab_version", "torch_version", "data_dir", "device", "eval_batch_size")
@@ -407,7 +424,7 @@ def train(
     val_ds = load_dataset(cfg.dataset, "val", data_dir)
     info = train_ds.info
     x, y = _limit(train_ds, cfg.train_limit, cfg.seed)
-    state = make_state(cfg, info.in_channels, info.num_classes, math.ceil(len(y) / cfg.batch_size))
+    state = make_state(cfg, info.in_channels, info.num_classes, math.ceil(len(y) / cfg.batch_size), model)
     device = state.device
     x, y = x.to(device), y.to(device)
     vx, vy = val_ds.x.to(device), val_ds.y.to(device)
@@ -417,6 +434,7 @@ def train(
             "in_channels": info.in_channels,
             "num_classes": info.num_classes,
             "normalisation": {"mean": list(info.mean), "std": list(info.std)},
+            **(start.config if start is not None else {}),
         },
     )
     rows: list[dict[str, Any]] = []
@@ -476,6 +494,109 @@ def train(
     return summary
 
 
+# ---------------------------------------------------------------- from a checkpoint (--from, --fine-tune)
+#
+# ``diehard train --from CKPT [--fine-tune]``: more training for a trained network, from its weights. The
+# network is the checkpoint's own, rebuilt by ``load_model`` (a hardened graph stays hardened). The recipe is
+# the checkpoint's saved one (or ``--config``; its ``[model]`` table is not used), with ``--epochs``; the
+# learning rate ``--lr``, else the recipe's times ``LR_SCALE`` (the weights are trained already: a full
+# from-scratch rate would throw much of that away in the first steps); ``--fine-tune``: fault-aware (the
+# recipe's ``[faults]``, the linear curriculum over these epochs) with BN recalibration after each epoch (the
+# recipe's ``bn_recalibrate``, or ``BN_RECALIBRATE`` images). config.json keeps the source's ``hardening`` entry
+# and says where the weights came from (``fine_tune``: source, its model.pt sha256, epochs, fault-aware, lr and
+# the source's own ``fine_tune`` entry). ``--resume`` continues such a run like any other.
+
+LR_SCALE = 0.5
+BN_RECALIBRATE = 1024
+
+
+def source_recipe(loaded: ckpt.LoadedModel) -> TrainConfig:
+    """The training recipe saved with a checkpoint (defaults for what a non-'diehard train' folder lacks)."""
+    keep = {f.name for f in fields(TrainConfig)}
+    data = {k: v for k, v in loaded.config.items() if k in keep}
+    if loaded.config.get("factory"):
+        data.pop("model", None)  # the network is the factory's, not a ModelConfig one
+    return config_from_dict(TrainConfig, data, str(loaded.path / "config.json"))
+
+
+def from_checkpoint(
+    loaded: ckpt.LoadedModel,
+    epochs: int,
+    fine_tune: bool,
+    recipe: TrainConfig | None = None,
+    lr: float | None = None,
+    extra: dict[str, Any] | None = None,
+) -> tuple[TrainConfig, Start]:
+    """The config and start point of a run that trains ``loaded`` for ``epochs`` more epochs."""
+    base = recipe or source_recipe(loaded)
+    if base.dataset != loaded.dataset:
+        raise ConfigError(
+            f"the recipe trains on {base.dataset}, but {loaded.path} was trained on {loaded.dataset}: "
+            "fine-tuning keeps the network's dataset"
+        )
+    try:
+        cfg = replace(
+            base,
+            name=f"{base.name}-{'ft' if fine_tune else 'from'}{epochs}",
+            epochs=epochs,
+            lr=lr if lr is not None else base.lr * LR_SCALE,
+            fault_aware=fine_tune,
+            bn_recalibrate=(base.bn_recalibrate or BN_RECALIBRATE) if fine_tune else base.bn_recalibrate,
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"command line: {exc}") from None
+    config: dict[str, Any] = {
+        "fine_tune": {
+            "from": str(loaded.path),
+            "from_model_sha256": loaded.model_hash,
+            "epochs": epochs,
+            "fault_aware": fine_tune,
+            "lr": cfg.lr,
+            "previous": loaded.config.get("fine_tune"),
+        },
+        **(extra or {}),
+    }
+    for key in ("hardening", "factory", "factory_kwargs"):
+        if loaded.config.get(key) is not None and key not in config:
+            config[key] = loaded.config[key]
+    return cfg, Start(loaded.model, config)
+
+
+def main_from(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``diehard train --from CKPT [--fine-tune] --epochs N --out DIR`` (the parser is train's)."""
+    if not args.from_ckpt:
+        p.error("--fine-tune and --lr go with --from CKPT (the checkpoint to start from)")
+    if args.resume:
+        p.error("--resume continues a run by its --out folder alone; leave out --from")
+    if args.epochs is None or args.epochs < 1:
+        p.error("--from needs --epochs N (N >= 1): how many epochs to train from the checkpoint's weights")
+    if not args.out:
+        p.error("--from needs --out DIR: the new checkpoint folder")
+    if args.dataset:
+        p.error("--dataset: a network is fine-tuned on the dataset it was trained on")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"--out {out}: exists and is not empty; choose a new folder")
+    loaded = ckpt.load_model(args.from_ckpt, "cpu")
+    recipe = load_config(args.config) if args.config else None
+    cfg, start = from_checkpoint(loaded, args.epochs, args.fine_tune, recipe, args.lr)
+    overrides = {"data_dir": args.data_dir, "seed": args.seed, "train_limit": args.train_limit, "device": args.device}
+    try:
+        cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as exc:
+        raise ConfigError(f"command line: {exc}") from None
+    pick_device(cfg.device)  # a missing CUDA is an error before anything is written
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    hardening = loaded.config.get("hardening")
+    print(
+        f"from {loaded.path} ({'hardened: ' + hardening['recipe']['name'] if hardening else 'not hardened'}): "
+        f"{'fault-aware fine-tuning' if args.fine_tune else 'plain training'}, {cfg.epochs} epochs, lr {cfg.lr:g}"
+        + (f", BN recalibration on {cfg.bn_recalibrate} images" if args.fine_tune and cfg.bn_recalibrate else "")
+    )
+    train(cfg, out, progress=progress, stop_after=args.stop_after, start=start)
+    return 0
+
+
 # ---------------------------------------------------------------- command line
 
 
@@ -488,6 +609,9 @@ def main(argv: list[str] | None = None) -> int:
         "metrics.csv. Example: diehard train --config setups/models/digits_diehardnet.toml --out ckpt/dhn",
     )
     p.add_argument("--config", help="model config TOML (setups/models/*.toml); optional with --resume")
+    p.add_argument("--from", dest="from_ckpt", metavar="CKPT", help="start from this checkpoint's network and weights")
+    p.add_argument("--fine-tune", action="store_true", help="with --from: fault-aware (curriculum, BN recal.)")
+    p.add_argument("--lr", type=float, help="with --from: learning rate (default: the recipe's x 0.5)")
     p.add_argument("--dataset", choices=NAMES, help="override the config's dataset")
     p.add_argument("--data-dir", help="folder with the dataset files (fashion-mnist/mnist idx, cifar pickles)")
     p.add_argument("--epochs", type=int, help="override the number of epochs")
@@ -507,6 +631,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if args.from_ckpt or args.fine_tune or args.lr is not None:
+        return main_from(p, args)
     if args.config is None and not (args.resume and args.out):
         p.error("--config is required (or --resume with --out to continue a saved run)")
     if args.config:

@@ -6,6 +6,11 @@ in kernel time with rate ``flux x sigma`` per class:
 
 - ``corrupt``: the iteration's output is corrupted through ``diehardlab.hardening.faults.corrupt`` (single, line,
   block... with a magnitude distribution); the runner's comparison must catch it;
+- ``strike``: the particle strikes INSIDE the network (``diehardlab.harness.strike``): a value, a line or a block of
+  one conv layer's output map, or one bit of one weight, corrupted for that iteration only. Whether the output
+  then differs from the golden (an SDC) and whether top-1 changes (a critical SDC) depends on the model: a
+  hardened one masks more. The true SDC and critical-SDC cross sections are the strike cross section times
+  the probabilities the simulator measures on the DUT's own model and golden inputs before the run;
 - ``nan``: the same with NaN values;
 - ``crash``: the process really dies (SIGKILL to itself: no ``#END``);
 - ``hang``: the process stops iterating, stops sending datagrams and ignores SIGTERM.
@@ -33,7 +38,8 @@ from pydantic import Field, model_validator
 
 from diehardlab.config import Strict, load
 
-KINDS = ("corrupt", "nan", "crash", "hang")
+# The order is the Poisson schedule's draw order: a new class goes where it keeps the old specs' sequences.
+KINDS = ("corrupt", "strike", "nan", "crash", "hang")
 # Counters of the simulated facility log are measured from this instant (UTC), so they depend on time only.
 ANCHOR = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
 
@@ -61,6 +67,7 @@ class CrossSections(Strict):
     """Per-class cross sections in cm^2: events per (n/cm^2) of fluence during kernel time."""
 
     corrupt: float = Field(0.0, ge=0)
+    strike: float = Field(0.0, ge=0)  # inside the network: see [strike]
     nan: float = Field(0.0, ge=0)
     crash: float = Field(0.0, ge=0)
     hang: float = Field(0.0, ge=0)
@@ -74,6 +81,43 @@ class CorruptModel(Strict):
     p: float = Field(0.75, ge=0, le=1)
 
 
+class StrikeModel(Strict):
+    """Where a ``strike`` lands inside the network and what it does there (``diehardlab.harness.strike``).
+
+    The first five fields are relative frequencies of the targets: one value (``single``), a row or column
+    (``line``), a block or a whole channel of one conv layer's output map for one image, or one bit of one conv
+    or linear weight (``weight_bit``) for every image of the iteration. A feature-map fault uses the fault
+    models of ``diehardlab.hardening.faults`` (``value``, ``magnitude``, ``block_*``).
+    """
+
+    single: float = Field(1.0, ge=0)
+    line: float = Field(0.0, ge=0)
+    block: float = Field(1.0, ge=0)
+    channel: float = Field(0.0, ge=0)
+    weight_bit: float = Field(1.0, ge=0)
+    value: Literal["magnitude", "nan", "inf"] = "magnitude"
+    magnitude: tuple[float, float] = (1.0, 1000.0)
+    block_channel_p: float = Field(0.5, ge=0, le=1)
+    block_max_frac: float = Field(0.5, gt=0, le=1)
+    # Which conv layer a feature-map strike hits: in proportion to its output size (a particle hits memory
+    # uniformly), or uniform over the layers.
+    layers: Literal["size", "uniform"] = "size"
+    bits: tuple[int, int] = (0, 31)  # weight bits drawn uniformly in [low, high] (0: least significant)
+    # Strikes per target drawn on the golden inputs before the run, to measure the true probabilities.
+    calibration_strikes: int = Field(512, ge=16, le=100_000)
+
+    @model_validator(mode="after")
+    def _check(self) -> StrikeModel:
+        if self.single + self.line + self.block + self.channel + self.weight_bit <= 0:
+            raise ValueError("give at least one target a positive weight (single, line, block, channel, weight_bit)")
+        lo, hi = self.magnitude
+        if not 0 <= lo <= hi:
+            raise ValueError("magnitude: need 0 <= low <= high")
+        if not 0 <= self.bits[0] <= self.bits[1] <= 31:
+            raise ValueError("bits: need 0 <= low <= high <= 31")
+        return self
+
+
 class NanModel(Strict):
     kind: Literal["single", "line", "block", "channel", "mix"] = "single"
     value: Literal["nan", "inf"] = "nan"
@@ -83,6 +127,7 @@ class BeamSpec(Strict):
     beam: BeamTable
     cross_section_cm2: CrossSections
     corrupt: CorruptModel = CorruptModel()
+    strike: StrikeModel = StrikeModel()
     nan: NanModel = NanModel()
     # Base seed; each run draws from sha256(seed, run index[, hostname, benchmark]), recorded in the truth file.
     # None: a fresh random seed per run. The run index counts the earlier truth files of the same DUT and
@@ -96,7 +141,7 @@ class BeamSpec(Strict):
     @model_validator(mode="after")
     def _some_rate(self) -> BeamSpec:
         cs = self.cross_section_cm2
-        if cs.corrupt + cs.nan + cs.crash + cs.hang <= 0:
+        if cs.corrupt + cs.strike + cs.nan + cs.crash + cs.hang <= 0:
             raise ValueError("cross_section_cm2: give at least one non-zero cross section")
         lo, hi = self.corrupt.magnitude
         if not 0 < lo <= hi:
@@ -110,9 +155,10 @@ class BeamSpec(Strict):
 
     def true_sigma(self) -> dict[str, float]:
         cs = self.cross_section_cm2
-        return {
+        out = {
             # Every corrupt and nan event changes the output (the runner records any that did not as
-            # "masked" in the truth file; see the runner's check), so both count as SDC.
+            # "masked" in the truth file; see the runner's check), so both count as SDC. A strike's share
+            # depends on the network: the simulator adds it (and the critical split) once it has measured it.
             "sdc": cs.corrupt + cs.nan,
             "due": cs.crash + cs.hang,
             "crash": cs.crash,
@@ -120,6 +166,10 @@ class BeamSpec(Strict):
             "nan": cs.nan,
             "corrupt": cs.corrupt,
         }
+        if cs.strike > 0:
+            out["strike"] = cs.strike
+            del out["sdc"]
+        return out
 
 
 def load_spec(path: str | Path) -> BeamSpec:

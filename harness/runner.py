@@ -21,6 +21,7 @@ import socket
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -96,6 +97,12 @@ class BeamHook(Protocol):
     """
 
     label: str  # goes into the log's #HEADER, so every log of a simulated run says so
+
+    def bind(
+        self, network: Callable[[], tuple[torch.nn.Module, list[torch.Tensor], GoldenCompare]], log_dir: Path
+    ) -> None:
+        """Called at the end of ``prepare``, before the first log line: the network as it is at each call
+        (model, golden input batches, comparison), for a beam that strikes inside it, and the log folder."""
 
     def start(self, writer: LogWriter, benchmark: str, hostname: str) -> None: ...
 
@@ -177,6 +184,8 @@ class Runner:
                 self.sender = DatagramSender(host, port, self.ecc.enabled, dut if extended else None, key)
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"--server {o.server}: {exc}") from exc
+        if self.sim is not None:  # before the first line: a slow hook set-up is start-up time, not a hang
+            self.sim.bind(self.network, Path(o.log_dir))
 
     def _load_tensors(self, rec: dict[str, Any]) -> None:
         bs = int(rec["batch_size"])
@@ -204,6 +213,7 @@ class Runner:
             f"arch:{model.get('arch', '?')}",
             f"activation:{model.get('activation', '?')}",
             f"order:{model.get('order', '?')}",
+            *([f"hardening:{cfg['hardening']['recipe']['name']}"] if cfg.get("hardening") else []),
             f"dataset:{rec.get('dataset', self.loaded.dataset)}",
             f"images:{rec['inputs'].shape[0]}",
             f"batch_size:{rec['batch_size']}",
@@ -253,6 +263,10 @@ class Runner:
         if self.sim is not None:
             self.sim.start(w, self.benchmark, self.hostname)
         return w
+
+    def network(self) -> tuple[torch.nn.Module, list[torch.Tensor], GoldenCompare]:
+        """The model, the golden input batches and the comparison as they are now (a reload replaces them)."""
+        return self.model, self.batches, self.compare
 
     def run(self) -> int:
         handlers = {}

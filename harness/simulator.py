@@ -2,8 +2,10 @@
 
 See ``diehardlab.harness.beam`` for the physics (Poisson times in beam-on kernel time) and the files it writes. Here the
 events meet the real loop: ``corrupt``/``nan`` change one image's outputs of the iteration through
-``diehardlab.hardening.faults.corrupt`` before the comparison (which must catch them), ``crash`` kills the process with
-SIGKILL and ``hang`` stops the loop for good, deaf to SIGTERM. Nothing is written to the DUT log about an
+``diehardlab.hardening.faults.corrupt`` before the comparison (which must catch them), ``strike`` reruns the
+iteration's affected batches with a fault inside the network (``diehardlab.harness.strike``; the runner hands the
+simulator its network through ``bind``), ``crash`` kills the process with SIGKILL and ``hang`` stops the loop for
+good, deaf to SIGTERM. Nothing is written to the DUT log about an
 event: the log must show only what a real beam would leave in it. The truth file says what happened.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,11 @@ from diehardlab.harness.beam import (
 )
 from diehardlab.harness.compare import GoldenCompare, Mismatch
 
+from diehardlab.errors import ConfigError
 from diehardlab.formats.writer import LogWriter
+
+# The runner's network as it is now: the model, the golden input batches, the comparison (golden, threshold).
+Network = Callable[[], tuple[torch.nn.Module, list[torch.Tensor], GoldenCompare]]
 
 
 @dataclass
@@ -56,10 +63,21 @@ class BeamSimulation:
         self.pending: list[_Pending] = []
         self.beam_on_kt = 0.0
         self.kt = 0.0
+        self.network: Network | None = None
+        self.strikes: Any = None  # diehardlab.harness.strike.NetworkStrikes, when the spec has strike events
+        self.pending_strikes: list[list[Any]] = []  # [record, Strike, the iteration's outputs (once applied)]
+        self.calibration: dict[str, Any] = {}  # P(sdc), P(critical) per strike, measured in bind()
 
     @classmethod
     def from_file(cls, path: str | Path) -> BeamSimulation:
         return cls(load_spec(path), Path(path))
+
+    def bind(self, network: Network, log_dir: Path) -> None:
+        """The runner's network, for strikes inside it. Called before the first log line is written: the
+        strike calibration runs here, inside the watchdog's start-up allowance, not its liveness timeout."""
+        self.network = network
+        if self.spec.cross_section_cm2.strike > 0:
+            self._calibrate_strikes(Path(log_dir))
 
     def start(self, writer: LogWriter, benchmark: str, hostname: str) -> None:
         self.writer = writer
@@ -77,6 +95,46 @@ class BeamSimulation:
             f"flux:{self.spec.beam.flux_n_cm2_s:g} seed:{self.seed} run:{self.run_index} "
             f"truth:{self.truth.path.name} facility:{self.facility.path.name}"
         )
+        if self.spec.cross_section_cm2.strike > 0:
+            if self.strikes is None:
+                raise ConfigError(f"{self.spec_path}: strike events need the runner's network (diehard run binds it)")
+            self.strikes.gen = self.gen  # the run's strikes draw from the run's seed
+            cs = self.spec.cross_section_cm2
+            doc = self.calibration
+            true = self.truth.doc["true_sigma_cm2"]
+            true["sdc"] = cs.corrupt + cs.nan + cs.strike * doc["p_sdc"]
+            if cs.corrupt == 0:
+                # A NaN or Inf output is always a critical SDC (a non-finite row); a strike's share was measured.
+                # Output corruption by magnitude has no known critical share, so with it the split is not given.
+                true["sdc_critical"] = cs.nan + cs.strike * doc["p_critical"]
+                true["sdc_tolerable"] = cs.strike * (doc["p_sdc"] - doc["p_critical"])
+            self.truth.doc["strike_calibration"] = doc
+            self.truth.save()
+
+    def _calibrate_strikes(self, folder: Path) -> None:
+        """Measure P(SDC | strike) and P(critical | strike) on this model and golden, or reuse the measurement of
+        an earlier run of the same model (cached in the log folder)."""
+        from diehardlab.harness.strike import NetworkStrikes, cached_calibration, calibration_key, save_calibration
+
+        model, batches, compare = self.network()
+        # One calibration per model and spec, whatever the run: the truth is the same for every run of a model.
+        cal_seed = self.spec.seed if self.spec.seed is not None else int.from_bytes(os.urandom(8), "big") >> 1
+        self.strikes = NetworkStrikes(self.spec.strike, model, batches[0], torch.Generator().manual_seed(cal_seed))
+        key = calibration_key(model, batches, compare.threshold, self.spec.strike, cal_seed)
+        doc = cached_calibration(folder, key)
+        if doc is None:
+            t0 = time.perf_counter()
+            cal = self.strikes.calibrate(
+                model, batches, compare.golden, compare.threshold, torch.Generator().manual_seed(cal_seed)
+            )
+            cal.key, cal.seconds = key, round(time.perf_counter() - t0, 3)
+            doc = cal.to_dict()
+            try:  # only a cache: an unwritable log folder is the runner's to report, with its own message
+                folder.mkdir(parents=True, exist_ok=True)
+                save_calibration(folder, doc)
+            except OSError:
+                pass
+        self.calibration = doc
 
     # -- per iteration ------------------------------------------------------------------------------------
 
@@ -113,12 +171,33 @@ class BeamSimulation:
                 outs[b] = new
                 rec.update(batch=b, img=img, elements=int(mask.sum()))
                 self.pending.append(_Pending(rec, b, img, new, mask))
+            elif ev.kind == "strike":
+                self.pending_strikes.append([rec, self.strikes.draw([len(o) for o in outs]), None])
             else:
                 self._due(rec, now)
+        fresh = [p for p in self.pending_strikes if p[2] is None]
+        if fresh:
+            model, batches, _ = self.network()
+            outs = self.strikes.apply([p[1] for p in fresh], model, batches, outs)
+            for p in fresh:
+                p[0]["strike"] = p[1].record()
+                p[2] = outs
         return outs
 
     def observed(self, iteration: int, mm: Mismatch | None, compare: GoldenCompare) -> None:
-        """After the comparison: what the runner saw of this iteration's corrupt/nan events."""
+        """After the comparison: what the runner saw of this iteration's corrupt/nan events, and what this
+        iteration's strikes did to the outputs (the simulator's own comparison with the golden: the truth)."""
+        if self.pending_strikes:
+            from diehardlab.harness.strike import judge
+
+            for rec, strike, outs in self.pending_strikes:
+                rows = None if strike.target == "weight_bit" else {strike.batch: [strike.img]}
+                o = judge(outs, compare.golden, compare.threshold, rows)
+                rec.update(observed="sdc" if o.differs else "masked", critical=o.critical, images=o.images)
+                self.truth.events.append(rec)
+            self.pending_strikes = []
+            if not self.pending:
+                self.truth.save(self.beam_on_kt, self.kt)
         if not self.pending:
             return
         golden, thr = compare.golden, compare.threshold
@@ -150,6 +229,10 @@ class BeamSimulation:
             p.rec["critical"] = False
             self.truth.events.append(p.rec)
         self.pending = []
+        for p in self.pending_strikes:
+            p[0].update(observed="due", critical=False)
+            self.truth.events.append(p[0])
+        self.pending_strikes = []
         self.truth.events.append(rec)
         self.truth.doc["ended"] = rec["kind"]
         self.truth.save(self.beam_on_kt, self.kt)

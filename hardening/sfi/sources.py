@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import importlib
-import importlib.util
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,22 +77,9 @@ def _sha256_state(model: nn.Module) -> str:
 
 
 def _load_factory(spec: str):
-    mod_name, sep, attr = spec.rpartition(":")
-    if not sep or not mod_name or not attr:
-        raise ConfigError(f"--factory: {spec!r} must be MODULE:CALLABLE or FILE.py:CALLABLE")
-    try:
-        if mod_name.endswith(".py"):
-            path = Path(mod_name)
-            if not path.is_file():
-                raise ConfigError(f"--factory: {path} does not exist")
-            s = importlib.util.spec_from_file_location(path.stem, path)
-            module = importlib.util.module_from_spec(s)
-            s.loader.exec_module(module)
-        else:
-            module = importlib.import_module(mod_name)
-        return getattr(module, attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"--factory: cannot load {spec!r} ({exc})") from exc
+    from diehardlab.hardening.checkpoint import import_callable
+
+    return import_callable(spec, "--factory")
 
 
 def load_target(args: argparse.Namespace, device: str | torch.device = "cpu") -> Target:
