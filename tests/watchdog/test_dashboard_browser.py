@@ -114,10 +114,17 @@ def test_a_silent_dut_turns_recovering_when_the_watchdog_acts(browser, live):
 
 def test_configurations_carry_the_analysis_numbers_while_the_campaign_runs(browser, live):
     where = '#groups tr[data-group="streamer/app/OFF"][data-class="sdc"]'
-    row = wait(browser, lambda d: d.find_elements("css selector", where), timeout=30)[0]
-    assert int(row.find_element("css selector", ".g-events").text) >= 1
-    assert float(row.find_element("css selector", ".g-sigma").get_attribute("data-sigma")) > 0
-    assert "of beam for" in row.find_element("css selector", ".g-needed").text
+
+    def read_row(d):  # in one go: the page replaces the row on every update, so a kept reference goes stale
+        row = d.find_elements("css selector", where)[0]
+        return (
+            int(row.find_element("css selector", ".g-events").text),
+            float(row.find_element("css selector", ".g-sigma").get_attribute("data-sigma")),
+            row.find_element("css selector", ".g-needed").text,
+        )
+
+    events_, sigma, needed = wait(browser, read_row, timeout=30)
+    assert events_ >= 1 and sigma > 0 and "of beam for" in needed
     status = browser.find_element("id", "groups-status").text
     assert "computed by the analysis" in status and "in progress" in status
     fac = browser.find_element("id", "facility").text
