@@ -101,7 +101,7 @@ def load_tensor_file(path: str | Path, device: str | torch.device = "cpu", what:
     if path.is_dir():
         raise DataError(f"{path}: a folder, not a {what}")
     if size == 0:
-        raise DataError(f"{path}: empty (0 bytes), not a {what}; it was cut off when written: write it again")
+        raise DataError(f"{path}: not a {what}: the file is empty (0 bytes; cut off when it was written?)")
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
