@@ -38,7 +38,7 @@ from diehardlab.formats.writer import LogWriter
 MAX_EVENTS_PER_ITERATION = 64
 # A spec that keeps saturating measures nothing (one #SDC per iteration, whatever the cross section): after this
 # many saturated iterations the run stops with an error naming the spec, before the truth file grows without end.
-MAX_SATURATED_ITERATIONS = 20
+MAX_SATURATED_ITERATIONS = 10
 
 
 @dataclass
