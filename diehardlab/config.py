@@ -27,25 +27,28 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class Strict(BaseModel):
-    """Base of every configuration table: unknown keys are errors (a typo must not be ignored), and so are
-    ``inf`` and ``nan`` in number fields (TOML has them; no rate, timeout or factor of ours can be infinite)."""
+    """Base of every configuration table: unknown keys are errors (a typo must not be ignored), and no number
+    may be infinite or NaN (TOML allows ``inf`` and ``nan``; no timeout, rate or factor means them)."""
 
     model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"{path}: a folder, not a TOML file")
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"{path}: is a folder, not a TOML file") from exc
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); a TOML file is UTF-8 text") from None
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "TOML files are UTF-8: save it as UTF-8, or is this the right file?"
+        ) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
 
@@ -117,14 +120,18 @@ def read_secrets(path: str | Path) -> dict[str, str]:
         st = path.stat()
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: secrets file not found; create it with mode 0600") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the secrets file ({exc.strerror or exc})") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{path}: the secrets file is not a regular file (a TOML file with mode 0600)")
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(
             f"{path}: secrets file is readable by others (mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}"
         )
     data = read_toml(path)
     bad = [k for k, v in data.items() if not isinstance(v, str)]
-    if bad:
-        raise ConfigError(f"{path}: secrets must be strings: {', '.join(bad)}")
+    if bad:  # the names only: a value may be a real secret
+        raise ConfigError(f'{path}: secrets must be strings (name = "value"): {", ".join(bad)}')
     return data
 
 
