@@ -10,16 +10,19 @@ A checkpoint is a folder::
     last.pt       resume state: model, optimizer, scheduler, epoch, generator states
     metrics.csv   one row per epoch
 
-Everything loads with ``torch.load(..., weights_only=True)``. Files are written to a temporary name and renamed,
-so an interrupted save never leaves a half-written checkpoint behind.
+Everything loads with ``torch.load(..., weights_only=True)`` (:func:`load_tensor_file`: a damaged, empty or
+foreign file is one line naming it, and never the advice to load it with ``weights_only=False``, which would run
+whatever code the file names). Files are written to a temporary name and renamed
+(``diehardlab.outfiles.write_atomic``), so an interrupted save or a full disk never leaves a half-written
+checkpoint behind.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
-import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,7 @@ import torch
 from torch import nn
 
 from diehardlab.errors import DataError
+from diehardlab.outfiles import write_atomic
 
 CONFIG = "config.json"
 MODEL = "model.pt"
@@ -48,9 +52,15 @@ class LoadedModel:
 
 
 def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    write_atomic(path, write, "--out")
+
+
+def save_tensors(obj: Any, path: str | Path, option: str = "--out") -> Path:
+    """``torch.save`` then rename. Serialised in memory first: torch's own file writer reports a full disk as
+    a RuntimeError from C++, which could not be told apart from a real bug."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return write_atomic(path, lambda tmp: tmp.write_bytes(buf.getbuffer()), option)
 
 
 def save_config(ckpt_dir: str | Path, config: dict[str, Any]) -> None:
@@ -64,9 +74,81 @@ def read_config(ckpt_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"{ckpt_dir}: not a checkpoint folder (no {CONFIG}); make one with 'diehard train'")
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); not a config written by 'diehard train'") from None
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from exc
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise DataError(f"{path}: not a JSON object ({type(config).__name__}); not written by 'diehard train'")
+    return config
+
+
+def _positive_int(config: dict[str, Any], key: str, path: Path) -> int:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DataError(f"{path}: field {key!r} must be an integer >= 1 (got {value!r})")
+    return value
+
+
+def load_tensor_file(path: str | Path, device: str | torch.device = "cpu", what: str = "file") -> Any:
+    """``torch.load(path, weights_only=True)``, with one line naming the file for every way it can fail."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({exc.strerror})") from None
+    if path.is_dir():
+        raise DataError(f"{path}: a folder, not a {what}")
+    if size == 0:
+        raise DataError(f"{path}: not a {what}: the file is empty (0 bytes; cut off when it was written?)")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message advises weights_only=False: that would run what the file names. Say what it is instead.
+        if "GLOBAL" in str(exc) or "global" in str(exc):
+            raise DataError(
+                f"{path}: holds Python objects besides tensors, so it is not a {what}; refused (loading it would "
+                "run code the file names)"
+            ) from None
+        raise DataError(f"{path}: not a {what} (not a torch tensor file, or damaged)") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({exc.strerror})") from None
+    except Exception:  # torch raises RuntimeError, EOFError, ValueError... for damaged or foreign files
+        raise DataError(f"{path}: not a {what} (a damaged, truncated or foreign file; {size} bytes)") from None
+
+
+def _state_mismatch(model: nn.Module, state: dict[str, Any]) -> str:
+    """The differences between ``state`` and the model's own state_dict, in one short line."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} is {list(state[k].shape)}, the model's {list(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
+        if items:
+            more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+            parts.append(f"{label}: {', '.join(items[:3])}{more}")
+    return "; ".join(parts) or "the values do not fit"
+
+
+def load_state_into(model: nn.Module, path: str | Path, device: str | torch.device = "cpu") -> None:
+    """Load the state_dict file ``path`` (``model.pt``) into ``model``; one line on any mismatch."""
+    state = load_tensor_file(path, device, "state_dict of model weights")
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise DataError(f"{path}: not a state_dict (a mapping of parameter names to tensors)")
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError):
+        raise DataError(f"{path}: does not match the model in {CONFIG} ({_state_mismatch(model, state)})") from None
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -75,12 +157,12 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_model(ckpt_dir: str | Path, model: nn.Module) -> None:
-    _atomic(Path(ckpt_dir) / MODEL, lambda p: torch.save(_cpu_state(model), p))
+    save_tensors(_cpu_state(model), Path(ckpt_dir) / MODEL)
 
 
 def save_last(ckpt_dir: str | Path, state: dict[str, Any]) -> None:
     """Resume state (model/optimizer/scheduler state_dicts, epoch, generator states): tensors and plain values."""
-    _atomic(Path(ckpt_dir) / LAST, lambda p: torch.save(state, p))
+    save_tensors(state, Path(ckpt_dir) / LAST)
 
 
 def save_metrics(ckpt_dir: str | Path, rows: list[dict[str, Any]], fieldnames: list[str]) -> None:
@@ -99,12 +181,10 @@ def load_last(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> dict[
     path = Path(ckpt_dir) / LAST
     if not path.is_file():
         raise DataError(f"{path}: no resume state in this checkpoint folder")
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError) as exc:
-        raise DataError(
-            f"{path}: not a resume state written by 'diehard train' ({type(exc).__name__}); train into a new --out"
-        ) from exc
+    state = load_tensor_file(path, device, "resume state written by 'diehard train'")
+    if not isinstance(state, dict):
+        raise DataError(f"{path}: not a resume state written by 'diehard train'; train into a new --out")
+    return state
 
 
 def file_sha256(path: str | Path) -> str:
@@ -179,19 +259,19 @@ def load_model(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> Load
     for key in ("model" if not config.get("factory") else "factory", "dataset", "in_channels", "num_classes"):
         if key not in config:
             raise DataError(f"{d / CONFIG}: no {key!r} entry; not written by 'diehard train'")
+    in_channels = _positive_int(config, "in_channels", d / CONFIG)
+    num_classes = _positive_int(config, "num_classes", d / CONFIG)
+    if not isinstance(config["dataset"], str) or not config["dataset"]:
+        raise DataError(f"{d / CONFIG}: field 'dataset' must be a dataset name (got {config['dataset']!r})")
     model = build_architecture(config, d / CONFIG)
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except (RuntimeError, KeyError, ValueError) as exc:
-        raise DataError(f"{weights}: does not match the model in {CONFIG} ({exc})") from exc
+    load_state_into(model, weights)
     model.to(device).eval()
     return LoadedModel(
         model=model,
         config=config,
-        dataset=str(config["dataset"]),
-        in_channels=int(config["in_channels"]),
-        num_classes=int(config["num_classes"]),
+        dataset=config["dataset"],
+        in_channels=in_channels,
+        num_classes=num_classes,
         model_hash=file_sha256(weights),
         path=d,
     )

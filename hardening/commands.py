@@ -3,9 +3,11 @@
 from diehardlab.cli import Command
 
 COMMANDS: list[Command] = [
-    Command("train", "diehardlab.hardening.train", "train a (fault-aware, hardened) model into a checkpoint folder"),
     Command(
-        "evaluate", "diehardlab.hardening.evaluate", "clean accuracy and regret under injected faults (K campaigns)"
+        "train", "diehardlab.hardening.cli_train", "train a (fault-aware, hardened) model into a checkpoint folder"
+    ),
+    Command(
+        "evaluate", "diehardlab.hardening.cli_evaluate", "clean accuracy and regret under injected faults (K campaigns)"
     ),
     Command("harden", "diehardlab.hardening.harden", "rewrite a trained model with the DieHardNet changes (torch.fx)"),
     Command("sfi", "diehardlab.hardening.sfi.cli", "statistical fault injection: sample sizes, runs, curves"),

@@ -5,15 +5,13 @@ per image from the layer distribution: ``uniform`` over the conv layers, or ``si
 number of output elements). Per campaign: faulty accuracy, regret = clean accuracy - faulty accuracy, critical
 rate (top-1 differs from the fault-free top-1, or the output is not finite), tolerable rate (output changed,
 top-1 kept), masked rate (output bit-identical). The JSON output holds the fault spec, the seeds and the layer
-list, so ``--reproduce FILE`` runs the same campaigns again.
+list, so ``--reproduce FILE`` runs the same campaigns again. The command line is ``diehardlab.hardening.cli_evaluate``.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import statistics
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,11 +19,12 @@ from typing import Any
 import torch
 from diehardlab.hardening.checkpoint import load_model
 from diehardlab.hardening.data import load_dataset
-from diehardlab.hardening.faults import KINDS, VALUES, FaultInjector, FaultSpec
+from diehardlab.hardening.faults import FaultInjector, FaultSpec
 from diehardlab.hardening.models import conv_layers
 from diehardlab.hardening.train import pick_device, top1
 
-from diehardlab.errors import ConfigError, DataError
+from diehardlab.errors import ConfigError
+from diehardlab.outfiles import write_atomic
 
 
 def _layer_weights(model: torch.nn.Module, layers: list[tuple[str, Any]], x: torch.Tensor, dist: str) -> list[float]:
@@ -82,6 +81,10 @@ def evaluate_checkpoint(
 
     if campaigns < 1:
         raise ConfigError(f"--campaigns: need at least 1 (got {campaigns})")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1 (got {batch_size})")
+    if limit < 0:
+        raise ConfigError(f"--limit must be >= 0 (got {limit}; 0 uses every image)")
     if layer_dist not in ("uniform", "size"):
         raise ConfigError(f"--layer-dist: uniform or size (got {layer_dist!r})")
     dev = pick_device(device)
@@ -182,96 +185,12 @@ def evaluate_checkpoint(
         },
     }
     if fault_list is not None:
-        path = Path(fault_list)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
+
+        write_atomic(fault_list, write, "--fault-list")
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    from diehardlab.cli import make_parser
-
-    p = make_parser(
-        "evaluate",
-        "Clean accuracy, and regret (clean - faulty accuracy) over K seeded fault-injection campaigns with one\n"
-        "fault per image. Example: diehard evaluate ckpt/dhn --fault-model block --campaigns 5 --json dhn.json",
-    )
-    p.add_argument("checkpoint", help="checkpoint folder written by 'diehard train'")
-    p.add_argument("--fault-model", choices=KINDS, default=None, help="single, line, block (default), channel, mix")
-    p.add_argument("--value", choices=VALUES, default=None, help="magnitude (default): multiply; nan; inf")
-    p.add_argument("--magnitude", type=float, nargs=2, metavar=("LO", "HI"), help="factor range (default 1 1000)")
-    p.add_argument("--block-channel-p", type=float, help="per-channel probability of a block fault (default 0.5)")
-    p.add_argument("--block-max-frac", type=float, help="largest block side as a fraction of the map (default 0.5)")
-    p.add_argument("--campaigns", type=int, default=None, help="number of campaigns K (default 5)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the first campaign; campaign k uses seed + k")
-    p.add_argument("--split", choices=("test", "val", "train"), default=None, help="dataset split (default test)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N images (0: all)")
-    p.add_argument("--layer-dist", choices=("uniform", "size"), default=None, help="layer distribution")
-    p.add_argument("--data-dir", help="dataset folder (default: the one of the training config)")
-    p.add_argument("--batch-size", type=int, default=1000)
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
-    p.add_argument("--json", help="write the result as JSON to this file")
-    p.add_argument("--fault-list", help="write one CSV row per injected fault (campaign, image, layer, ...)")
-    p.add_argument("--reproduce", help="take fault spec, seeds, split, limit and layer distribution from a JSON result")
-    args = p.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-
-    base: dict[str, Any] = {"campaigns": 5, "seed": 0, "split": "test", "limit": 0, "layer_distribution": "uniform"}
-    spec_dict: dict[str, Any] = {}
-    if args.reproduce:
-        try:
-            conf = json.loads(Path(args.reproduce).read_text())["configuration"]
-            spec_dict = dict(conf["fault_spec"])
-            base.update({k: conf[k] for k in base})
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise DataError(f"{args.reproduce}: not a 'diehard evaluate' JSON result ({exc})") from exc
-    overrides = {
-        "kind": args.fault_model,
-        "value": args.value,
-        "magnitude": tuple(args.magnitude) if args.magnitude else None,
-        "block_channel_p": args.block_channel_p,
-        "block_max_frac": args.block_max_frac,
-    }
-    spec_dict.update({k: v for k, v in overrides.items() if v is not None})
-    spec_dict.pop("layer_weights", None)
-    spec = FaultSpec.from_dict(spec_dict, "fault spec")
-    for key, val in (("campaigns", args.campaigns), ("seed", args.seed), ("split", args.split), ("limit", args.limit)):
-        if val is not None:
-            base[key] = val
-    if args.layer_dist is not None:
-        base["layer_distribution"] = args.layer_dist
-    result = evaluate_checkpoint(
-        args.checkpoint,
-        spec,
-        campaigns=base["campaigns"],
-        seed=base["seed"],
-        split=base["split"],
-        data_dir=args.data_dir,
-        limit=base["limit"],
-        batch_size=args.batch_size,
-        device=args.device,
-        layer_dist=base["layer_distribution"],
-        fault_list=args.fault_list,
-    )
-    conf = result["configuration"]
-    print(
-        f"{conf['checkpoint']} ({conf['model_name']}, {conf['dataset']} {conf['split']}, {conf['images']} images, "
-        f"{conf['campaigns']} campaigns of {spec.kind}/{spec.value} faults, layers {conf['layer_distribution']})"
-    )
-    print(
-        f"clean accuracy {result['clean_accuracy']:.4f}  faulty {result['faulty_accuracy_mean']:.4f}"
-        f"  regret {result['regret_mean']:.4f} +- {result['regret_std']:.4f}"
-        f"  critical {result['critical_rate']:.4f}  tolerable {result['tolerable_rate']:.4f}"
-        f"  masked {result['masked_rate']:.4f}"
-    )
-    if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {out}", file=sys.stderr)
-    return 0

@@ -39,8 +39,8 @@ BASE_KINDS = ("single", "line", "block", "channel")
 
 @dataclass
 class FaultSpec:
-    # Read by pydantic when validating a table into this dataclass: a misspelt key is an error.
-    __pydantic_config__ = ConfigDict(extra="forbid")
+    # Read by pydantic when validating a table into this dataclass: a misspelt key is an error, inf/nan too.
+    __pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     kind: str = "block"
     value: str = "magnitude"

@@ -20,7 +20,9 @@ zero channel padding: ResNet-20 then has 19 convs and 1 linear layer); ``smallne
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import typing
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -55,6 +57,7 @@ def config_from_dict(cls: type[C], data: Any, source: str) -> C:
     Errors read as every other configuration error of the project (``diehardlab.config``): the source, the
     path of the field, and what is wrong; the dataclass's own checks (``__post_init__``) are prefixed alike.
     """
+    _refuse_booleans_as_numbers(cls, data, source)
     try:
         return _adapter(cls).validate_python(data)
     except ValidationError as exc:
@@ -63,10 +66,23 @@ def config_from_dict(cls: type[C], data: Any, source: str) -> C:
         raise ConfigError(f"{source}: {exc}") from None
 
 
+def _refuse_booleans_as_numbers(cls: type, data: Any, source: str, loc: tuple[str, ...] = ()) -> None:
+    """pydantic reads ``epochs = true`` as 1: in a config file that is a typo, not a number."""
+    if not (dataclasses.is_dataclass(cls) and isinstance(data, dict)):
+        return
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        value, kind = data.get(f.name), hints.get(f.name)
+        if isinstance(value, bool) and kind in (int, float):
+            where = " -> ".join((*loc, f.name))
+            raise ConfigError(f"{source}: {where}: a number is expected, not {str(value).lower()}")
+        _refuse_booleans_as_numbers(kind, value, source, (*loc, f.name))
+
+
 @dataclass
 class ModelConfig:
-    # Read by pydantic when validating a table into this dataclass: a misspelt key is an error.
-    __pydantic_config__ = ConfigDict(extra="forbid")
+    # Read by pydantic when validating a table into this dataclass: a misspelt key is an error, inf/nan too.
+    __pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     arch: str = "resnet20"
     shortcut: str = "conv"

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from diehardlab.cli import make_parser
 from diehardlab.errors import ConfigError
+from diehardlab.outfiles import check_out_file, write_atomic
 
 METRICS = ("el2n", "deepgini", "ce")
 
@@ -61,16 +62,20 @@ def main(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     if args.selection:
         raise ConfigError("--selection is an input of 'diehard sfi run', not of 'diehard select'")
+    check_out_file(args.out, "--out")  # before the work, not after it
     device = device_name(args.device)
     target = load_target(args, device)
     images = load_images(args, target)
     order, s, pred = rank(target.model, images.x, images.y, args.metric)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["rank", "image", "label", "predicted", "score", "metric"])
-        for r, i in enumerate(order):
-            w.writerow([r, images.ids[i], int(images.y[i]), int(pred[i]), f"{float(s[i]):.9g}", args.metric])
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["rank", "image", "label", "predicted", "score", "metric"])
+            for r, i in enumerate(order):
+                w.writerow([r, images.ids[i], int(images.y[i]), int(pred[i]), f"{float(s[i]):.9g}", args.metric])
+
+    write_atomic(args.out, write, "--out")
     acc = float((pred == images.y).double().mean()) if (images.y >= 0).all() else float("nan")
     print(
         f"ranked {len(order)} images by {args.metric} (top-1 accuracy {acc:.4f}); hardest: "

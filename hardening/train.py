@@ -31,6 +31,7 @@ from torch import nn
 
 from diehardlab.config import read_toml
 from diehardlab.errors import ConfigError
+from diehardlab.outfiles import write_text_atomic
 
 METRIC_FIELDS = [
     "epoch",
@@ -47,8 +48,8 @@ METRIC_FIELDS = [
 
 @dataclass
 class TrainConfig:
-    # Read by pydantic when validating a table into this dataclass: a misspelt key is an error.
-    __pydantic_config__ = ConfigDict(extra="forbid")
+    # Read by pydantic when validating a table into this dataclass: a misspelt key is an error, inf/nan too.
+    __pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = "model"
     dataset: str = "digits"
@@ -94,6 +95,8 @@ class TrainConfig:
             "batch_size": (self.batch_size >= 1, ">= 1"),
             "eval_batch_size": (self.eval_batch_size >= 1, ">= 1"),
             "lr": (self.lr > 0, "> 0"),
+            "momentum": (0 <= self.momentum < 1, "within [0, 1)"),
+            "weight_decay": (self.weight_decay >= 0, ">= 0"),
             "label_smoothing": (0 <= self.label_smoothing < 1, "within [0, 1)"),
             "grad_clip": (self.grad_clip >= 0, ">= 0"),
             "crop_pad": (self.crop_pad >= 0, ">= 0"),
@@ -489,7 +492,7 @@ def train(
     test_ds = load_dataset(cfg.dataset, "test", data_dir)
     test = evaluate(state.model, test_ds.x.to(device), test_ds.y.to(device), cfg)
     summary = {"checkpoint": str(out), "epochs": state.epoch, "test_accuracy": test["accuracy"]}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n", "--out")
     log(f"test accuracy {test['accuracy']:.4f}; checkpoint {out}")
     return summary
 
@@ -594,68 +597,4 @@ def main_from(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         + (f", BN recalibration on {cfg.bn_recalibrate} images" if args.fine_tune and cfg.bn_recalibrate else "")
     )
     train(cfg, out, progress=progress, stop_after=args.stop_after, start=start)
-    return 0
-
-
-# ---------------------------------------------------------------- command line
-
-
-def main(argv: list[str] | None = None) -> int:
-    from diehardlab.cli import make_parser
-
-    p = make_parser(
-        "train",
-        "Train a model (optionally fault-aware) into a checkpoint folder: config.json, model.pt, last.pt,\n"
-        "metrics.csv. Example: diehard train --config setups/models/digits_diehardnet.toml --out ckpt/dhn",
-    )
-    p.add_argument("--config", help="model config TOML (setups/models/*.toml); optional with --resume")
-    p.add_argument("--from", dest="from_ckpt", metavar="CKPT", help="start from this checkpoint's network and weights")
-    p.add_argument("--fine-tune", action="store_true", help="with --from: fault-aware (curriculum, BN recal.)")
-    p.add_argument("--lr", type=float, help="with --from: learning rate (default: the recipe's x 0.5)")
-    p.add_argument("--dataset", choices=NAMES, help="override the config's dataset")
-    p.add_argument("--data-dir", help="folder with the dataset files (fashion-mnist/mnist idx, cifar pickles)")
-    p.add_argument("--epochs", type=int, help="override the number of epochs")
-    p.add_argument("--seed", type=int, help="override the seed")
-    p.add_argument("--train-limit", type=int, help="use only N training images (0: all)")
-    p.add_argument("--device", help="auto (default: cuda when available), cpu, cuda, cuda:N")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
-    p.add_argument("--out", help="checkpoint folder (default: runs/<name>-seed<seed>)")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out from its last epoch")
-    p.add_argument("--stop-after", type=int, default=0, help="stop this session after N epochs (resume later)")
-    p.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="show a progress bar (default: on a tty)",
-    )
-    args = p.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    if args.from_ckpt or args.fine_tune or args.lr is not None:
-        return main_from(p, args)
-    if args.config is None and not (args.resume and args.out):
-        p.error("--config is required (or --resume with --out to continue a saved run)")
-    if args.config:
-        cfg = load_config(args.config)
-    else:
-        saved = ckpt.read_config(args.out)
-        keep = {f.name for f in fields(TrainConfig)}
-        cfg = config_from_dict(
-            TrainConfig, {k: v for k, v in saved.items() if k in keep}, str(Path(args.out) / ckpt.CONFIG)
-        )
-    overrides = {
-        "dataset": args.dataset,
-        "data_dir": args.data_dir,
-        "epochs": args.epochs,
-        "seed": args.seed,
-        "train_limit": args.train_limit,
-        "device": args.device,
-    }
-    try:
-        cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    except ConfigError as exc:
-        raise ConfigError(f"command line: {exc}") from None
-    out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-seed{cfg.seed}"
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
-    train(cfg, out, resume=args.resume, progress=progress, stop_after=args.stop_after)
     return 0

@@ -37,6 +37,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from diehardlab.config import Strict, load
+from diehardlab.formats.writer import restore_unlinked
 
 # The order is the Poisson schedule's draw order: a new class goes where it keeps the old specs' sequences.
 KINDS = ("corrupt", "strike", "nan", "crash", "hang")
@@ -146,6 +147,11 @@ class BeamSpec(Strict):
         lo, hi = self.corrupt.magnitude
         if not 0 < lo <= hi:
             raise ValueError("corrupt -> magnitude: need 0 < low <= high")
+        if not math.isfinite(sum(self.rates().values())):
+            raise ValueError(
+                "cross_section_cm2 x beam -> flux_n_cm2_s: the event rate (flux x cross section) is not a finite "
+                "number; lower the cross sections or the flux"
+            )
         return self
 
     def rates(self) -> dict[str, float]:
@@ -228,6 +234,8 @@ class PoissonSchedule:
         self._weights = [rates[k] for k in self._kinds]
         self._total = sum(self._weights)
         self._t = 0.0
+        self.saturated = 0
+        self.skipped_expected = 0.0
         self.upcoming: Event | None = self._draw()
 
     def _draw(self) -> Event | None:
@@ -237,10 +245,22 @@ class PoissonSchedule:
         kind = self._rng.choices(self._kinds, weights=self._weights)[0]
         return Event(self._t, kind)
 
-    def pop_until(self, kernel_time_s: float) -> list[Event]:
-        """Events with time < ``kernel_time_s``, in order."""
-        out = []
+    def pop_until(self, kernel_time_s: float, limit: int | None = None) -> list[Event]:
+        """Events with time < ``kernel_time_s``, in order; at most ``limit`` of them.
+
+        Beyond ``limit`` the rest of the interval is skipped, not drawn: a huge rate would otherwise draw without
+        end (and a float time that no longer grows by a tiny step never reaches the end at all). The process is
+        memoryless, so it simply starts again at ``kernel_time_s``. ``saturated`` counts the intervals cut short
+        and ``skipped_expected`` the events they are expected to have held beyond the limit.
+        """
+        out: list[Event] = []
         while self.upcoming is not None and self.upcoming.kernel_time_s < kernel_time_s:
+            if limit is not None and len(out) >= limit:
+                self.saturated += 1
+                self.skipped_expected += 1 + self._total * (kernel_time_s - self.upcoming.kernel_time_s)
+                self._t = kernel_time_s
+                self.upcoming = self._draw()
+                break
             out.append(self.upcoming)
             self.upcoming = self._draw()
         return out
@@ -285,12 +305,17 @@ class TruthFile:
         if kernel_time_s is not None:
             self.doc["kernel_time_s"] = round(kernel_time_s, 9)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.doc, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)  # the log folder removed during the run
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(self.doc, f, indent=1)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a full disk: no half truth file beside the complete one
+            raise
 
 
 class ChipirLog:
@@ -316,7 +341,8 @@ class ChipirLog:
         step = beam.row_interval_s
         # The first row at or before the start, so the log covers the whole run.
         self._next = math.floor((start - self.FRACTION) / step) * step + self.FRACTION
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        # Readable too: if the folder is removed, the rows so far are copied back from this descriptor.
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         if os.fstat(self._fd).st_size == 0:
             os.write(self._fd, b"Data From ChipIR\n")
         self.advance(start)
@@ -343,6 +369,9 @@ class ChipirLog:
             rows.append(self.row(self._next))
             self._next += self.beam.row_interval_s
         if rows:
+            if os.fstat(self._fd).st_nlink == 0:  # the log folder was removed: the rows so far, at the same path
+                fd, self._fd = self._fd, restore_unlinked(self._fd, self.path)
+                os.close(fd)
             os.write(self._fd, "".join(rows).encode("ascii"))
         return len(rows)
 

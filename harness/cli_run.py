@@ -3,24 +3,32 @@
 It builds the runner and, with ``--simulate-beam``, hands it the beam simulator (``diehardlab.harness.simulator``):
 the runner owns the loop, the simulator acts on each iteration, and neither imports the other.
 With ``--once`` one iteration runs and a deterministic summary is printed for NVBitFI.
+
+The options and the beam spec are checked before torch is imported: a typo costs a fraction of a second.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from diehardlab.harness.runner import Runner, RunOptions
+from diehardlab.harness.options import RunOptions, check_options
 
 from diehardlab.cli import make_parser
-from diehardlab.errors import ConfigError, DataError
-from diehardlab.formats.writer import BenchmarkAborted
+from diehardlab.errors import DiehardError
+from diehardlab.outfiles import write_bytes_atomic
+
+if TYPE_CHECKING:
+    import torch
+    from diehardlab.harness.runner import Runner
 
 # -- --once (NVBitFI) ---------------------------------------------------------------------------------------
 
 
 def once_summary(runner: Runner) -> str:
     """Deterministic for a fault-free run: no times, no paths (NVBitFI diffs it with the golden stdout)."""
+    import torch
+
     outs = runner.last_outputs
     top1 = torch.cat([o.detach().float().cpu() for o in outs]).argmax(dim=1).tolist() if outs else []
     mm = runner.last_mismatch
@@ -38,9 +46,10 @@ def once_summary(runner: Runner) -> str:
 
 def write_outputs(outs: list[torch.Tensor], path: Path) -> None:
     """Raw little-endian float32, image after image (``diehardlab.harness.outdiff`` compares two of these)."""
+    import torch
+
     data = torch.cat([o.detach().float().cpu() for o in outs]).contiguous().numpy().astype("<f4").tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    write_bytes_atomic(path, data, "--output")
 
 
 # -- command line -------------------------------------------------------------------------------------------
@@ -111,13 +120,20 @@ def options_from_args(a) -> RunOptions:
 
 
 def main(argv: list[str]) -> int:
+    from diehardlab.harness.beam import load_spec
+
     a = build_parser().parse_args(argv)
     opts = options_from_args(a)
+    check_options(opts)
+    spec = load_spec(a.simulate_beam) if a.simulate_beam else None
+    # Only now the heavy part (torch): everything above is refused in a fraction of a second.
+    from diehardlab.harness.runner import Runner
+
     beam = None
-    if a.simulate_beam:
+    if spec is not None:
         from diehardlab.harness.simulator import BeamSimulation
 
-        beam = BeamSimulation.from_file(a.simulate_beam)
+        beam = BeamSimulation(spec, Path(a.simulate_beam))
     runner = Runner(opts, beam)
     if not opts.once:
         runner.prepare()
@@ -126,11 +142,11 @@ def main(argv: list[str]) -> int:
     try:
         runner.prepare()
         runner.run()
-    except (ConfigError, DataError, BenchmarkAborted) as exc:
+        if opts.output is not None and runner.last_outputs:
+            write_outputs(runner.last_outputs, opts.output)
+    except DiehardError as exc:
         print(f"diehard run --once: error: {exc}")
         return 0
-    if opts.output is not None and runner.last_outputs:
-        write_outputs(runner.last_outputs, opts.output)
     print(once_summary(runner), end="")
     if runner.writer is not None:
         print(f"Log file path {runner.writer.path.resolve()}")

@@ -3,7 +3,7 @@
 from diehardlab.cli import Command
 
 COMMANDS: list[Command] = [
-    Command("golden", "diehardlab.harness.golden", "make the golden outputs of a checkpoint on this device"),
+    Command("golden", "diehardlab.harness.cli_golden", "make the golden outputs of a checkpoint on this device"),
     Command(
         "run", "diehardlab.harness.cli_run", "inference loop on the DUT: compare, log, stream (--simulate-beam, --once)"
     ),

@@ -1,9 +1,9 @@
 """Golden outputs: a fixed, seeded input set and the fault-free outputs of one model on one device.
 
-``diehard golden CKPT_DIR --out golden.pt`` runs the model twice and refuses when the two runs differ by
-more than the threshold (the device is then not deterministic enough for that threshold, and every
-iteration in the beam would read as an SDC). The file holds tensors and plain values only, so it loads with
-``torch.load(weights_only=True)``:
+``diehard golden CKPT_DIR --out golden.pt`` (command line: ``diehardlab.harness.cli_golden``) runs the model
+twice and refuses when the two runs differ by more than the threshold (the device is then not deterministic
+enough for that threshold, and every iteration in the beam would read as an SDC). The file holds tensors and
+plain values only, so it loads with ``torch.load(weights_only=True)``:
 
     format, version            "diehardlab-golden", 1
     inputs, outputs            float32 (N, C, H, W) and (N, K), on the CPU
@@ -22,13 +22,12 @@ from typing import Any
 
 import torch
 from diehardlab.harness.device import device_name, pick_device, synchronize
+from diehardlab.harness.options import DEFAULT_THRESHOLD, check_threshold
 
-from diehardlab.cli import make_parser
 from diehardlab.errors import ConfigError, DataError
 
 FORMAT = "diehardlab-golden"
 VERSION = 1
-DEFAULT_THRESHOLD = 1e-3
 TOPK = 5
 
 
@@ -59,8 +58,7 @@ def make_golden(
 
     if samples < 1 or batch_size < 1:
         raise ConfigError("--samples and --batch-size must be >= 1")
-    if not threshold >= 0:
-        raise ConfigError(f"--threshold must be >= 0 (got {threshold})")
+    check_threshold(threshold, "--threshold")
     dev = pick_device(device)
     loaded = load_model(ckpt_dir, dev)
     name = dataset or loaded.dataset
@@ -131,26 +129,51 @@ def golden_record(
 
 
 def save_golden(record: dict[str, Any], out: str | Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(record, tmp)
-    tmp.replace(out)
-    return out
+    """Write then rename: a full disk or a crash never leaves a golden file that looks complete."""
+    from diehardlab.hardening.checkpoint import save_tensors
+
+    return save_tensors(record, out, "--out")
 
 
 _REQUIRED = ("inputs", "outputs", "topk", "labels", "model_hash", "batch_size", "threshold")
 
 
+def _check_fields(rec: dict[str, Any], path: Path) -> None:
+    """Every field the runner reads: types, shapes, finite numbers. One line naming the field."""
+
+    def bad(field: str, want: str, got: Any) -> DataError:
+        shown = f"tensor {tuple(got.shape)} {got.dtype}" if isinstance(got, torch.Tensor) else repr(got)[:60]
+        return DataError(f"{path}: field {field!r} must be {want} (got {shown}); make the golden file again")
+
+    tensors = {"inputs": (4, True), "outputs": (2, True), "topk": (2, False), "labels": (1, False)}
+    for field, (ndim, floating) in tensors.items():
+        t = rec[field]
+        kind = "floating-point" if floating else "integer"
+        if not isinstance(t, torch.Tensor) or t.dim() != ndim or t.is_floating_point() != floating:
+            raise bad(field, f"a {ndim}-d {kind} tensor", t)
+        if floating and not bool(torch.isfinite(t).all()):
+            raise bad(field, "finite (no NaN or Inf)", "non-finite values")
+    n = rec["inputs"].shape[0]
+    if n == 0 or any(rec[k].shape[0] != n for k in ("outputs", "topk", "labels")):
+        raise DataError(f"{path}: inputs, outputs, topk and labels disagree on the number of images (or it is 0)")
+    bs = rec["batch_size"]
+    if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
+        raise bad("batch_size", "an integer >= 1", bs)
+    thr = rec["threshold"]
+    if isinstance(thr, bool) or not isinstance(thr, int | float) or not math.isfinite(thr) or thr < 0:
+        raise bad("threshold", "a finite number >= 0", thr)
+    if not isinstance(rec["model_hash"], str) or len(rec["model_hash"]) != 64:
+        raise bad("model_hash", "the sha256 hex of model.pt", rec["model_hash"])
+
+
 def load_golden(path: str | Path) -> dict[str, Any]:
-    """Read and check a golden file; errors name the file and what to do."""
+    """Read and check a golden file; errors name the file, the field and what to do."""
+    from diehardlab.hardening.checkpoint import load_tensor_file
+
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such golden file; make one with 'diehard golden CKPT_DIR --out {path}'")
-    try:
-        rec = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged or foreign file
-        raise DataError(f"{path}: not a golden file readable by torch.load(weights_only=True) ({exc})") from exc
+    rec = load_tensor_file(path, "cpu", "golden file")
     if not isinstance(rec, dict) or rec.get("format") != FORMAT:
         raise DataError(f"{path}: not a diehardlab golden file (make one with 'diehard golden')")
     if rec.get("version") != VERSION:
@@ -158,9 +181,7 @@ def load_golden(path: str | Path) -> dict[str, Any]:
     missing = [k for k in _REQUIRED if k not in rec]
     if missing:
         raise DataError(f"{path}: golden file lacks {', '.join(missing)}")
-    n = rec["inputs"].shape[0]
-    if rec["outputs"].shape[0] != n or rec["labels"].shape[0] != n or n == 0:
-        raise DataError(f"{path}: inputs, outputs and labels disagree on the number of images")
+    _check_fields(rec, path)
     return rec
 
 
@@ -172,41 +193,3 @@ def check_golden_matches(rec: dict[str, Any], golden_path: str | Path, model_has
             f"{rec.get('checkpoint', '?')}), but {Path(ckpt_dir) / 'model.pt'} has sha256 {model_hash[:16]}...; "
             f"make a golden for this checkpoint: diehard golden {ckpt_dir} --out GOLDEN"
         )
-
-
-def main(argv: list[str]) -> int:
-    p = make_parser("golden", "Make the golden outputs of a checkpoint on this device (run it on the DUT).")
-    p.add_argument("ckpt_dir", help="checkpoint folder written by 'diehard train'")
-    p.add_argument("--out", required=True, help="golden file to write (e.g. golden.pt)")
-    p.add_argument("--dataset", help="dataset of the inputs (default: the checkpoint's)")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--data-dir", help="where the dataset files are (see 'diehard train --help')")
-    p.add_argument("--samples", type=int, default=32, help="number of images (default 32)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the image choice (default 0)")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="absolute tolerance (default 1e-3)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
-    a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    rec = make_golden(
-        a.ckpt_dir,
-        dataset=a.dataset,
-        split=a.split,
-        samples=a.samples,
-        batch_size=a.batch_size,
-        seed=a.seed,
-        threshold=a.threshold,
-        device=a.device,
-        data_dir=a.data_dir,
-    )
-    out = save_golden(rec, a.out)
-    acc = float((rec["topk"][:, 0] == rec["labels"]).float().mean()) if rec["labels"].numel() else math.nan
-    print(
-        f"golden: {out} ({rec['inputs'].shape[0]} images of {rec['dataset']}/{rec['split']}, "
-        f"batch {rec['batch_size']}, "
-        f"top-1 accuracy {acc:.3f}, device {rec['device_name']}, run-to-run difference {rec['max_run_difference']:.2e} "
-        f"<= threshold {rec['threshold']:g})"
-    )
-    return 0

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from diehardlab.cli import make_parser
 from diehardlab.errors import ConfigError
+from diehardlab.outfiles import cannot_write, check_out_dir
 
 CHECK_FILES = ("diff.log", "stdout_diff.log", "stderr_diff.log", "special_check.log")
 _APP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -109,7 +110,10 @@ def _run_once(script: Path, workdir: Path, extra: list[str] | None = None, timeo
     workdir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PRELOAD_FLAG="")
     t0 = time.monotonic()
-    subprocess.run(["bash", str(script), *(extra or [])], cwd=workdir, env=env, timeout=timeout, check=True)
+    try:
+        subprocess.run(["bash", str(script), *(extra or [])], cwd=workdir, env=env, timeout=timeout, check=True)
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"the fault-free run in {workdir} took more than {timeout:g} s; see its stderr.txt") from None
     return time.monotonic() - t0
 
 
@@ -120,45 +124,79 @@ def judge(workdir: Path, check: Path, app_dir: Path) -> dict[str, str]:
     return {name: (workdir / name).read_text() for name in CHECK_FILES}
 
 
+def _last_line(*paths: Path) -> str:
+    """The last non-empty line of the first file that has one (what went wrong, in one line)."""
+    for p in paths:
+        try:
+            lines = [ln.strip() for ln in p.read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            continue
+        if lines:
+            return lines[-1]
+    return "no output"
+
+
+# Published in this order, the params.py entry last: it is what says the workload is complete.
+PUBLISHED = ("run.sh", "sdc_check.sh", "golden_stdout.txt", "golden_stderr.txt", "golden_output.bin",
+             "params_entry.py")  # fmt: skip
+
+
 def setup(ckpt: Path, golden: Path, out: Path, app: str, device: str = "auto", threads: int | None = None,
           verify: bool = True) -> Path:  # fmt: skip
-    from diehardlab.harness.golden import load_golden
-
+    """Build the workload in a staging folder inside ``out`` and rename its files into place only when the
+    fault-free runs passed: a failure (a full disk, a non-deterministic device) never leaves a workload that looks
+    complete, nor mixes new files with an older workload's."""
     if not _APP.match(app):
         raise ConfigError(f"--app {app!r}: letters, digits, '_', '.', '-' (it names NVBitFI's log folders)")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be >= 1 (got {threads}); leave it out for torch's default")
+    out = out.resolve()
+    check_out_dir(out, "--out")  # before torch is even imported: a read-only or full folder costs nothing
+
+    from diehardlab.harness.golden import load_golden
+
     rec = load_golden(golden)
     threshold = float(rec["threshold"])
-    out = out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
     py = sys.executable
-    run_sh, check_sh = out / "run.sh", out / "sdc_check.sh"
-    run_sh.write_text(run_script(py, ckpt.resolve(), golden.resolve(), out, app, device, threads))
-    check_sh.write_text(check_script(py, out, threshold))
-    for f in (run_sh, check_sh):
-        f.chmod(0o755)
+    stage = out / f".staging-{os.getpid()}"
+    try:
+        stage.mkdir(parents=True)
+        run_sh, check_sh = stage / "run.sh", stage / "sdc_check.sh"
+        run_sh.write_text(run_script(py, ckpt.resolve(), golden.resolve(), out, app, device, threads))
+        check_sh.write_text(check_script(py, out, threshold))
+        for f in (run_sh, check_sh):
+            f.chmod(0o755)
 
-    ref = out / "golden-run"
-    shutil.rmtree(ref, ignore_errors=True)
-    runtime = _run_once(run_sh, ref)
-    stdout = (ref / "stdout.txt").read_text()
-    if "result: MASKED " not in stdout or not (ref / "output.bin").is_file():
-        raise ConfigError(
-            f"the fault-free run in {ref} did not pass its own check:\n{stdout}{(ref / 'stderr.txt').read_text()}"
-        )
-    (out / "golden_stdout.txt").write_text(clean_stdout(stdout))
-    shutil.copyfile(ref / "stderr.txt", out / "golden_stderr.txt")
-    shutil.copyfile(ref / "output.bin", out / "golden_output.bin")
-    (out / "params_entry.py").write_text(params_entry(app, out, runtime))
-    if verify:
-        again = out / "verify-run"
-        shutil.rmtree(again, ignore_errors=True)
-        _run_once(run_sh, again)
-        found = {k: v for k, v in judge(again, check_sh, out).items() if v}
-        if found:
-            detail = "".join(f"--- {k}\n{v}" for k, v in found.items())
+        ref = out / "golden-run"
+        shutil.rmtree(ref, ignore_errors=True)
+        runtime = _run_once(run_sh, ref)
+        stdout = (ref / "stdout.txt").read_text()
+        if "result: MASKED " not in stdout or not (ref / "output.bin").is_file():
             raise ConfigError(
-                f"a second fault-free run in {again} is not judged masked; NVBitFI would see SDCs:\n{detail}"
+                f"the fault-free run in {ref} did not pass its own check "
+                f"({_last_line(ref / 'stderr.txt', ref / 'stdout.txt')}); see stdout.txt and stderr.txt there"
             )
+        (stage / "golden_stdout.txt").write_text(clean_stdout(stdout))
+        shutil.copyfile(ref / "stderr.txt", stage / "golden_stderr.txt")
+        shutil.copyfile(ref / "output.bin", stage / "golden_output.bin")
+        (stage / "params_entry.py").write_text(params_entry(app, out, runtime))
+        if verify:
+            again = out / "verify-run"
+            shutil.rmtree(again, ignore_errors=True)
+            _run_once(run_sh, again)
+            found = {k: v for k, v in judge(again, check_sh, stage).items() if v}
+            if found:
+                first = next(iter(found))
+                raise ConfigError(
+                    f"a second fault-free run in {again} is not judged masked ({first}: "
+                    f"{found[first].strip().splitlines()[0]}); NVBitFI would see SDCs. See the *.log files there"
+                )
+        for name in PUBLISHED:
+            os.replace(stage / name, out / name)
+    except OSError as exc:
+        raise cannot_write("--out", out, exc) from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return out
 
 

@@ -19,10 +19,10 @@ import re
 import signal
 import socket
 import stat
+import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,40 +30,15 @@ import torch
 from diehardlab.harness.compare import GoldenCompare, Mismatch
 from diehardlab.harness.device import detect_ecc, device_name, parse_ecc_flag, pick_device, synchronize
 from diehardlab.harness.golden import check_golden_matches, forward_batches, load_golden, split_batches
+from diehardlab.harness.options import RunOptions, check_options
 
-from diehardlab.errors import ConfigError
+from diehardlab.errors import ConfigError, DiehardError
 from diehardlab.formats.datagram import DatagramSender, decode_key
 from diehardlab.formats.filename import HOSTNAME, PLAIN_NAME, name_problem
-from diehardlab.formats.writer import LogWriter
+from diehardlab.formats.writer import BenchmarkAborted, LogWriteError, LogWriter
+from diehardlab.outfiles import cannot_write, check_out_dir
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9.-][A-Za-z0-9._-]{0,63}$")
-
-
-@dataclass
-class RunOptions:
-    ckpt_dir: Path
-    golden: Path
-    log_dir: Path
-    hostname: str | None = None
-    benchmark: str | None = None
-    server: str | None = None  # HOST:PORT
-    dut: str | None = None
-    key_file: Path | None = None
-    extended: bool = False  # extended datagrams even without a key (unsigned)
-    interval: int = 10
-    heartbeat_s: float = 5.0
-    duration_s: float | None = None
-    iterations: int | None = None
-    threads: int | None = None
-    ecc: str = "auto"
-    device: str = "auto"
-    threshold: float | None = None  # default: the golden file's
-    reload: bool = True
-    max_errors_per_iter: int = 500
-    double_error_kill: bool = True
-    once: bool = False
-    output: Path | None = None  # --once: raw float32 outputs
-    status_every_s: float = 60.0
 
 
 def read_key(path: Path) -> bytes:
@@ -143,10 +118,7 @@ class Runner:
             problem = name_problem(value, pattern) if value is not None else None
             if problem:
                 raise ConfigError(f"{option} {value!r}: {problem}")
-        if o.interval < 1:
-            raise ConfigError("--interval must be >= 1")
-        if o.heartbeat_s <= 0:
-            raise ConfigError("--heartbeat must be > 0 seconds")
+        check_options(o)
         if o.threads:
             torch.set_num_threads(o.threads)
         parse_ecc_flag(o.ecc)
@@ -158,9 +130,8 @@ class Runner:
         if shape[1] != self.loaded.in_channels or self.golden_rec["outputs"].shape[1] != self.loaded.num_classes:
             raise ConfigError(f"{o.golden}: inputs {shape} / outputs do not fit the model in {o.ckpt_dir}")
         self.model = self.loaded.model
+        # Both checked already: --threshold by check_options, the golden file's by load_golden.
         self.threshold = float(self.golden_rec["threshold"] if o.threshold is None else o.threshold)
-        if not self.threshold >= 0:
-            raise ConfigError(f"--threshold must be >= 0 (got {o.threshold})")
         self._load_tensors(self.golden_rec)
         # One untimed forward: lazy initialisation (kernel selection, JIT, allocator) must not be KerTime.
         forward_batches(self.model, self.batches)
@@ -197,9 +168,10 @@ class Runner:
 
     def reload(self) -> float:
         """Weights from model.pt and inputs/golden outputs from the golden file: device memory may be corrupted."""
+        from diehardlab.hardening.checkpoint import MODEL, load_state_into
+
         t0 = time.perf_counter()
-        state = torch.load(Path(self.o.ckpt_dir) / "model.pt", map_location=self.dev, weights_only=True)
-        self.model.load_state_dict(state)
+        load_state_into(self.model, Path(self.o.ckpt_dir) / MODEL, self.dev)
         self._load_tensors(load_golden(self.o.golden))
         synchronize(self.dev)
         self.reloads += 1
@@ -233,35 +205,39 @@ class Runner:
 
     def open_log(self) -> LogWriter:
         o = self.o
+        check_out_dir(o.log_dir, "--log-dir")
         try:
-            Path(o.log_dir).mkdir(parents=True, exist_ok=True)
-            probe = Path(o.log_dir) / f".diehard-write-test-{os.getpid()}"
-            probe.touch()
-            probe.unlink()
+            self.writer = LogWriter(
+                o.log_dir,
+                self.benchmark,
+                self.header(),
+                ecc=self.ecc.enabled,
+                hostname=self.hostname,
+                interval=o.interval,
+                max_errors_per_iter=o.max_errors_per_iter,
+                double_error_kill=o.double_error_kill,
+                sinks=[self.sender] if self.sender else [],
+            )
+        except LogWriteError as exc:
+            raise ConfigError(f"--log-dir {o.log_dir}: {exc}") from None
         except OSError as exc:
-            raise ConfigError(f"--log-dir {o.log_dir}: cannot write there ({exc.strerror})") from exc
-        self.writer = LogWriter(
-            o.log_dir,
-            self.benchmark,
-            self.header(),
-            ecc=self.ecc.enabled,
-            hostname=self.hostname,
-            interval=o.interval,
-            max_errors_per_iter=o.max_errors_per_iter,
-            double_error_kill=o.double_error_kill,
-            sinks=[self.sender] if self.sender else [],
-        )
+            raise cannot_write("--log-dir", o.log_dir, exc) from None
         w = self.writer
-        w.log_info_detail(
-            f"device:{self.dev} name:{device_name(self.dev)} ecc:{'ON' if self.ecc.enabled else 'OFF'} "
-            f"ecc_source:{self.ecc.source} {self.ecc.detail}".rstrip()
-        )
-        w.log_info_detail(
-            f"golden:{Path(o.golden).resolve()} made_on:{self.golden_rec.get('device_name', '?')} "
-            f"torch:{self.golden_rec.get('torch_version', '?')} reload_after_sdc:{'on' if o.reload else 'off'}"
-        )
-        if self.sim is not None:
-            self.sim.start(w, self.benchmark, self.hostname)
+        try:
+            w.log_info_detail(
+                f"device:{self.dev} name:{device_name(self.dev)} ecc:{'ON' if self.ecc.enabled else 'OFF'} "
+                f"ecc_source:{self.ecc.source} {self.ecc.detail}".rstrip()
+            )
+            w.log_info_detail(
+                f"golden:{Path(o.golden).resolve()} made_on:{self.golden_rec.get('device_name', '?')} "
+                f"torch:{self.golden_rec.get('torch_version', '?')} reload_after_sdc:{'on' if o.reload else 'off'}"
+            )
+            if self.sim is not None:
+                self.sim.start(w, self.benchmark, self.hostname)
+        except LogWriteError as exc:
+            raise ConfigError(f"--log-dir {o.log_dir}: {exc}") from None
+        except OSError as exc:  # the simulator's truth and facility files beside the log
+            raise cannot_write("--log-dir", exc.filename or o.log_dir, exc) from None
         return w
 
     def network(self) -> tuple[torch.nn.Module, list[torch.Tensor], GoldenCompare]:
@@ -269,22 +245,51 @@ class Runner:
         return self.model, self.batches, self.compare
 
     def run(self) -> int:
+        """Open the log, iterate, end the log.
+
+        A failure during the loop that is not the device's (the log's disk full or its file gone, the beam
+        simulator refusing its spec, ``model.pt`` unreadable at a reload) stops the run cleanly: the file keeps
+        its whole lines, ``#INF STOP reason:...`` and ``#END`` follow (in the server's copy at least), and a
+        ``ConfigError`` says why (exit 2). A libLogHelper ``#ABORT`` propagates as before.
+        """
         handlers = {}
         if threading_main():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 handlers[sig] = signal.signal(sig, self._on_signal)
+        failure: DiehardError | None = None
+        stop_detail = ""
         try:
             w = self.open_log()
             try:
                 self.loop(w)
+            except BenchmarkAborted:
+                raise
+            except LogWriteError as exc:
+                failure, self.stop_reason = exc, "log-write-failed"
+                stop_detail = os.strerror(exc.errno) if exc.errno else ""
+            except OSError as exc:  # the beam simulator's files beside the log: the same disk, the same fault
+                failure, self.stop_reason = (
+                    cannot_write("--log-dir", exc.filename or self.o.log_dir, exc),
+                    "log-write-failed",
+                )
+                stop_detail = exc.strerror or ""
+            except DiehardError as exc:
+                failure, self.stop_reason, stop_detail = exc, "error", str(exc)
             finally:  # also after a libLogHelper #ABORT: the truth file says how the run ended
                 if self.sim is not None:
-                    self.sim.finish(self.stop_reason)
-            self._summary(w)
-            if self.stop_reason and self.stop_reason not in ("iterations", "duration", "once"):
-                w.log_stop(self.stop_reason)
-            else:
-                w.end_log_file()
+                    try:
+                        self.sim.finish(self.stop_reason)
+                    except OSError as exc:
+                        failure = failure or cannot_write("--log-dir", exc.filename or self.o.log_dir, exc)
+            try:
+                self._summary(w)
+                if self.stop_reason and self.stop_reason not in ("iterations", "duration", "once"):
+                    w.log_stop(f"{self.stop_reason} ({stop_detail})" if stop_detail else self.stop_reason)
+                else:
+                    w.end_log_file()
+            except LogWriteError as exc:
+                failure = failure or exc
+            self._report_notices(w)
         finally:
             for sig, h in handlers.items():
                 signal.signal(sig, h)
@@ -292,7 +297,18 @@ class Runner:
                 self.writer.close()
             if self.sender is not None:
                 self.sender.close()
+        if failure is not None:
+            what = "the run stopped" + (" (the server's copy has the rest and #END)" if self.sender else "")
+            if isinstance(failure, LogWriteError):
+                raise ConfigError(
+                    f"--log-dir {self.o.log_dir}: {failure}; {what}. Free space there or choose another --log-dir"
+                )
+            raise ConfigError(f"{failure}; {what}")
         return 0
+
+    def _report_notices(self, w: LogWriter) -> None:
+        while w.notices:
+            print(f"diehard run: warning: {w.notices.pop(0)}", file=sys.stderr, flush=True)
 
     def _summary(self, w: LogWriter) -> None:
         wall = time.monotonic() - self._t_start
@@ -352,6 +368,8 @@ class Runner:
                     )
                 if sim is not None:
                     sim.tick()
+                if w.notices:
+                    self._report_notices(w)
 
     def _faulty(self, w: LogWriter, outs: list[torch.Tensor], it: int) -> None:
         mm = self.compare.explain(outs)

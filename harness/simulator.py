@@ -37,6 +37,13 @@ from diehardlab.formats.writer import LogWriter
 
 # The runner's network as it is now: the model, the golden input batches, the comparison (golden, threshold).
 Network = Callable[[], tuple[torch.nn.Module, list[torch.Tensor], GoldenCompare]]
+# At most this many events act on one iteration. More means the spec saturates the device (every iteration is
+# hit many times over); the rest of such an iteration's events are skipped, counted in the truth file, so that
+# a huge cross section costs bounded time and memory per iteration and SIGTERM is still seen.
+MAX_EVENTS_PER_ITERATION = 64
+# A spec that keeps saturating measures nothing (one #SDC per iteration, whatever the cross section): after this
+# many saturated iterations the run stops with an error naming the spec, before the truth file grows without end.
+MAX_SATURATED_ITERATIONS = 10
 
 
 @dataclass
@@ -89,6 +96,8 @@ class BeamSimulation:
         self.schedule = PoissonSchedule(self.spec.rates(), self.seed)
         self.gen = torch.Generator().manual_seed(self.seed)
         self.truth = TruthFile(writer.path, self.spec, str(self.spec_path), self.seed, self.run_index)
+        self.truth.doc.update(event_cap_per_iteration=MAX_EVENTS_PER_ITERATION, saturated_iterations=0,
+                              events_skipped_expected=0.0)  # fmt: skip
         self.facility = ChipirLog(writer.path, self.spec.beam, self.t_start)
         writer.log_info_detail(
             f"SIMULATED BEAM (not a real beam) spec:{self.spec_path.name} name:{self.label} "
@@ -144,9 +153,11 @@ class BeamSimulation:
         if not beam_on(self.spec.beam, now - kt):  # the beam state when the iteration started
             return outs
         self.beam_on_kt += kt
-        events = self.schedule.pop_until(self.beam_on_kt)
+        events = self.schedule.pop_until(self.beam_on_kt, MAX_EVENTS_PER_ITERATION)
         if not events:
             return outs
+        if self.schedule.saturated != self.truth.doc["saturated_iterations"]:
+            self._saturated(kt)
         outs = list(outs)
         acc = self.writer.acc_time + kt  # the AccTime of this iteration's #IT/#SDC line
         for ev in events:
@@ -219,6 +230,19 @@ class BeamSimulation:
         self.facility.close(time.time())
         self.truth.doc["ended"] = stop_reason or "abort"
         self.truth.save(self.beam_on_kt, self.kt)
+
+    def _saturated(self, kt: float) -> None:
+        # In the truth file: the DUT log shows only what a real beam would leave in it, and stderr is what NVBitFI
+        # compares (one saturated iteration is how its test makes an iteration certain to be hit).
+        self.truth.doc["saturated_iterations"] = self.schedule.saturated
+        self.truth.doc["events_skipped_expected"] = self.schedule.skipped_expected
+        if self.schedule.saturated >= MAX_SATURATED_ITERATIONS:
+            per_iteration = sum(self.spec.rates().values()) * kt
+            raise ConfigError(
+                f"--simulate-beam {self.spec_path}: {self.schedule.saturated} iterations had more than "
+                f"{MAX_EVENTS_PER_ITERATION} events each (about {per_iteration:.3g} per iteration): the spec "
+                "saturates the device and measures nothing; lower the cross sections or the flux"
+            )
 
     # -- crash and hang -----------------------------------------------------------------------------------
 

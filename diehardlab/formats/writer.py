@@ -10,10 +10,19 @@ Differences, all additive: times are UTC (file name and ``#BEGIN``) and an ``#IN
 line goes to the file in one ``write`` call on an ``O_APPEND`` descriptor (a SIGKILL loses at most the
 line being written), and it is fsynced at every ``#SDC``/``#ABORT``/``#END`` and, by a background thread,
 at most ``fsync_interval`` seconds after any other line (a power cycle loses at most those seconds).
+
+A log must survive its machine's mistakes or say it did not. A write that fails part way (a full disk, a file
+size limit) is cut back to the last whole line, so no torn ``#IT`` line is left, and :class:`LogWriteError` is
+raised once; later lines still go to the sinks (the server's copy), never to the file again. A log file that
+was unlinked while open (its folder removed) is noticed within ``check_interval`` seconds, and at every
+``#SDC``/``#END``: it is written again at its path from the still-open descriptor, with an ``#INF`` line that
+says so, or, when that cannot be done, reported as a :class:`LogWriteError`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import socket
 import threading
@@ -27,6 +36,15 @@ from diehardlab.formats import grammar
 from diehardlab.formats.filename import format_log_name
 
 Sink = Callable[[str], None]
+
+
+class LogWriteError(DiehardError):
+    """The log file cannot be written (full disk, removed and not re-creatable); it ends at a whole line."""
+
+    def __init__(self, message: str, path: Path, errno_: int | None = None):
+        super().__init__(message)
+        self.path = path
+        self.errno = errno_
 
 
 class BenchmarkAborted(DiehardError):
@@ -60,6 +78,7 @@ class LogWriter:
         double_error_kill: bool = True,
         sinks: Iterable[Sink] = (),
         fsync_interval: float = 2.0,
+        check_interval: float = 1.0,
         now: Callable[[], datetime] | None = None,
         version: str | None = None,
     ):
@@ -90,9 +109,16 @@ class LogWriter:
         log_dir = Path(log_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
         self.path = log_dir / format_log_name(started, benchmark, ecc, self.hostname)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._lock = threading.Lock()
+        # Readable too: if the file is unlinked while open, its content is copied back from this descriptor.
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        self._size = os.fstat(self._fd).st_size  # bytes of whole lines: a failed write is cut back to it
+        self._lock = threading.RLock()
         self._dirty = False
+        self.failure: LogWriteError | None = None  # set once the file cannot be written; lines go to sinks only
+        self._failure_raised = False
+        self.notices: list[str] = []  # what happened to the file (restored...), for the caller to report
+        self._check_interval = check_interval
+        self._next_check = time.monotonic() + check_interval
         self._stop = threading.Event()
         self._syncer = threading.Thread(target=self._sync_loop, args=(fsync_interval,), name="log-fsync", daemon=True)
         self._syncer.start()
@@ -102,9 +128,13 @@ class LogWriter:
         # As libLogHelper's LocalAndUDPFile: tell the server which DUT file this stream mirrors, so its
         # copy gets the same name and the file can be pulled afterwards. Sent, not written.
         self._to_sinks(f"#LOGFILE {self.path}\n")
-        self._write("#HEADER " + _ascii(header) + "\n")
-        self._write(grammar.begin_line(started))
-        self._write(f"#INF diehardlab version:{version} clock:UTC\n", sync=True)
+        try:
+            self._write("#HEADER " + _ascii(header) + "\n")
+            self._write(grammar.begin_line(started))
+            self._write(f"#INF diehardlab version:{version} clock:UTC\n", sync=True)
+        except LogWriteError:
+            self.close()
+            raise
 
     # -- the libLogHelper API -------------------------------------------------------------------------
 
@@ -163,9 +193,11 @@ class LogWriter:
     def end_log_file(self) -> None:
         if self.ended:
             return
-        self._write("#END\n", sync=True)
-        self.ended = True
-        self.close()
+        try:
+            self._write("#END\n", sync=True)
+        finally:
+            self.ended = True
+            self.close()
 
     # -- diehardnet classification details ---------------------------------------------------------------
 
@@ -183,8 +215,10 @@ class LogWriter:
     # -- plumbing -----------------------------------------------------------------------------------------
 
     def _abort(self, reason: str) -> None:
-        self._write(f"#ABORT {reason}\n", sync=True)
-        self.end_log_file()
+        try:
+            self._write(f"#ABORT {reason}\n", sync=True)
+        finally:
+            self.end_log_file()
         raise BenchmarkAborted(reason, self.path)
 
     def _write(self, line: str, sync: bool = False) -> None:
@@ -192,12 +226,73 @@ class LogWriter:
         with self._lock:
             if self._fd < 0:
                 raise ValueError(f"log {self.path} is closed")
-            os.write(self._fd, data)
-            if sync:
-                os.fsync(self._fd)
-                self._dirty = False
-            else:
-                self._dirty = True
+            if self.failure is None:
+                try:
+                    self._check_linked(force=sync)
+                    if self.failure is None:
+                        self._append(data)
+                    if sync:
+                        os.fsync(self._fd)
+                        self._dirty = False
+                    else:
+                        self._dirty = True
+                except OSError as exc:
+                    self._fail(exc, "cannot write")
+        self._to_sinks(line)
+        self.raise_failure()
+
+    def raise_failure(self) -> None:
+        """Raise the :class:`LogWriteError` once, at the first line after the file stopped being writable."""
+        if self.failure is not None and not self._failure_raised:
+            self._failure_raised = True
+            raise self.failure
+
+    def _append(self, data: bytes) -> None:
+        """All of ``data`` or nothing: a short write (full disk, size limit) followed by an error is cut back."""
+        done = 0
+        try:
+            while done < len(data):
+                done += os.write(self._fd, data[done:])
+        except OSError:
+            if done:
+                # If even this fails, the file ends in a partial line, which the parser reports as unparsed.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, self._size)
+            raise
+        self._size += done
+
+    def _fail(self, exc: OSError, what: str) -> None:
+        reason = exc.strerror or type(exc).__name__
+        self.failure = LogWriteError(
+            f"log {self.path}: {what} ({reason}) at iteration {self.iteration}; the file keeps every whole line "
+            "before it" + (", the lines after it went to the server only" if self.sinks else ""),
+            self.path,
+            exc.errno,
+        )
+
+    def _check_linked(self, force: bool = False) -> None:
+        """Re-create the file at its path when it was unlinked (its folder removed), from the open descriptor."""
+        now = time.monotonic()
+        if not force and now < self._next_check:
+            return
+        self._next_check = now + self._check_interval
+        if os.fstat(self._fd).st_nlink > 0:
+            return
+        try:
+            fd = restore_unlinked(self._fd, self.path)
+        except OSError as exc:
+            if exc.errno == errno.EEXIST:
+                exc = OSError(exc.errno, "removed during the run, and another file now has its name")
+            self._fail(exc, "was removed during the run and cannot be written again")
+            return
+        os.close(self._fd)
+        self._fd = fd
+        note = (
+            f"log file was removed during the run; written again at its path from the open file at Ite:{self.iteration}"
+        )
+        self.notices.append(f"{note} ({self.path})")
+        line = f"#INF {note}\n"
+        self._append(line.encode("ascii", "replace"))
         self._to_sinks(line)
 
     def _to_sinks(self, line: str) -> None:
@@ -211,17 +306,23 @@ class LogWriter:
     def _sync_loop(self, interval: float) -> None:
         while not self._stop.wait(interval):
             with self._lock:
-                if self._dirty and self._fd >= 0:
-                    os.fsync(self._fd)
-                    self._dirty = False
+                if self._dirty and self._fd >= 0 and self.failure is None:
+                    try:
+                        os.fsync(self._fd)
+                        self._dirty = False
+                    except OSError as exc:  # reported by the next line written (no thread traceback)
+                        self._fail(exc, "cannot be synced to disk")
 
     def close(self) -> None:
         """Release the file without writing ``#END`` (a crash-like stop); idempotent."""
         self._stop.set()
         with self._lock:
             if self._fd >= 0:
-                if self._dirty:
-                    os.fsync(self._fd)
+                if self._dirty and self.failure is None:
+                    try:
+                        os.fsync(self._fd)
+                    except OSError as exc:
+                        self._fail(exc, "cannot be synced to disk")
                 os.close(self._fd)
                 self._fd = -1
 
@@ -233,3 +334,28 @@ class LogWriter:
             self.end_log_file()
         else:
             self.close()
+
+
+def restore_unlinked(fd: int, path: Path) -> int:
+    """Write the content of the unlinked file open at ``fd`` to a new file at ``path`` (its folder re-created).
+
+    Returns the new descriptor (read-write, append), fsynced; never replaces a file that has the name now.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+    try:
+        size, offset = os.fstat(fd).st_size, 0
+        while offset < size:
+            chunk = os.pread(fd, min(1 << 20, size - offset), offset)
+            if not chunk:
+                break
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(new, view) :]
+            offset += len(chunk)
+        os.fsync(new)
+    except OSError:
+        os.close(new)
+        path.unlink(missing_ok=True)
+        raise
+    return new

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+import diehardlab.harness.cli_golden as golden_cli
 import diehardlab.harness.golden as golden_mod
 import pytest
 import torch
@@ -14,7 +15,7 @@ from diehardlab.errors import ConfigError, DataError
 
 def test_golden_command_writes_a_weights_only_record(ckpt, tmp_path, capsys):
     out = tmp_path / "g.pt"
-    assert golden_mod.main([str(ckpt), "--out", str(out), "--samples", "12", "--batch-size", "5", "--seed", "3"]) == 0
+    assert golden_cli.main([str(ckpt), "--out", str(out), "--samples", "12", "--batch-size", "5", "--seed", "3"]) == 0
     assert "12 images of digits/test" in capsys.readouterr().out
     rec = torch.load(out, weights_only=True)
     assert rec["inputs"].shape == (12, 1, 8, 8) and rec["outputs"].shape == (12, 10)

@@ -220,3 +220,48 @@ def test_lines_stream_to_the_server_as_legacy_datagrams(tmp_path):
     assert "".join(decode(d).line for d in got[1:]) == w.path.read_text()
     rx.close()
     sender.close()
+
+
+def test_a_disk_that_fills_up_cuts_the_partial_line_and_raises_once(tmp_path):
+    from tests.badinput.disks import full_folder
+
+    sent: list[str] = []
+    with full_folder(tmp_path / "logs", free=4096) as logs:
+        w = LogWriter(logs, "b", "h", ecc=False, hostname="x", interval=1, sinks=[sent.append])
+        with pytest.raises(writer_mod.LogWriteError, match="No space left on device") as e:
+            for _ in range(100_000):
+                w.end_iteration(0.001)
+        it = w.iteration
+        assert f"at iteration {it}" in str(e.value) and "went to the server only" in str(e.value)
+        w.end_iteration(0.001)  # raised once: later lines go to the sinks only
+        w.log_stop("disk full")
+        data = w.path.read_bytes()
+        assert data.endswith(b"\n") and data.count(b"#IT ") == it  # whole lines, up to the failed one
+        assert sent[-2:] == ["#INF STOP reason:disk full\n", "#END\n"] and f"#IT {it} " in "".join(sent)
+
+
+def test_an_unlinked_log_is_written_again_from_the_open_file(tmp_path):
+    import shutil
+
+    w = make(tmp_path / "logs", interval=1, check_interval=0.0)
+    w.end_iteration(0.5)
+    shutil.rmtree(tmp_path / "logs")
+    w.end_iteration(0.5)
+    w.end_log_file()
+    lines = w.path.read_text().splitlines()
+    assert (
+        lines[0].startswith("#HEADER ")
+        and lines[-1] == "#END"
+        and lines.count("#IT 1 KerTime:0.5000000 AccTime:1.0000000") == 1
+    )
+    assert lines[4] == "#INF log file was removed during the run; written again at its path from the open file at Ite:1"
+    assert w.notices and str(w.path) in w.notices[0]
+
+
+def test_an_unlinked_log_that_cannot_come_back_is_reported(tmp_path):
+    w = make(tmp_path / "logs", interval=1, check_interval=0.0)
+    (tmp_path / "logs" / w.path.name).unlink()
+    (tmp_path / "logs" / w.path.name).write_text("someone else's file\n")
+    with pytest.raises(writer_mod.LogWriteError, match="another file now has its name"):
+        w.end_iteration(0.5)
+    w.close()

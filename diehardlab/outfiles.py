@@ -1,0 +1,109 @@
+"""Output files of the commands: checked before the work, written to a temporary name and renamed after it.
+
+A full disk, a read-only folder or a crash must never leave a file that looks complete but is not, and must
+not cost a traceback: :func:`check_out_dir` refuses an unwritable folder before hours of work,
+:func:`write_atomic` writes beside the target under a hidden temporary name, fsyncs it and renames it (the
+rename is atomic within a file system), and removes the temporary file on any failure. ``OSError`` becomes one
+:class:`~diehardlab.errors.ConfigError` line naming the option, the path, the reason and what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from diehardlab.errors import ConfigError
+
+_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space or choose another folder",
+    errno.EDQUOT: "the disk quota is exhausted: free some space or choose another folder",
+    errno.EFBIG: "the file is larger than this system allows (ulimit -f?)",
+    errno.EROFS: "the file system is read-only: choose another folder",
+    errno.EACCES: "no permission to write there: choose another folder",
+    errno.EPERM: "no permission to write there: choose another folder",
+    errno.ENOTDIR: "a path component is a file, not a folder",
+    errno.EISDIR: "a folder has that name",
+}
+
+
+def cannot_write(option: str, path: str | Path, exc: OSError) -> ConfigError:
+    """The one line for a failed write: ``--out results/x.csv: cannot write (No space left on device); ...``."""
+    reason = exc.strerror or type(exc).__name__
+    hint = _HINTS.get(exc.errno or 0, "choose another folder")
+    where = f"{option} {path}" if option else str(path)
+    return ConfigError(f"{where}: cannot write ({reason}); {hint}")
+
+
+def check_out_file(path: str | Path, option: str) -> Path:
+    """:func:`check_out_dir` on the folder of the output file ``path``; the error names the file."""
+    path = Path(path)
+    check_out_dir(path.parent, option, shown=path)
+    return path
+
+
+def check_out_dir(folder: str | Path, option: str, shown: str | Path | None = None) -> Path:
+    """Prove a file can be written in ``folder`` (a byte, synced, then removed), creating nothing.
+
+    A folder that does not exist yet is tested where it would be created: in its nearest existing ancestor
+    (the same file system), so a refused command leaves no empty folder behind.
+    """
+    folder = Path(folder)
+    where = folder
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    probe = where / f".diehard-write-test-{os.getpid()}"
+    try:
+        if not where.is_dir():
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"x")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            probe.unlink(missing_ok=True)
+    except OSError as exc:
+        raise cannot_write(option, shown or folder, exc) from None
+    return folder
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], object], option: str = "") -> Path:
+    """``write(tmp)`` writes the whole file at ``tmp``; it is then fsynced and renamed onto ``path``.
+
+    On any failure the temporary file is removed and ``path`` is left as it was (absent, or the previous
+    complete version); an ``OSError`` becomes a :class:`ConfigError` naming ``option`` and ``path``.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the bytes are on disk before the name says the file is complete
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        raise cannot_write(option, path, exc) from None
+    except BaseException:
+        _remove(tmp)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str, option: str = "", encoding: str = "utf-8") -> Path:
+    return write_atomic(path, lambda p: p.write_text(text, encoding=encoding), option)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes, option: str = "") -> Path:
+    return write_atomic(path, lambda p: p.write_bytes(data), option)
+
+
+def _remove(tmp: Path) -> None:
+    with contextlib.suppress(OSError):  # a read-only folder: nothing was created there anyway
+        tmp.unlink(missing_ok=True)
