@@ -18,7 +18,7 @@ from diehardlab.hardening.harden import main as harden_main
 from diehardlab.hardening.models import BoundedReLU, ModelConfig, NanFilter
 from diehardlab.hardening.rewrite import sites_of
 from diehardlab.hardening.train import TrainConfig, train
-from diehardlab.hardening.train import main as train_main
+from diehardlab.hardening.cli_train import main as train_main
 from torch import fx
 
 from diehardlab.errors import ConfigError
