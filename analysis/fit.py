@@ -30,7 +30,6 @@ import pandas as pd
 from diehardlab.analysis import due as dues
 from diehardlab.analysis import intervals
 from diehardlab.analysis.flux import FluxLog, factor_schedule, merge_flux_logs, read_flux_log
-from diehardlab.analysis.outputs import replace_folder
 from diehardlab.analysis.runs import (
     FLUENCE_METHODS,
     KERNEL_WINDOW,
@@ -48,6 +47,7 @@ from diehardlab.analysis.truth import compare, load_truths
 from diehardlab.campaign import CampaignFile, Facility, load_campaign
 from diehardlab.cli import make_parser
 from diehardlab.errors import ConfigError, DataError
+from diehardlab.outfiles import replace_folder
 from diehardlab.timezones import get_zone
 
 HOURS_PER_BILLION = 1e9

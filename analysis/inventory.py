@@ -15,11 +15,10 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import tzinfo
 from pathlib import Path
 
-from diehardlab.analysis.outputs import write_file
-
 from diehardlab.cli import make_parser
 from diehardlab.errors import ConfigError, DataError
 from diehardlab.formats.parser import LogSummary, summarize
+from diehardlab.outfiles import write_text_stream
 from diehardlab.timezones import get_zone, to_utc
 
 COLUMNS = [
@@ -158,6 +157,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             w.writeheader()
             w.writerows(rows)
 
-        write_file(args.csv, write, "the inventory CSV", newline="", option="--csv")
+        write_text_stream(args.csv, write, "--csv", newline="")
         print(f"wrote {args.csv}")
     return 0

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pandas as pd
 from diehardlab.analysis import intervals
-from diehardlab.analysis.outputs import replace_folder
 
 from diehardlab.cli import make_parser
 from diehardlab.errors import ConfigError, DataError
 from diehardlab.formats.parser import summarize
+from diehardlab.outfiles import replace_folder
 
 CATEGORIES = {
     1: "masked: value not read", 2: "masked: value overwritten", 3: "masked: other",

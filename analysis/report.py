@@ -23,11 +23,11 @@ from typing import Any
 import pandas as pd
 from diehardlab.analysis.fit import FitResult
 from diehardlab.analysis.nvbitfi import PvfResult
-from diehardlab.analysis.outputs import new_folder_beside, swap_in, write_file
 from diehardlab.analysis.truth import compare, load_truths
 
 from diehardlab.cli import make_parser
 from diehardlab.errors import DataError
+from diehardlab.outfiles import new_folder_beside, swap_in, write_text_stream
 
 MAX_RUN_ROWS = 200
 EVAL_KEYS = ("clean_accuracy", "faulty_accuracy_mean", "regret_mean", "regret_std", "critical_rate", "tolerable_rate")
@@ -264,7 +264,7 @@ class _Doc:
                 swap_in(new, figs)  # the figures first: the new report never points at missing ones
 
         try:
-            return write_file(self.out, body, "the report")
+            return write_text_stream(self.out, body, "--out")
         finally:
             if new is not None and new.exists():
                 shutil.rmtree(new, ignore_errors=True)

@@ -3,8 +3,10 @@
 A full disk, a read-only folder or a crash must never leave a file that looks complete but is not, and must
 not cost a traceback: :func:`check_out_dir` refuses an unwritable folder before hours of work,
 :func:`write_atomic` writes beside the target under a hidden temporary name, fsyncs it and renames it (the
-rename is atomic within a file system), and removes the temporary file on any failure. ``OSError`` becomes one
-:class:`~diehardlab.errors.ConfigError` line naming the option, the path, the reason and what to do.
+rename is atomic within a file system), and removes the temporary file on any failure. A folder of outputs
+(``diehard fit``, ``diehard pvf``) is built whole beside the old one and swapped in (:func:`replace_folder`), so
+a reader never sees a mix of two runs' files. ``OSError`` becomes one :class:`~diehardlab.errors.ConfigError`
+line naming the option, the path, the reason and what to do.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from diehardlab.errors import ConfigError
 
@@ -107,3 +112,78 @@ def write_bytes_atomic(path: str | Path, data: bytes, option: str = "") -> Path:
 def _remove(tmp: Path) -> None:
     with contextlib.suppress(OSError):  # a read-only folder: nothing was created there anyway
         tmp.unlink(missing_ok=True)
+
+
+def write_text_stream(
+    path: str | Path, write: Callable[[IO[str]], None], option: str = "", newline: str | None = None
+) -> Path:
+    """:func:`write_atomic` for a text file produced by ``write(f)`` on an open UTF-8 file (a CSV writer, say)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{option + ' ' if option else ''}{path}: is a folder; give a file name")
+
+    def body(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8", newline=newline) as f:
+            write(f)
+
+    return write_atomic(path, body, option)
+
+
+def _usual_mode(folder: Path) -> None:
+    """mkdtemp makes 0700 folders; outputs get the usual permissions."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(folder, 0o777 & ~mask)
+
+
+def new_folder_beside(target: Path) -> Path:
+    """An empty folder beside ``target`` to build its replacement in (see :func:`swap_in`)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
+    _usual_mode(tmp)
+    return tmp
+
+
+def swap_in(new: Path, target: Path) -> None:
+    """Put the folder ``new`` in place of ``target`` (which may not exist): the old one is moved away first
+    and deleted after, so ``target`` holds the old set or the new one, never a mix."""
+    if target.is_dir():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.rename(target, old / "x")
+        os.rename(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(new, target)
+
+
+def replace_folder(
+    out: str | Path, write: Callable[[Path], list[str]], what: str, ours: Callable[[str], bool], option: str = "--out"
+) -> list[Path]:
+    """Write a command's outputs into a new folder beside ``out`` (``write(folder)`` returns the names it wrote),
+    then swap it in for ``out`` as a whole: a stale file of an earlier run cannot survive beside new ones.
+    ``out`` may hold only files of ``what`` (``ours(name)``); anything else is refused, untouched."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{option} {out}: exists and is not a folder; give a folder")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if not ours(p.name))
+        if foreign:
+            raise ConfigError(
+                f"{option} {out}: holds files that are not outputs of {what} ({', '.join(foreign[:5])}"
+                f"{' ...' if len(foreign) > 5 else ''}); choose another folder or move them away"
+            )
+    tmp = None
+    try:
+        tmp = new_folder_beside(out)
+        names = write(tmp)
+        for name in names:
+            with open(tmp / name, "rb+") as f:
+                os.fsync(f.fileno())
+        swap_in(tmp, out)
+        tmp = None
+    except OSError as exc:
+        raise cannot_write(option, out, exc) from None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return [out / n for n in names]

@@ -11,7 +11,7 @@ import pytest
 from diehardlab.analysis.fit import fit, write_result
 from scipy.stats import chi2
 
-from diehardlab.errors import ConfigError, DataError
+from diehardlab.errors import ConfigError
 from tests.analysis.conftest import T0, campaign_file, chipir_rows, write
 from tests.analysis.logs import dut_log
 
@@ -347,6 +347,6 @@ def test_fit_replaces_an_earlier_fit_as_a_set(tmp_path, campaign):
     assert "Truth comparison" not in build_report(tmp_path / "r.md", fit=out).read_text()
     (out / "notes.txt").write_text("mine")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    with pytest.raises(DataError, match=r"holds files that are not outputs of diehard fit \(notes\.txt\)"):
+    with pytest.raises(ConfigError, match=r"holds files that are not outputs of diehard fit \(notes\.txt\)"):
         write_result(fit(cfile, [real_logs], [flux]), out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -33,11 +33,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from diehardlab.hardening.cli_train import main as train_main
 from diehardlab.hardening.evaluate import evaluate_checkpoint
 from diehardlab.hardening.faults import FaultSpec
 from diehardlab.hardening.harden import main as harden_main
 from diehardlab.hardening.train import load_config, train
-from diehardlab.hardening.cli_train import main as train_main
 
 ROOT = Path(__file__).resolve().parents[2]
 FINE_TUNES = (1, 2, 4)

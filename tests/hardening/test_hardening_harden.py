@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 from diehardlab.hardening.checkpoint import load_model, save_config, save_model
+from diehardlab.hardening.cli_train import main as train_main
 from diehardlab.hardening.evaluate import evaluate_checkpoint
 from diehardlab.hardening.faults import FaultSpec
 from diehardlab.hardening.harden import main as harden_main
 from diehardlab.hardening.models import BoundedReLU, ModelConfig, NanFilter
 from diehardlab.hardening.rewrite import sites_of
 from diehardlab.hardening.train import TrainConfig, train
-from diehardlab.hardening.cli_train import main as train_main
 from torch import fx
 
 from diehardlab.errors import ConfigError
