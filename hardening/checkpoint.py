@@ -45,10 +45,19 @@ class LoadedModel:
     path: Path
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """``write(tmp)`` then rename over ``path``: a reader never sees a half-written file; a failed write leaves
+    the old file (or none) and no temporary behind."""
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+_atomic = atomic_write
 
 
 def save_config(ckpt_dir: str | Path, config: dict[str, Any]) -> None:

@@ -12,7 +12,10 @@ Options (``ModelConfig``), each one changes exactly one thing:
 - ``nan_filter``: a filter after every activation and before the classifier that replaces NaN and +/-Inf by 0.
 - ``bn_affine``: BatchNorm with or without the learned scale and shift.
 
-Architectures: ``resnet20/32/44/56`` (BasicBlocks, ``width``/2x/4x channels, Kaiming init) with the shortcut
+Architectures: the benchmark suite's 16 models by their zoo name (``cifar10/resnet20``, ``gtsrb/vgg11_bn``:
+``diehardlab.hardening.zoo``, which applies activation, order, NaN filter and BN options without renaming a
+parameter; ``shortcut``, ``width`` and ``stem_stride`` are the suite's own there); ``resnet20/32/44/56`` (BasicBlocks,
+``width``/2x/4x channels, Kaiming init) with the shortcut
 ``conv`` (1x1 conv + BN where the shape changes, as the DieHardNet code) or ``pad`` (parameter-free subsample +
 zero channel padding: ResNet-20 then has 19 convs and 1 linear layer); ``smallnet`` (stem + two blocks) for
 8x8 and 28x28 images.
@@ -42,6 +45,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "order": ("bn-act", "act-bn"),
     "order_scope": ("all", "reference"),
 }
+
+
+def is_zoo_arch(arch: str) -> bool:
+    """``<dataset>/<arch>`` names a model of the benchmark suite's zoo (``diehardlab.hardening.zoo``)."""
+    return "/" in str(arch)
 
 
 @functools.cache
@@ -81,8 +89,14 @@ class ModelConfig:
     stem_stride: int = 1
 
     def __post_init__(self) -> None:
+        if is_zoo_arch(self.arch):
+            from diehardlab.hardening.zoo import entry
+
+            entry(self.arch)  # a ConfigError that lists the zoo when the name is unknown
         for name, allowed in CHOICES.items():
             value = getattr(self, name)
+            if name == "arch" and is_zoo_arch(value):
+                continue
             if value not in allowed:
                 raise ConfigError(f"model -> {name}: {value!r} is not one of {', '.join(allowed)}")
         if not self.act_bound > 0:
@@ -254,6 +268,12 @@ class ResNet(nn.Module):
 
 def build_model(cfg: ModelConfig, in_channels: int, num_classes: int) -> nn.Module:
     """The network ``cfg`` describes for ``in_channels``-channel images and ``num_classes`` classes."""
+    if is_zoo_arch(cfg.arch):
+        from diehardlab.hardening.zoo import build
+
+        if in_channels != 3:
+            raise ConfigError(f"model -> arch: {cfg.arch} takes 3-channel images, not {in_channels}")
+        return build(cfg.arch, cfg, num_classes)
     if cfg.arch == "smallnet":
         return ResNet(cfg, in_channels, num_classes, (1, 1))
     depth = int(cfg.arch.removeprefix("resnet"))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from diehardlab.hardening.numerics import AppliedNumerics, NumericsPolicy, apply_numerics, layer_forward
 from diehardlab.hardening.sfi.bits import apply_model, bits_equal
 from diehardlab.hardening.sfi.faultlist import Fault
 from torch import nn
@@ -77,12 +77,10 @@ def _sliceable(mod: nn.Module) -> bool:
 
 
 def _slice_forward(mod: nn.Module, x: torch.Tensor, k: int) -> torch.Tensor:
-    """Output channel (or feature) ``k`` of a conv or linear layer alone: [N, 1, ...]."""
+    """Output channel (or feature) ``k`` of a conv or linear layer alone: [N, 1, ...], in the layer's arithmetic."""
     w = mod.weight[k : k + 1]
     b = mod.bias[k : k + 1] if mod.bias is not None else None
-    if isinstance(mod, nn.Linear):
-        return F.linear(x, w, b)
-    return mod._conv_forward(x, w, b)
+    return layer_forward(mod, x, w, b)
 
 
 @dataclass
@@ -103,6 +101,7 @@ class Injector:
         engine: str = "cached",
         device: str | torch.device = "cpu",
         cache_bytes: int = 2 << 30,
+        numerics: NumericsPolicy | None = None,
     ):
         if engine not in ENGINES:
             raise ConfigError(f"--engine: unknown engine {engine!r}; choose one of {', '.join(ENGINES)} or ray")
@@ -110,6 +109,11 @@ class Injector:
             raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        # The arithmetic of every conv/linear layer (numerics.py), installed before anything runs, so the
+        # golden pass, the traced graph and the one-channel shortcut all compute in it.
+        self.numerics: AppliedNumerics | None = (
+            apply_numerics(self.model, numerics, self.device) if numerics is not None else None
+        )
         self.params = dict(self.model.named_parameters())
         self.modules = dict(self.model.named_modules())
         self.engine = engine
@@ -137,6 +141,10 @@ class Injector:
                 "the model gives different outputs for the same input on this device (non-deterministic kernels); "
                 "fault outcomes compare outputs bit for bit, so they would be meaningless here"
             )
+        if self.numerics is not None and self.device.type == "cuda" and self.batches:
+            from diehardlab.hardening.numerics import cuda_kernels
+
+            self.numerics.kernels = cuda_kernels(self.model, self.batches[0])
 
     # -- golden caches -------------------------------------------------------------------------------------
     def _cache(self, b: int) -> dict:
