@@ -8,5 +8,6 @@ COMMANDS: list[Command] = [
         "evaluate", "diehardlab.hardening.evaluate", "clean accuracy and regret under injected faults (K campaigns)"
     ),
     Command("sfi", "diehardlab.hardening.sfi.cli", "statistical fault injection: sample sizes, runs, curves"),
+    Command("zoo", "diehardlab.hardening.zoo.cli", "the benchmark suite's models: list them, import released weights"),
     Command("select", "diehardlab.hardening.selection", "rank test images by difficulty (el2n, deepgini, ce)"),
 ]

@@ -49,7 +49,9 @@ def round_mantissa(x: torch.Tensor, keep: int) -> torch.Tensor:
 
     Works on the bit pattern: add half a unit of the last kept place (minus one when the kept part is even, so a
     tie rounds to the even neighbour) and clear the dropped bits. A carry into the exponent is the correct
-    rounding up to the next binade (and to infinity above the largest finite value).
+    rounding up to the next binade (and to infinity above the largest finite value). On the signed int32
+    pattern this is exact for both signs: a finite magnitude is at most 0x7F7FFFFF, so adding less than
+    2**drop never reaches the sign bit.
     """
     if x.dtype != torch.float32:
         raise TypeError(f"mantissa rounding needs float32, got {x.dtype}")
@@ -57,13 +59,13 @@ def round_mantissa(x: torch.Tensor, keep: int) -> torch.Tensor:
     if drop <= 0:
         return x
     i = x.contiguous().view(torch.int32)
-    sign = i & -(1 << 31)
-    mag = i & 0x7FFFFFFF
-    # Finite magnitudes are <= 0x7F7FFFFF, so adding < 2**drop stays below 2**31: no int32 overflow.
-    lsb = (mag >> drop) & 1
-    rounded = (mag + ((1 << (drop - 1)) - 1) + lsb) & ~((1 << drop) - 1)
-    finite = mag < 0x7F800000
-    return torch.where(finite, sign | rounded, i).view(torch.float32).view_as(x)
+    r = (i >> drop) & 1  # the last kept bit: 1 when the kept part is odd
+    r += (1 << (drop - 1)) - 1
+    r += i
+    r &= -(1 << drop)
+    out = r.view(torch.float32)
+    # NaN payloads in the dropped bits must not round to infinity
+    return torch.where(torch.isnan(x), x, out).view_as(x)
 
 
 def round_tf32(x: torch.Tensor) -> torch.Tensor:
@@ -372,7 +374,24 @@ def layer_forward(
         with _cuda_flags(arith.cuda_tf32):
             return arith.result(_conv_nd(mod, x, w, b))
     # Emulated: the operands as the tensor cores see them, products and sums in FP32, bias in FP32.
-    return arith.result(_conv_nd(mod, arith.operand(x), arith.operand(w), b))
+    return arith.result(_conv_nd(mod, arith.operand(x), _weight_operand(mod, arith, w, weight is None), b))
+
+
+def _weight_operand(mod: nn.Module, arith: Arithmetic, w: torch.Tensor, whole: bool) -> torch.Tensor:
+    """``arith.operand(w)``, memoised for the module's whole weight until it is written to.
+
+    The fault injector rewrites a weight in place and back; every in-place write bumps the tensor's version
+    counter, so a memo keyed on (version, storage) is never stale. Slices (one output channel) are not memoised.
+    """
+    if not whole:
+        return arith.operand(w)
+    key = (w._version, w.data_ptr(), arith.name)
+    memo = mod.__dict__.get("_diehard_wmemo")
+    if memo is not None and memo[0] == key:
+        return memo[1]
+    value = arith.operand(w)
+    mod.__dict__["_diehard_wmemo"] = (key, value)
+    return value
 
 
 def _patched_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -395,8 +414,8 @@ class AppliedNumerics:
 
     def remove(self) -> None:
         for m in self.modules:
-            m.__dict__.pop("forward", None)
-            m.__dict__.pop("_diehard_arith", None)
+            for attr in ("forward", "_diehard_arith", "_diehard_wmemo"):
+                m.__dict__.pop(attr, None)
         self.modules = []
 
     def record(self) -> dict[str, Any]:
@@ -418,7 +437,12 @@ class AppliedNumerics:
         counts: dict[str, int] = {}
         for a in self.layers.values():
             counts[a] = counts.get(a, 0) + 1
-        how = "emulated" if self.emulated else "native"
+        if not self.emulated:
+            how = "CUDA, native kernels"
+        elif any(a != "fp32" for a in self.layers.values()):
+            how = "emulated on the CPU"
+        else:
+            how = "CPU"
         return f"{self.policy.spec()} ({', '.join(f'{n} {a}' for a, n in counts.items())} layers; {how})"
 
 

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from diehardlab.hardening.numerics import AppliedNumerics, NumericsPolicy, apply_numerics, layer_forward
 from diehardlab.hardening.sfi.bits import apply_model, bits_equal
@@ -118,6 +117,7 @@ class Injector:
         self.modules = dict(self.model.named_modules())
         self.engine = engine
         self.batches = [images.x[i : i + batch_size].to(self.device) for i in range(0, images.x.shape[0], batch_size)]
+        self.labels = [images.y[i : i + batch_size].to(self.device) for i in range(0, images.x.shape[0], batch_size)]
         self.cache_bytes = cache_bytes
         self._caches: dict[int, dict] = {}
         self._cached_total = 0
@@ -248,21 +248,31 @@ class Injector:
             return self._run_cached(fault, b) if self.graph is not None else self._run_naive(fault, b)
 
     @torch.no_grad()
-    def run(self, faults: list[Fault]) -> np.ndarray:
-        """Outcome matrix [faults, images] (int8) for ``faults``.
+    def run(self, faults: list[Fault], with_correct: bool = False):
+        """Outcome matrix [faults, images] (int8) for ``faults``; with ``with_correct`` also, per fault, the number
+        of images whose faulty top-1 is their label (int64; 0 where labels are unknown, -1).
 
         Batches outside, faults inside: one golden cache alive at a time when they do not all fit.
         """
         n_img = sum(x.shape[0] for x in self.batches)
         out = torch.zeros((len(faults), n_img), dtype=torch.int8, device=self.device)
+        right = torch.zeros(len(faults), dtype=torch.int64, device=self.device)
         col = 0
         for b, x in enumerate(self.batches):
             n = x.shape[0]
             if self.graph is not None:
                 self._cache(b)  # the golden pass runs before any fault is written
+            golden_right = (self.golden[b].argmax(1) == self.labels[b]).sum()
             for fi, fault in enumerate(faults):
                 y = self._one(fault, b)
-                if y is not None:
-                    out[fi, col : col + n] = classify(y, self.golden[b])
+                if y is None:
+                    right[fi] += golden_right
+                    continue
+                out[fi, col : col + n] = classify(y, self.golden[b])
+                if with_correct:
+                    finite = torch.isfinite(y.reshape(n, -1)).all(dim=1)
+                    right[fi] += ((y.argmax(1) == self.labels[b]) & finite).sum()
             col += n
+        if with_correct:
+            return out.cpu().numpy(), right.cpu().numpy()
         return out.cpu().numpy()
