@@ -418,9 +418,9 @@ def load_dataset(
         # ToTensor then Normalize, as torchvision computes them: x / 255, then (x - mean) / std, in float32.
         xf = x.astype(np.float32) / np.float32(255.0) if x.dtype == np.uint8 else x.astype(np.float32)
         xf = (xf - mean[None, :, None, None]) / std[None, :, None, None]
-        info = DatasetInfo(
-            name, int(xf.shape[1]), num_classes, int(xf.shape[2]), tuple(map(float, mean)), tuple(map(float, std))
-        )
+        # the constants as given (they are applied in float32 above)
+        given = tuple(float(v) for v in normalisation[0]), tuple(float(v) for v in normalisation[1])
+        info = DatasetInfo(name, int(xf.shape[1]), num_classes, int(xf.shape[2]), *given)
         return Dataset(
             torch.from_numpy(np.ascontiguousarray(xf, dtype=np.float32)),
             torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)),

@@ -76,19 +76,25 @@ def evaluate_checkpoint(
     device: str = "auto",
     layer_dist: str = "uniform",
     fault_list: str | Path | None = None,
+    numerics: str = "fp32",
 ) -> dict[str, Any]:
     """Clean accuracy and K injection campaigns on a checkpoint; returns the result dict (the JSON output)."""
+    from diehardlab.hardening.data import fixed_normalisation
+    from diehardlab.hardening.numerics import apply_numerics, parse_numerics
+
     from diehardlab import __version__
 
     if campaigns < 1:
         raise ConfigError(f"--campaigns: need at least 1 (got {campaigns})")
     if layer_dist not in ("uniform", "size"):
         raise ConfigError(f"--layer-dist: uniform or size (got {layer_dist!r})")
+    policy = parse_numerics(numerics)
     dev = pick_device(device)
     loaded = load_model(ckpt_dir, dev)
     model = loaded.model
+    applied = apply_numerics(model, policy, dev)
     data_dir = data_dir or loaded.config.get("data_dir") or None
-    ds = load_dataset(loaded.dataset, split, data_dir)
+    ds = load_dataset(loaded.dataset, split, data_dir, fixed_normalisation(loaded.config))
     x, y = ds.x, ds.y
     if limit:
         x, y = x[:limit], y[:limit]
@@ -176,6 +182,7 @@ def evaluate_checkpoint(
             "layers": [name for name, _ in layers],
             "batch_size": batch_size,
             "device": str(dev),
+            "numerics": applied.record(),
             "diehardlab_version": __version__,
             "torch_version": torch.__version__,
         },
@@ -216,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="write the result as JSON to this file")
     p.add_argument("--fault-list", help="write one CSV row per injected fault (campaign, image, layer, ...)")
     p.add_argument("--reproduce", help="take fault spec, seeds, split, limit and layer distribution from a JSON result")
+    from diehardlab.hardening.numerics import add_numerics_arg
+
+    add_numerics_arg(p)
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -256,11 +266,13 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         layer_dist=base["layer_distribution"],
         fault_list=args.fault_list,
+        numerics=args.numerics,
     )
     conf = result["configuration"]
     print(
         f"{conf['checkpoint']} ({conf['model_name']}, {conf['dataset']} {conf['split']}, {conf['images']} images, "
-        f"{conf['campaigns']} campaigns of {spec.kind}/{spec.value} faults, layers {conf['layer_distribution']})"
+        f"{conf['campaigns']} campaigns of {spec.kind}/{spec.value} faults, layers {conf['layer_distribution']}, "
+        f"numerics {conf['numerics']['policy']})"
     )
     print(
         f"clean accuracy {result['clean_accuracy']:.4f}  faulty {result['faulty_accuracy_mean']:.4f}"

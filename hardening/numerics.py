@@ -325,21 +325,48 @@ def set_backend_tf32(tf32: bool) -> None:
         torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
+def _precision(path: str) -> str | None:
+    """``fp32_precision`` of ``torch.backends.<path>``, or None when this torch has no such setting."""
+    obj: Any = torch.backends
+    for part in path.split(".") if path else []:
+        obj = getattr(obj, part, None)
+    value = getattr(obj, "fp32_precision", None) if obj is not None else None
+    return str(value) if value is not None else None
+
+
+def _resolved(*paths: str) -> bool:
+    """Whether TF32 is allowed: the first setting of ``paths`` (child first) that is not "none" says."""
+    for path in paths:
+        value = _precision(path)
+        if value not in (None, "none"):
+            return value == "tf32"
+    return False
+
+
 def backend_flags() -> dict[str, Any]:
-    """The torch settings that decide FP32 arithmetic, as recorded with every result."""
-    flags: dict[str, Any] = {
-        "cudnn.allow_tf32": bool(torch.backends.cudnn.allow_tf32),
-        "cuda.matmul.allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
-        "float32_matmul_precision": torch.get_float32_matmul_precision(),
-        "cudnn.deterministic": bool(torch.backends.cudnn.deterministic),
-        "cudnn.benchmark": bool(torch.backends.cudnn.benchmark),
-    }
-    for name in ("cudnn.conv", "cuda.matmul", "mkldnn.conv", "mkldnn.matmul"):
-        obj: Any = torch.backends
-        for part in name.split("."):
-            obj = getattr(obj, part, None)
-        if obj is not None and hasattr(obj, "fp32_precision"):
-            flags[f"{name}.fp32_precision"] = str(obj.fp32_precision)
+    """The torch settings that decide FP32 arithmetic, as recorded with every result.
+
+    ``conv_tf32``/``matmul_tf32`` say whether cuDNN convolutions / cuBLAS matmuls may use TF32 on a GPU. Torch
+    2.9 and later have per-backend ``fp32_precision`` settings (reading the legacy ``allow_tf32`` flags raises
+    once the new ones were set), older ones the ``allow_tf32`` flags; whichever this torch has is recorded.
+    """
+    flags: dict[str, Any] = {}
+    if _new_api():
+        for path in ("", "cuda.matmul", "cudnn", "cudnn.conv", "mkldnn", "mkldnn.conv", "mkldnn.matmul"):
+            value = _precision(path)
+            if value is not None:
+                flags[f"{path or 'backends'}.fp32_precision"] = value
+        flags["conv_tf32"] = _resolved("cudnn.conv", "cudnn", "")
+        flags["matmul_tf32"] = _resolved("cuda.matmul", "cuda", "")
+    else:
+        flags["cudnn.allow_tf32"] = bool(torch.backends.cudnn.allow_tf32)
+        flags["cuda.matmul.allow_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
+        flags["conv_tf32"] = flags["cudnn.allow_tf32"]
+        flags["matmul_tf32"] = flags["cuda.matmul.allow_tf32"]
+    if not _new_api():  # with the per-backend settings in use, torch refuses to read this global one
+        flags["float32_matmul_precision"] = torch.get_float32_matmul_precision()
+    flags["cudnn.deterministic"] = bool(torch.backends.cudnn.deterministic)
+    flags["cudnn.benchmark"] = bool(torch.backends.cudnn.benchmark)
     return flags
 
 
@@ -427,7 +454,7 @@ class AppliedNumerics:
             "device": self.device,
             "mode": "emulated (operands rounded, FP32 accumulation)" if self.emulated else "native (torch flags)",
             "backend_flags": backend_flags(),
-            "torch": torch.__version__,
+            "torch": str(torch.__version__),
         }
         if self.kernels is not None:
             rec["cuda_kernels"] = self.kernels

@@ -10,7 +10,8 @@ iteration in the beam would read as an SDC). The file holds tensors and plain va
     topk, labels, indices      int64 (N, k), (N,) ground truth, (N,) positions in the dataset split
     dataset, split, seed, batch_size, threshold, max_run_difference
     model_hash, checkpoint, model (ModelConfig fields), torch_version, device, device_name, created_utc,
-    diehardlab_version
+    diehardlab_version, numerics (the arithmetic of every layer: ``diehardlab.hardening.numerics``; ``diehard
+    run`` computes in the same one; files without it were made in FP32)
 """
 
 from __future__ import annotations
@@ -52,19 +53,23 @@ def make_golden(
     threshold: float = DEFAULT_THRESHOLD,
     device: str = "auto",
     data_dir: str | None = None,
+    numerics: str = "fp32",
 ) -> dict[str, Any]:
     """Build the golden record (module docstring); ``ConfigError`` when the device is not deterministic."""
     from diehardlab.hardening.checkpoint import load_model
-    from diehardlab.hardening.data import load_dataset
+    from diehardlab.hardening.data import fixed_normalisation, load_dataset
+    from diehardlab.hardening.numerics import apply_numerics, parse_numerics
 
     if samples < 1 or batch_size < 1:
         raise ConfigError("--samples and --batch-size must be >= 1")
     if not threshold >= 0:
         raise ConfigError(f"--threshold must be >= 0 (got {threshold})")
+    policy = parse_numerics(numerics)
     dev = pick_device(device)
     loaded = load_model(ckpt_dir, dev)
+    applied = apply_numerics(loaded.model, policy, dev)
     name = dataset or loaded.dataset
-    data = load_dataset(name, split, data_dir)
+    data = load_dataset(name, split, data_dir, fixed_normalisation(loaded.config))
     if data.info.in_channels != loaded.in_channels or data.info.num_classes != loaded.num_classes:
         raise ConfigError(
             f"--dataset {name}: {data.info.in_channels} channels / {data.info.num_classes} classes, but the model "
@@ -75,7 +80,7 @@ def make_golden(
     gen = torch.Generator().manual_seed(seed)
     indices = torch.randperm(len(data), generator=gen)[:samples].sort().values
     rec = golden_record(loaded, data.x[indices].contiguous(), data.y[indices].contiguous(), batch_size, threshold, dev)
-    rec.update(indices=indices, dataset=name, split=split, seed=seed)
+    rec.update(indices=indices, dataset=name, split=split, seed=seed, numerics=applied.record())
     return rec
 
 
@@ -187,6 +192,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="absolute tolerance (default 1e-3)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
+    from diehardlab.hardening.numerics import add_numerics_arg
+
+    add_numerics_arg(p)
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -200,6 +208,7 @@ def main(argv: list[str]) -> int:
         threshold=a.threshold,
         device=a.device,
         data_dir=a.data_dir,
+        numerics=a.numerics,
     )
     out = save_golden(rec, a.out)
     acc = float((rec["topk"][:, 0] == rec["labels"]).float().mean()) if rec["labels"].numel() else math.nan
@@ -207,6 +216,6 @@ def main(argv: list[str]) -> int:
         f"golden: {out} ({rec['inputs'].shape[0]} images of {rec['dataset']}/{rec['split']}, "
         f"batch {rec['batch_size']}, "
         f"top-1 accuracy {acc:.3f}, device {rec['device_name']}, run-to-run difference {rec['max_run_difference']:.2e} "
-        f"<= threshold {rec['threshold']:g})"
+        f"<= threshold {rec['threshold']:g}, numerics {rec['numerics']['policy']})"
     )
     return 0

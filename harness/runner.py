@@ -62,6 +62,7 @@ class RunOptions:
     once: bool = False
     output: Path | None = None  # --once: raw float32 outputs
     status_every_s: float = 60.0
+    numerics: str | None = None  # default: the golden file's (the arithmetic the golden outputs were made in)
 
 
 def read_key(path: Path) -> bytes:
@@ -141,6 +142,7 @@ class Runner:
         self.golden_rec = load_golden(o.golden)
         self.loaded = load_model(o.ckpt_dir, self.dev)
         check_golden_matches(self.golden_rec, o.golden, self.loaded.model_hash, o.ckpt_dir)
+        self.numerics = self._apply_numerics()
         shape = tuple(self.golden_rec["inputs"].shape)
         if shape[1] != self.loaded.in_channels or self.golden_rec["outputs"].shape[1] != self.loaded.num_classes:
             raise ConfigError(f"{o.golden}: inputs {shape} / outputs do not fit the model in {o.ckpt_dir}")
@@ -171,6 +173,21 @@ class Runner:
                 self.sender = DatagramSender(host, port, self.ecc.enabled, dut if extended else None, key)
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"--server {o.server}: {exc}") from exc
+
+    def _apply_numerics(self):
+        """Compute in the golden file's arithmetic; another --numerics would turn every iteration into an SDC."""
+        from diehardlab.hardening.numerics import apply_numerics, parse_numerics
+
+        rec = self.golden_rec.get("numerics")
+        made_in = rec.get("policy", "fp32") if isinstance(rec, dict) else "fp32"
+        policy = parse_numerics(self.o.numerics or made_in)
+        if policy.spec() != parse_numerics(made_in).spec():
+            raise ConfigError(
+                f"--numerics {self.o.numerics}: the golden file {self.o.golden} was made in numerics {made_in}; "
+                f"run with --numerics {made_in!r} or make a golden with "
+                f"'diehard golden ... --numerics {self.o.numerics}'"
+            )
+        return apply_numerics(self.loaded.model, policy, self.dev)
 
     def _load_tensors(self, rec: dict[str, Any]) -> None:
         bs = int(rec["batch_size"])
@@ -205,6 +222,7 @@ class Runner:
             f"model_sha256:{self.loaded.model_hash[:16]}",
             f"device:{device_name(self.dev).replace(' ', '-')}",
             f"torch:{torch.__version__}",
+            f"numerics:{self.numerics.policy.spec()}",
         ]
         if self.sim is not None:
             parts.append(f"SIMULATED-BEAM:{self.sim.label}")

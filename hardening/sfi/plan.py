@@ -216,11 +216,13 @@ def make_plan(
     method: str,
     error: float = 0.01,
     confidence: float = 0.99,
-    fault_model: str = "stuck-at",
+    fault_model: str | None = None,
     target: str = "weights",
     example: torch.Tensor | None = None,
 ) -> Plan:
-    """Populations and sample sizes for ``model`` under ``method`` (see the module docstring)."""
+    """Populations and sample sizes for ``model`` under ``method`` (see the module docstring); the fault model
+    defaults to stuck-at (0 and 1), bit flips for ``suite``."""
+    fault_model = fault_model or default_fault_model(method)
     if method not in METHODS:
         raise ConfigError(f"--method: unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if fault_model not in FAULT_MODELS:
