@@ -327,13 +327,23 @@ def cmd_compare(argv: Sequence[str]) -> int:
             f"{t['sdc1_pct']:>7.2f} {fa:>10}"
         )
     policy, evidence = infer_numerics(published, low)
+    # the same share in our run: a layer we computed in another arithmetic than the publication shows here
+    ours_low: dict[str, list[int]] = {}
+    for i, f in enumerate(ours.faults):
+        if f.bit in low and f.tensor.endswith(".weight"):
+            ours_low.setdefault(f.module, [0, 0])
+            ours_low[f.module][0] += 1
+            ours_low[f.module][1] += int(ours.counts[i, 0] == ours.images)
     print(
-        f"\nnumerics the published outcomes imply "
-        f"(share of bit {low.start}-{low.stop - 1} flips masked on every image):"
+        f"\nbit {low.start}-{low.stop - 1} flips masked on every image, per layer: published (what the map is "
+        "inferred from) and ours"
     )
     for ev in evidence:
         share = f"{100 * ev.share:6.1f} %" if ev.low_bit_faults else "     -  "
-        print(f"  {ev.layer:<28} {ev.all_masked:>5}/{ev.low_bit_faults:<5} {share}  {ev.arithmetic or '?'}")
+        n, k = ours_low.get(ev.layer, [0, 0])
+        mine = f"{k:>5}/{n:<5} {100 * k / n:6.1f} %" if n else f"{'-':>20}"
+        pub = f"{ev.all_masked:>5}/{ev.low_bit_faults:<5} {share}"
+        print(f"  {ev.layer:<28} {pub}  {ev.arithmetic or '?':<5}  ours {mine}")
     print(f"inferred map: --numerics '{policy.spec()}'")
     if args.map_out:
         from diehardlab.hardening.checkpoint import atomic_write
