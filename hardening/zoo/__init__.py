@@ -21,13 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 from diehardlab.errors import ConfigError
-
-if TYPE_CHECKING:
-    from diehardlab.hardening.models import ModelConfig
-    from torch import nn
 
 # The suite's input normalisation per dataset (its README); GTSRB images are also resized to 50x50.
 NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -150,8 +146,9 @@ def resolve(arch: str, dataset: str) -> ZooEntry:
     return entry(f"{d}/{a}")
 
 
-def build(name: str, cfg: ModelConfig | None = None, num_classes: int | None = None) -> nn.Module:
-    """The zoo model ``name`` with the hardening options of ``cfg`` (default: the suite's plain model)."""
+def build(name: str, cfg: Any = None, num_classes: int | None = None) -> Any:
+    """The zoo model ``name`` (an ``nn.Module``) with the hardening options of ``cfg``, a ``ModelConfig``
+    (default: the suite's plain model)."""
     from diehardlab.hardening.zoo.common import Hardening
 
     e = entry(name)

@@ -1,6 +1,6 @@
 """Building blocks shared by the zoo's families: activations and batch norms that honour the hardening options.
 
-Every zoo model is built from a :class:`~diehardlab.hardening.models.ModelConfig`; with the defaults it is the
+Every zoo model is built from a :class:`~diehardlab.hardening.models.ModelConfig` (or none); with the defaults it is the
 suite's network exactly (same module names, parameter and buffer shapes, same forward arithmetic). The
 DieHardNet options change it without renaming any parameter, so the suite's weights and fault lists still fit:
 
@@ -15,9 +15,18 @@ DieHardNet options change it without renaming any parameter, so the suite's weig
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import torch
-from diehardlab.hardening.models import ModelConfig, NanFilter, make_activation
+from diehardlab.hardening.layers import NanFilter, make_activation
 from torch import nn
+
+# The suite's plain model: what a ModelConfig with its defaults asks for (this module takes any object with
+# those fields, so that models.py, which builds zoo models, is not imported here).
+PLAIN = SimpleNamespace(
+    activation="relu", act_bound=6.0, order="bn-act", order_scope="all", nan_filter=False, bn_affine=True
+)
 
 
 class PreActBatchNorm2d(nn.BatchNorm2d):
@@ -38,8 +47,8 @@ class PreActBatchNorm2d(nn.BatchNorm2d):
 class Hardening:
     """Factory of the activations and batch norms of one model, as ``cfg`` asks (see the module docstring)."""
 
-    def __init__(self, cfg: ModelConfig | None = None):
-        self.cfg = cfg or ModelConfig()
+    def __init__(self, cfg: Any = None):
+        self.cfg = cfg or PLAIN
 
     @property
     def inverted(self) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diehardlab.hardening.models import PadShortcut
+from diehardlab.hardening.layers import PadShortcut
 from diehardlab.hardening.zoo.common import Hardening, conv
 from torch import nn
 
