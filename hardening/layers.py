@@ -31,16 +31,17 @@ class BoundedReLU(nn.Module):
 class BoundedGELU(nn.Module):
     """GELU capped from above at ``bound`` (GELU is already bounded below by about -0.17)."""
 
-    def __init__(self, bound: float = 6.0):
+    def __init__(self, bound: float = 6.0, approximate: str = "none"):
         super().__init__()
         self.bound = float(bound)
+        self.approximate = approximate  # GELU's own option ("none" or "tanh"), kept when hardening a GELU net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # GELU is >= -0.17, so a lower limit of -1 changes nothing.
-        return F.hardtanh(F.gelu(x), -1.0, self.bound)
+        return F.hardtanh(F.gelu(x, approximate=self.approximate), -1.0, self.bound)
 
     def extra_repr(self) -> str:
-        return f"bound={self.bound}"
+        return f"bound={self.bound}" + (f", approximate={self.approximate}" if self.approximate != "none" else "")
 
 
 class _StraightThroughNanToZero(torch.autograd.Function):
