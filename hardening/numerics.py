@@ -216,8 +216,8 @@ def read_numerics_file(path: Path) -> NumericsPolicy:
 
     try:
         data = read_toml(path)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError(f"--numerics {path}: not a readable TOML file ({exc})") from None
+    except (OSError, UnicodeDecodeError, ValueError, ConfigError) as exc:
+        raise ConfigError(f"--numerics {path}: not a readable TOML map ({exc})") from None
     unknown = sorted(set(data) - {"default", "layers"})
     if unknown:
         raise ConfigError(f"--numerics {path}: unknown key(s) {', '.join(unknown)} (expected default and [layers])")

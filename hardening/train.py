@@ -67,8 +67,8 @@ class TrainConfig:
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
     # Input normalisation: "train-split" (mean/std of the training split) or "suite" (the benchmark suite's fixed
-    # constants per dataset, recorded as fixed in config.json so every later command uses them)
-    normalisation: str = "train-split"
+    # constants per dataset, recorded as fixed in config.json's "normalisation" so every later command uses them)
+    normalise_with: str = "train-split"
     loss: str = "ce"  # ce | bce (BCE on one-hot targets, as the DieHardNet paper)
     label_smoothing: float = 0.0
     grad_clip: float = 0.0  # max gradient norm; 0: off
@@ -100,7 +100,7 @@ class TrainConfig:
                 "increasing epochs within 1..epochs",
             ),
             "gamma": (0 < self.gamma <= 1, "within (0, 1]"),
-            "normalisation": (self.normalisation in ("train-split", "suite"), "train-split or suite"),
+            "normalise_with": (self.normalise_with in ("train-split", "suite"), "train-split or suite"),
             "loss": (self.loss in ("ce", "bce"), "ce or bce"),
             "curriculum": (self.curriculum in ("linear", "none"), "linear or none"),
             "epochs": (self.epochs >= 1, ">= 1"),
@@ -308,12 +308,14 @@ def evaluate(
 
 
 def _fixed_normalisation(cfg: TrainConfig) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    if cfg.normalisation != "suite":
+    if cfg.normalise_with != "suite":
         return None
     from diehardlab.hardening.zoo import NORMALISATION
 
     if cfg.dataset not in NORMALISATION:
-        raise ConfigError(f"normalisation: the suite has no constants for {cfg.dataset!r} ({', '.join(NORMALISATION)})")
+        raise ConfigError(
+            f"normalise_with: the suite has no constants for {cfg.dataset!r} ({', '.join(NORMALISATION)})"
+        )
     return NORMALISATION[cfg.dataset]
 
 

@@ -128,7 +128,7 @@ def test_every_model_setup_loads(path):
     cfg = load_config(path)
     assert cfg.name == path.stem
     if path.stem.startswith("suite_"):  # the benchmark suite's recipes: suite_<dataset>_<arch> of the zoo model
-        assert path.stem == "suite_" + cfg.model.arch.replace("/", "_") and cfg.normalisation == "suite"
+        assert path.stem == "suite_" + cfg.model.arch.replace("/", "_") and cfg.normalise_with == "suite"
         return
     assert path.stem.startswith(
         cfg.dataset.replace("cifar10", "cifar10_resnet44") if cfg.dataset == "cifar10" else cfg.dataset
@@ -186,7 +186,11 @@ def test_suite_recipe_multistep_on_a_zoo_model(tmp_path):
     cfg = replace(
         cfg, data_dir=str(tmp_path / "data"), epochs=3, milestones=[1, 2], train_limit=16, batch_size=8, device="cpu"
     )
-    train(cfg, tmp_path / "ck", log=_quiet)
+    train(cfg, tmp_path / "ck", log=_quiet, stop_after=2)
+    # resumed from its config.json alone (whose "normalisation" entry is the constants, not the option)
+    from diehardlab.cli import main
+
+    assert main(["train", "--resume", "--out", str(tmp_path / "ck"), "--no-progress"]) == 0
     lrs = [float(r["lr"]) for r in _metrics(tmp_path / "ck")]
     assert lrs == pytest.approx([1e-3, 1e-4, 1e-5])
     saved = json.loads((tmp_path / "ck" / "config.json").read_text())
