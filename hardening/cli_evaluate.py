@@ -43,6 +43,12 @@ def build_parser():
     p.add_argument("--json", help="write the result as JSON to this file")
     p.add_argument("--fault-list", help="write one CSV row per injected fault (campaign, image, layer, ...)")
     p.add_argument("--reproduce", help="take fault spec, seeds, split, limit and layer distribution from a JSON result")
+    p.add_argument(
+        "--numerics",
+        default="fp32",
+        help="arithmetic of the conv/linear layers: fp32 (default), tf32, an inline map 'layer3.*=tf32,*=fp32' "
+        "or a TOML map file (see docs/sfi.md); recorded with the result. On CPU tf32 is emulated",
+    )
     return p
 
 
@@ -125,11 +131,13 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         layer_dist=base["layer_distribution"],
         fault_list=args.fault_list,
+        numerics=args.numerics,
     )
     conf = result["configuration"]
     print(
         f"{conf['checkpoint']} ({conf['model_name']}, {conf['dataset']} {conf['split']}, {conf['images']} images, "
-        f"{conf['campaigns']} campaigns of {spec.kind}/{spec.value} faults, layers {conf['layer_distribution']})"
+        f"{conf['campaigns']} campaigns of {spec.kind}/{spec.value} faults, layers {conf['layer_distribution']}, "
+        f"numerics {conf['numerics']['policy']})"
     )
     print(
         f"clean accuracy {result['clean_accuracy']:.4f}  faulty {result['faulty_accuracy_mean']:.4f}"

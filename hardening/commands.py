@@ -11,5 +11,6 @@ COMMANDS: list[Command] = [
     ),
     Command("harden", "diehardlab.hardening.harden", "rewrite a trained model with the DieHardNet changes (torch.fx)"),
     Command("sfi", "diehardlab.hardening.sfi.cli", "statistical fault injection: sample sizes, runs, curves"),
+    Command("zoo", "diehardlab.hardening.zoo.cli", "the benchmark suite's models: list them, import released weights"),
     Command("select", "diehardlab.hardening.selection", "rank test images by difficulty (el2n, deepgini, ce)"),
 ]

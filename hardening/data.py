@@ -1,8 +1,10 @@
-"""Datasets as in-memory tensors: digits, fashion-mnist, mnist, cifar10, cifar100.
+"""Datasets as in-memory tensors: digits, fashion-mnist, mnist, cifar10, cifar100, gtsrb.
 
 ``load_dataset(name, split)`` returns normalised float32 NCHW images and int64 labels. Normalisation uses the
 per-channel mean and std of the training split, so every split of a dataset shares the same constants
-(``info.mean`` / ``info.std``; the harness applies them to its own inputs).
+(``info.mean`` / ``info.std``; the harness applies them to its own inputs); ``normalisation=(mean, std)`` gives
+fixed constants instead, such as the benchmark suite's (then pixels are divided by 255 and normalised in float32
+exactly as torchvision's ToTensor and Normalize do, and a test split needs no training data).
 
 Splits are deterministic: ``val`` is a fixed 10 % of the training data (a permutation with a fixed seed,
 independent of the training seed), ``train`` the rest; ``test`` is the dataset's own test set
@@ -11,11 +13,20 @@ independent of the training seed), ``train`` the rest; ``test`` is the dataset's
 Sources: ``digits`` ships with scikit-learn (imported only here, lazily); ``fashion-mnist`` / ``mnist`` read the
 idx files (``.gz`` or plain) from ``data_dir`` or Debian's ``/usr/share/datasets/<name>``; ``cifar10`` /
 ``cifar100`` read the python pickle batches (``cifar-10-batches-py/`` / ``cifar-100-python/`` or their files
-directly) from ``data_dir``, with an unpickler that accepts numpy arrays and nothing else.
+directly) from ``data_dir``, with an unpickler that accepts numpy arrays and nothing else; ``gtsrb`` reads the
+German Traffic Sign benchmark's folders (test: ``GTSRB/Final_Test/Images/*.ppm`` with ``GT-final_test.csv``,
+``;``-separated with a ``ClassId`` column, as the official archives or torchvision's ``gtsrb/`` lay them out;
+train: one folder per class under ``GTSRB/Final_Training/Images`` or ``GTSRB/Training``), every image resized
+to 50x50 (bilinear, as the suite's ``Resize([50, 50])``).
+
+A folder of labelled image files is a test set too: ``data_dir`` holding ``<dataset>_<NN>_<label>.<ext>`` files
+(as the foolbox wheel ships 20 real test images per dataset: ``cifar10_00_3.png``) is the test split of that
+dataset, in the order of NN.
 """
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
 import pickle
@@ -29,7 +40,10 @@ import torch
 
 from diehardlab.errors import DataError
 
-NAMES = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100")
+NAMES = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "gtsrb")
+NUM_CLASSES = {"cifar100": 100, "gtsrb": 43}
+IMAGE_EXTENSIONS = (".png", ".ppm", ".jpg", ".jpeg", ".bmp")
+GTSRB_SIZE = 50
 SPLITS = ("train", "val", "test")
 SPLIT_SEED = 20250101  # fixed: the validation split must not move with the training seed
 VAL_FRACTION = 0.1
@@ -54,6 +68,11 @@ HOW_TO_GET = {
         "holds cifar-100-python/ as --data-dir"
     ),
     "digits": "install scikit-learn (pip install 'diehardlab[train]'): the digits dataset ships with it",
+    "gtsrb": (
+        "unpack GTSRB_Final_Test_Images.zip and GTSRB_Final_Test_GT.zip (and GTSRB_Final_Training_Images.zip for "
+        "training) from https://benchmark.ini.rub.de/gtsrb_dataset.html into --data-dir, so that it holds "
+        "GTSRB/Final_Test/Images/*.ppm and GT-final_test.csv (torchvision's gtsrb/ folder works too)"
+    ),
 }
 
 
@@ -200,30 +219,215 @@ def _digits_dataset() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return x[train], y[train], x[test], y[test]
 
 
+def read_images(files: list[Path], size: int | None = None) -> np.ndarray:
+    """Image files as uint8 (N, C, H, W): RGB, or one channel for grey images; resized (bilinear) to ``size``."""
+    from PIL import Image, UnidentifiedImageError
+
+    arrays = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im = im.convert("L" if im.mode in ("L", "I", "F", "1", "I;16") else "RGB")
+                if size is not None and im.size != (size, size):
+                    im = im.resize((size, size), Image.BILINEAR)
+                a = np.asarray(im, dtype=np.uint8)
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            raise DataError(f"{f}: not a readable image ({exc})") from None
+        arrays.append(a.reshape(a.shape[0], a.shape[1], -1).transpose(2, 0, 1))
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise DataError(f"{files[0].parent}: images of different sizes {sorted(shapes)[:3]}; they need one size")
+    return np.stack(arrays) if arrays else np.zeros((0, 3, size or 1, size or 1), np.uint8)
+
+
+def _stem_key(name: str) -> str:
+    return name.lower().replace("-", "").replace("_", "")
+
+
+def labelled_image_files(folder: Path, name: str) -> list[tuple[int, int, Path]]:
+    """``<dataset>_<NN>_<label>.<ext>`` files of dataset ``name`` in ``folder``: (NN, label, path), by NN."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for f in folder.iterdir():
+        if f.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        parts = f.stem.rsplit("_", 2)
+        if len(parts) == 3 and _stem_key(parts[0]) == _stem_key(name) and parts[1].isdigit() and parts[2].isdigit():
+            found.append((int(parts[1]), int(parts[2]), f))
+    return sorted(found)
+
+
+def _image_folder_test(name: str, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    files = labelled_image_files(folder, name)
+    x = read_images([f for _, _, f in files], GTSRB_SIZE if name == "gtsrb" else None)
+    return x, np.array([label for _, label, _ in files], dtype=np.int64)
+
+
+def _gtsrb_roots(data_dir: Path) -> list[Path]:
+    return [data_dir / "gtsrb" / "GTSRB", data_dir / "GTSRB", data_dir]
+
+
+def _gtsrb_test(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    for root in _gtsrb_roots(data_dir):
+        images = root / "Final_Test" / "Images"
+        if not images.is_dir():
+            continue
+        candidates = [
+            data_dir / "gtsrb" / "GT-final_test.csv",
+            images / "GT-final_test.csv",
+            root / "GT-final_test.csv",
+            root / "Final_Test" / "GT-final_test.csv",
+            data_dir / "GT-final_test.csv",
+        ]
+        gt = next((c for c in candidates if c.is_file()), None)
+        if gt is None:
+            raise DataError(
+                f"dataset 'gtsrb': {images} has the test images but no GT-final_test.csv with their labels beside "
+                f"it ({', '.join(str(c) for c in candidates[:3])}); {HOW_TO_GET['gtsrb']}"
+            )
+        files, labels = [], []
+        try:
+            text = gt.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"{gt}: cannot read the GTSRB labels ({exc})") from None
+        reader = csv.DictReader(io.StringIO(text), delimiter=";", skipinitialspace=True)
+        if not reader.fieldnames or not {"Filename", "ClassId"} <= set(reader.fieldnames):
+            raise DataError(f"{gt}: line 1: need the columns Filename and ClassId (';'-separated), as GTSRB's CSV")
+        for row in reader:
+            line = reader.line_num
+            try:
+                label = int(row["ClassId"])
+            except (TypeError, ValueError):
+                raise DataError(f"{gt}: line {line}: ClassId {row.get('ClassId')!r} is not a class number") from None
+            f = images / str(row["Filename"]).strip()
+            if not f.is_file():
+                raise DataError(f"{gt}: line {line}: image {f.name} is not in {images}")
+            files.append(f)
+            labels.append(label)
+        return read_images(files, GTSRB_SIZE), np.array(labels, dtype=np.int64)
+    raise DataError(f"dataset 'gtsrb': no Final_Test/Images folder under {data_dir}; {HOW_TO_GET['gtsrb']}")
+
+
+def _gtsrb_train(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    for root in _gtsrb_roots(data_dir):
+        for base in (root / "Final_Training" / "Images", root / "Training"):
+            classes = sorted(d for d in base.iterdir() if d.is_dir() and d.name.isdigit()) if base.is_dir() else []
+            if not classes:
+                continue
+            files, labels = [], []
+            for d in classes:
+                for f in sorted(d.iterdir()):
+                    if f.suffix.lower() in IMAGE_EXTENSIONS:
+                        files.append(f)
+                        labels.append(int(d.name))
+            return read_images(files, GTSRB_SIZE), np.array(labels, dtype=np.int64)
+    raise DataError(f"dataset 'gtsrb': no training folders (GTSRB/Final_Training/Images/000NN) under {data_dir}")
+
+
+def _need_dir(name: str, data_dir: Path | None) -> Path:
+    if data_dir is None:
+        raise DataError(f"dataset {name!r} needs --data-dir; {HOW_TO_GET[name]}")
+    return data_dir
+
+
+def _test_only(name: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The test split alone (no training data needed) when the dataset's layout allows it, else None."""
+    path = Path(data_dir) if data_dir else None
+    if path is not None and labelled_image_files(path, name):
+        return _image_folder_test(name, path)
+    if name == "gtsrb":
+        return _gtsrb_test(_need_dir(name, path))
+    if name in ("cifar10", "cifar100"):
+        folder = _need_dir(name, path)
+        sub = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
+        folder = folder / sub if (folder / sub).is_dir() else folder
+        test = folder / ("test_batch" if name == "cifar10" else "test")
+        if test.is_file():
+            return _cifar_arrays(test, "labels" if name == "cifar10" else "fine_labels")
+    return None
+
+
 @lru_cache(maxsize=4)
 def _raw(name: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     path = Path(data_dir) if data_dir else None
+    if path is not None and labelled_image_files(path, name):
+        raise DataError(
+            f"{path}: a folder of labelled {name} images is a test set only; it has no training split (and no "
+            "normalisation of its own: a checkpoint with fixed normalisation, such as one from 'diehard zoo import', "
+            "reads it)"
+        )
     if name == "digits":
         xtr, ytr, xte, yte = _digits_dataset()
     elif name in ("fashion-mnist", "mnist"):
         xtr, ytr, xte, yte = _idx_dataset(name, path)
+    elif name == "gtsrb":
+        xte, yte = _gtsrb_test(_need_dir(name, path))
+        xtr, ytr = _gtsrb_train(_need_dir(name, path))
     else:
         xtr, ytr, xte, yte = _cifar_dataset(name, path)
-    num_classes = {"cifar100": 100}.get(name, 10)
-    labels = np.concatenate([ytr, yte])
-    bad = labels[(labels < 0) | (labels >= num_classes)][:3].tolist()
-    if bad:
-        raise DataError(f"dataset {name!r}: labels out of range 0..{num_classes - 1}: {bad}")
+    num_classes = NUM_CLASSES.get(name, 10)
+    _check_labels(name, np.concatenate([ytr, yte]), num_classes)
     return xtr, ytr, xte, yte, num_classes
 
 
-def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = None) -> Dataset:
-    """The ``split`` of dataset ``name`` as normalised float32 NCHW tensors; ``DataError`` if it is missing."""
+def _check_labels(name: str, y: np.ndarray, num_classes: int) -> None:
+    bad = y[(y < 0) | (y >= num_classes)][:3].tolist()
+    if bad:
+        raise DataError(f"dataset {name!r}: labels out of range 0..{num_classes - 1}: {bad}")
+
+
+@lru_cache(maxsize=2)
+def _test_arrays(name: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray] | None:
+    arrays = _test_only(name, data_dir)
+    if arrays is not None:
+        _check_labels(name, arrays[1], NUM_CLASSES.get(name, 10))
+    return arrays
+
+
+def load_dataset(
+    name: str,
+    split: str = "train",
+    data_dir: str | Path | None = None,
+    normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+) -> Dataset:
+    """The ``split`` of dataset ``name`` as normalised float32 NCHW tensors; ``DataError`` if it is missing.
+
+    ``normalisation``: fixed (mean, std) per channel instead of the training split's statistics.
+    """
     if name not in NAMES:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(NAMES)}")
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    xtr, ytr, xte, yte, num_classes = _raw(name, str(data_dir) if data_dir else None)
+    key = str(data_dir) if data_dir else None
+    if normalisation is not None:
+        mean = np.asarray(normalisation[0], dtype=np.float32)
+        std = np.asarray(normalisation[1], dtype=np.float32)
+        test = _test_arrays(name, key) if split == "test" else None
+        if test is not None:
+            x, y = test
+            num_classes = NUM_CLASSES.get(name, 10)
+        else:
+            xtr, ytr, xte, yte, num_classes = _raw(name, key)
+            order = np.random.default_rng(SPLIT_SEED).permutation(len(ytr))
+            n_val = round(VAL_FRACTION * len(ytr))
+            pick = {"train": np.sort(order[n_val:]), "val": np.sort(order[:n_val])}
+            x, y = (xte, yte) if split == "test" else (xtr[pick[split]], ytr[pick[split]])
+        if len(mean) != x.shape[1] or len(std) != x.shape[1]:
+            raise DataError(f"normalisation has {len(mean)} channels, dataset {name!r} has {x.shape[1]}")
+        # ToTensor then Normalize, as torchvision computes them: x / 255, then (x - mean) / std, in float32.
+        xf = x.astype(np.float32) / np.float32(255.0) if x.dtype == np.uint8 else x.astype(np.float32)
+        xf = (xf - mean[None, :, None, None]) / std[None, :, None, None]
+        # the constants as given (they are applied in float32 above)
+        given = tuple(float(v) for v in normalisation[0]), tuple(float(v) for v in normalisation[1])
+        info = DatasetInfo(name, int(xf.shape[1]), num_classes, int(xf.shape[2]), *given)
+        return Dataset(
+            torch.from_numpy(np.ascontiguousarray(xf, dtype=np.float32)),
+            torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)),
+            info,
+            split,
+        )
+    xtr, ytr, xte, yte, num_classes = _raw(name, key)
     order = np.random.default_rng(SPLIT_SEED).permutation(len(ytr))
     n_val = round(VAL_FRACTION * len(ytr))
     val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
@@ -252,3 +456,12 @@ def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = 
         info=info,
         split=split,
     )
+
+
+def fixed_normalisation(config: dict) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The fixed (mean, std) a checkpoint's config.json records for its inputs (``diehard zoo import`` and the
+    suite's recipes), or None when the inputs are normalised with the training split's statistics."""
+    norm = config.get("normalisation")
+    if isinstance(norm, dict) and norm.get("fixed"):
+        return tuple(float(v) for v in norm["mean"]), tuple(float(v) for v in norm["std"])
+    return None

@@ -75,8 +75,12 @@ def evaluate_checkpoint(
     device: str = "auto",
     layer_dist: str = "uniform",
     fault_list: str | Path | None = None,
+    numerics: str = "fp32",
 ) -> dict[str, Any]:
     """Clean accuracy and K injection campaigns on a checkpoint; returns the result dict (the JSON output)."""
+    from diehardlab.hardening.data import fixed_normalisation
+    from diehardlab.hardening.numerics import apply_numerics, parse_numerics
+
     from diehardlab import __version__
 
     if campaigns < 1:
@@ -87,11 +91,13 @@ def evaluate_checkpoint(
         raise ConfigError(f"--limit must be >= 0 (got {limit}; 0 uses every image)")
     if layer_dist not in ("uniform", "size"):
         raise ConfigError(f"--layer-dist: uniform or size (got {layer_dist!r})")
+    policy = parse_numerics(numerics)
     dev = pick_device(device)
     loaded = load_model(ckpt_dir, dev)
     model = loaded.model
+    applied = apply_numerics(model, policy, dev)
     data_dir = data_dir or loaded.config.get("data_dir") or None
-    ds = load_dataset(loaded.dataset, split, data_dir)
+    ds = load_dataset(loaded.dataset, split, data_dir, fixed_normalisation(loaded.config))
     x, y = ds.x, ds.y
     if limit:
         x, y = x[:limit], y[:limit]
@@ -180,6 +186,7 @@ def evaluate_checkpoint(
             "layers": [name for name, _ in layers],
             "batch_size": batch_size,
             "device": str(dev),
+            "numerics": applied.record(),
             "diehardlab_version": __version__,
             "torch_version": torch.__version__,
         },

@@ -12,7 +12,10 @@ Options (``ModelConfig``), each one changes exactly one thing:
 - ``nan_filter``: a filter after every activation and before the classifier that replaces NaN and +/-Inf by 0.
 - ``bn_affine``: BatchNorm with or without the learned scale and shift.
 
-Architectures: ``resnet20/32/44/56`` (BasicBlocks, ``width``/2x/4x channels, Kaiming init) with the shortcut
+Architectures: the benchmark suite's 16 models by their zoo name (``cifar10/resnet20``, ``gtsrb/vgg11_bn``:
+``diehardlab.hardening.zoo``, which applies activation, order, NaN filter and BN options without renaming a
+parameter; ``shortcut``, ``width`` and ``stem_stride`` are the suite's own there); ``resnet20/32/44/56`` (BasicBlocks,
+``width``/2x/4x channels, Kaiming init) with the shortcut
 ``conv`` (1x1 conv + BN where the shape changes, as the DieHardNet code) or ``pad`` (parameter-free subsample +
 zero channel padding: ResNet-20 then has 19 convs and 1 linear layer); ``smallnet`` (stem + two blocks) for
 8x8 and 28x28 images.
@@ -27,7 +30,13 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 import torch
-import torch.nn.functional as F
+from diehardlab.hardening.layers import (  # noqa: F401  (re-exported: they are part of this module's API)
+    BoundedGELU,
+    BoundedReLU,
+    NanFilter,
+    PadShortcut,
+    make_activation,
+)
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 from torch import nn
 
@@ -44,6 +53,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "order": ("bn-act", "act-bn"),
     "order_scope": ("all", "reference"),
 }
+
+
+def is_zoo_arch(arch: str) -> bool:
+    """``<dataset>/<arch>`` names a model of the benchmark suite's zoo (``diehardlab.hardening.zoo``)."""
+    return "/" in str(arch)
 
 
 @functools.cache
@@ -97,8 +111,14 @@ class ModelConfig:
     stem_stride: int = 1
 
     def __post_init__(self) -> None:
+        if is_zoo_arch(self.arch):
+            from diehardlab.hardening.zoo import entry
+
+            entry(self.arch)  # a ConfigError that lists the zoo when the name is unknown
         for name, allowed in CHOICES.items():
             value = getattr(self, name)
+            if name == "arch" and is_zoo_arch(value):
+                continue
             if value not in allowed:
                 raise ConfigError(f"model -> {name}: {value!r} is not one of {', '.join(allowed)}")
         if not self.act_bound > 0:
@@ -117,86 +137,8 @@ class ModelConfig:
         return asdict(self)
 
 
-class BoundedReLU(nn.Module):
-    """ReLU6 with a configurable bound."""
-
-    def __init__(self, bound: float = 6.0):
-        super().__init__()
-        self.bound = float(bound)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # hardtanh, not clamp: same values, and its CPU kernel is several times faster than clamp's.
-        return F.hardtanh(x, 0.0, self.bound)
-
-    def extra_repr(self) -> str:
-        return f"bound={self.bound}"
-
-
-class BoundedGELU(nn.Module):
-    """GELU capped from above at ``bound`` (GELU is already bounded below by about -0.17)."""
-
-    def __init__(self, bound: float = 6.0, approximate: str = "none"):
-        super().__init__()
-        self.bound = float(bound)
-        self.approximate = approximate  # GELU's own option ("none" or "tanh"), kept when hardening a GELU net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # GELU is >= -0.17, so a lower limit of -1 changes nothing.
-        return F.hardtanh(F.gelu(x, approximate=self.approximate), -1.0, self.bound)
-
-    def extra_repr(self) -> str:
-        return f"bound={self.bound}" + (f", approximate={self.approximate}" if self.approximate != "none" else "")
-
-
-class _StraightThroughNanToZero(torch.autograd.Function):
-    """``nan_to_num(x, 0, 0, 0)`` whose gradient passes through unchanged.
-
-    Autograd's own backward of ``nan_to_num`` costs several times its forward on a CPU, and only differs at
-    non-finite inputs, where no upstream gradient is meaningful anyway (fault injection blocks its own).
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return grad
-
-
-class NanFilter(nn.Module):
-    """Replaces NaN and +/-Inf by 0, so one non-finite value cannot poison every later layer."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _StraightThroughNanToZero.apply(x)
-
-
-def make_activation(cfg: ModelConfig) -> nn.Module:
-    if cfg.activation == "relu":
-        act: nn.Module = nn.ReLU()
-    elif cfg.activation == "relu6":
-        act = BoundedReLU(cfg.act_bound)
-    else:
-        act = BoundedGELU(cfg.act_bound)
-    return nn.Sequential(act, NanFilter()) if cfg.nan_filter else act
-
-
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-
-
-class PadShortcut(nn.Module):
-    """Option-A shortcut: subsample by the stride and zero-pad the new channels (no parameters)."""
-
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.stride = stride
-        self.pad_lo = (cout - cin) // 2
-        self.pad_hi = cout - cin - self.pad_lo
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x[:, :, :: self.stride, :: self.stride]
-        return F.pad(x, (0, 0, 0, 0, self.pad_lo, self.pad_hi))
 
 
 class ConvUnit(nn.Module):
@@ -271,6 +213,12 @@ class ResNet(nn.Module):
 
 def build_model(cfg: ModelConfig, in_channels: int, num_classes: int) -> nn.Module:
     """The network ``cfg`` describes for ``in_channels``-channel images and ``num_classes`` classes."""
+    if is_zoo_arch(cfg.arch):
+        from diehardlab.hardening.zoo import build
+
+        if in_channels != 3:
+            raise ConfigError(f"model -> arch: {cfg.arch} takes 3-channel images, not {in_channels}")
+        return build(cfg.arch, cfg, num_classes)
     if cfg.arch == "smallnet":
         return ResNet(cfg, in_channels, num_classes, (1, 1))
     depth = int(cfg.arch.removeprefix("resnet"))

@@ -58,12 +58,18 @@ class TrainConfig:
     train_limit: int = 0
     epochs: int = 10
     batch_size: int = 128
-    optimizer: str = "sgd"  # sgd | adamw
+    optimizer: str = "sgd"  # sgd | adam | adamw
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine | constant; stepped every batch
+    schedule: str = "cosine"  # cosine | constant | multistep; stepped every batch
+    # multistep: the lr is multiplied by gamma at the start of each of these epochs (the benchmark suite's recipes)
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    # Input normalisation: "train-split" (mean/std of the training split) or "suite" (the benchmark suite's fixed
+    # constants per dataset, recorded as fixed in config.json's "normalisation" so every later command uses them)
+    normalise_with: str = "train-split"
     loss: str = "ce"  # ce | bce (BCE on one-hot targets, as the DieHardNet paper)
     label_smoothing: float = 0.0
     grad_clip: float = 0.0  # max gradient norm; 0: off
@@ -87,8 +93,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         checks = {
             "dataset": (self.dataset in NAMES, f"one of {', '.join(NAMES)}"),
-            "optimizer": (self.optimizer in ("sgd", "adamw"), "sgd or adamw"),
-            "schedule": (self.schedule in ("cosine", "constant"), "cosine or constant"),
+            "optimizer": (self.optimizer in ("sgd", "adam", "adamw"), "sgd, adam or adamw"),
+            "schedule": (self.schedule in ("cosine", "constant", "multistep"), "cosine, constant or multistep"),
+            "milestones": (
+                all(0 < m <= self.epochs for m in self.milestones)
+                and list(self.milestones) == sorted(set(self.milestones)),
+                "increasing epochs within 1..epochs",
+            ),
+            "gamma": (0 < self.gamma <= 1, "within (0, 1]"),
+            "normalise_with": (self.normalise_with in ("train-split", "suite"), "train-split or suite"),
             "loss": (self.loss in ("ce", "bce"), "ce or bce"),
             "curriculum": (self.curriculum in ("linear", "none"), "linear or none"),
             "epochs": (self.epochs >= 1, ">= 1"),
@@ -297,6 +310,18 @@ def evaluate(
 # ---------------------------------------------------------------- the run
 
 
+def _fixed_normalisation(cfg: TrainConfig) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    if cfg.normalise_with != "suite":
+        return None
+    from diehardlab.hardening.zoo import NORMALISATION
+
+    if cfg.dataset not in NORMALISATION:
+        raise ConfigError(
+            f"normalise_with: the suite has no constants for {cfg.dataset!r} ({', '.join(NORMALISATION)})"
+        )
+    return NORMALISATION[cfg.dataset]
+
+
 def _limit(ds: Dataset, limit: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     if not limit or limit >= len(ds):
         return ds.x, ds.y
@@ -319,11 +344,17 @@ def make_state(
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    elif cfg.optimizer == "adam":
+        opt = torch.optim.Adam(groups, lr=cfg.lr)
     else:
         opt = torch.optim.AdamW(groups, lr=cfg.lr)
     total = max(1, cfg.epochs * steps_per_epoch)
     if cfg.schedule == "cosine":
         sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    elif cfg.schedule == "multistep":
+        # stepped every batch like the others: an epoch milestone is that many batches
+        steps = [m * steps_per_epoch for m in cfg.milestones]
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=steps, gamma=cfg.gamma)
     else:
         sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
     use_scaler = cfg.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
@@ -414,7 +445,9 @@ def train(
         fresh = run_config(cfg, {k: saved_cfg.get(k) for k in ("in_channels", "num_classes", "normalisation")})
         # Where the data is and which device runs it may change between sessions; the recipe may not.
         free = ("diehardlab_version", "torch_version", "data_dir", "device", "eval_batch_size")
-        diff = sorted(k for k in fresh if k not in free and fresh[k] != saved_cfg.get(k))
+        # keys added to TrainConfig after the run started read as their defaults
+        defaults = asdict(TrainConfig())
+        diff = sorted(k for k in fresh if k not in free and fresh[k] != saved_cfg.get(k, defaults.get(k)))
         if diff:
             raise ConfigError(
                 f"{out / ckpt.CONFIG}: --resume continues the saved run, but the config differs in: {', '.join(diff)} "
@@ -423,8 +456,9 @@ def train(
     elif (out / ckpt.LAST).exists():
         raise ConfigError(f"{out}: holds a training run already; pass --resume to continue it or choose another --out")
     data_dir = cfg.data_dir or None
-    train_ds = load_dataset(cfg.dataset, "train", data_dir)
-    val_ds = load_dataset(cfg.dataset, "val", data_dir)
+    norm = _fixed_normalisation(cfg)
+    train_ds = load_dataset(cfg.dataset, "train", data_dir, norm)
+    val_ds = load_dataset(cfg.dataset, "val", data_dir, norm)
     info = train_ds.info
     x, y = _limit(train_ds, cfg.train_limit, cfg.seed)
     state = make_state(cfg, info.in_channels, info.num_classes, math.ceil(len(y) / cfg.batch_size), model)
@@ -436,7 +470,7 @@ def train(
         {
             "in_channels": info.in_channels,
             "num_classes": info.num_classes,
-            "normalisation": {"mean": list(info.mean), "std": list(info.std)},
+            "normalisation": {"mean": list(info.mean), "std": list(info.std), "fixed": norm is not None},
             **(start.config if start is not None else {}),
         },
     )
@@ -489,7 +523,7 @@ def train(
     if state.epoch < cfg.epochs:
         log(f"stopped after epoch {state.epoch}/{cfg.epochs}; continue with --resume --out {out}")
         return {"checkpoint": str(out), "epochs": state.epoch, "test_accuracy": None}
-    test_ds = load_dataset(cfg.dataset, "test", data_dir)
+    test_ds = load_dataset(cfg.dataset, "test", data_dir, norm)
     test = evaluate(state.model, test_ds.x.to(device), test_ds.y.to(device), cfg)
     summary = {"checkpoint": str(out), "epochs": state.epoch, "test_accuracy": test["accuracy"]}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n", "--out")

@@ -28,6 +28,12 @@ def build_parser():
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="absolute tolerance (default 1e-3)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument(
+        "--numerics",
+        default="fp32",
+        help="arithmetic of the conv/linear layers: fp32 (default), tf32, an inline map 'layer3.*=tf32,*=fp32' "
+        "or a TOML map file (see docs/sfi.md); recorded with the result. On CPU tf32 is emulated",
+    )
     return p
 
 
@@ -56,6 +62,7 @@ def main(argv: list[str]) -> int:
         threshold=a.threshold,
         device=a.device,
         data_dir=a.data_dir,
+        numerics=a.numerics,
     )
     out = save_golden(rec, a.out)
     acc = float((rec["topk"][:, 0] == rec["labels"]).float().mean()) if rec["labels"].numel() else math.nan
@@ -63,6 +70,6 @@ def main(argv: list[str]) -> int:
         f"golden: {out} ({rec['inputs'].shape[0]} images of {rec['dataset']}/{rec['split']}, "
         f"batch {rec['batch_size']}, "
         f"top-1 accuracy {acc:.3f}, device {rec['device_name']}, run-to-run difference {rec['max_run_difference']:.2e} "
-        f"<= threshold {rec['threshold']:g})"
+        f"<= threshold {rec['threshold']:g}, numerics {rec['numerics']['policy']})"
     )
     return 0

@@ -82,6 +82,11 @@ def build_parser():
     p.add_argument("--ecc", default="auto", help="auto (nvidia-smi), on, off: the ECC field of the log name")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--threshold", type=float, help="absolute tolerance (default: the golden file's)")
+    p.add_argument(
+        "--numerics",
+        help="arithmetic of the conv/linear layers (fp32, tf32, a per-layer map; see docs/sfi.md); default and "
+        "only accepted value: the golden file's",
+    )
     p.add_argument("--no-reload", action="store_true", help="do not reload weights and inputs after an SDC")
     p.add_argument("--max-errors-per-iter", type=int, default=500, help="libLogHelper abort rule (default 500)")
     p.add_argument(
@@ -111,6 +116,7 @@ def options_from_args(a) -> RunOptions:
         ecc=a.ecc,
         device=a.device,
         threshold=a.threshold,
+        numerics=a.numerics,
         reload=not a.no_reload,
         max_errors_per_iter=a.max_errors_per_iter,
         double_error_kill=not a.no_double_error_kill,

@@ -10,7 +10,8 @@ plain values only, so it loads with ``torch.load(weights_only=True)``:
     topk, labels, indices      int64 (N, k), (N,) ground truth, (N,) positions in the dataset split
     dataset, split, seed, batch_size, threshold, max_run_difference
     model_hash, checkpoint, model (ModelConfig fields), torch_version, device, device_name, created_utc,
-    diehardlab_version
+    diehardlab_version, numerics (the arithmetic of every layer: ``diehardlab.hardening.numerics``; ``diehard
+    run`` computes in the same one; files without it were made in FP32)
 """
 
 from __future__ import annotations
@@ -51,18 +52,22 @@ def make_golden(
     threshold: float = DEFAULT_THRESHOLD,
     device: str = "auto",
     data_dir: str | None = None,
+    numerics: str = "fp32",
 ) -> dict[str, Any]:
     """Build the golden record (module docstring); ``ConfigError`` when the device is not deterministic."""
     from diehardlab.hardening.checkpoint import load_model
-    from diehardlab.hardening.data import load_dataset
+    from diehardlab.hardening.data import fixed_normalisation, load_dataset
+    from diehardlab.hardening.numerics import apply_numerics, parse_numerics
 
     if samples < 1 or batch_size < 1:
         raise ConfigError("--samples and --batch-size must be >= 1")
     check_threshold(threshold, "--threshold")
+    policy = parse_numerics(numerics)
     dev = pick_device(device)
     loaded = load_model(ckpt_dir, dev)
+    applied = apply_numerics(loaded.model, policy, dev)
     name = dataset or loaded.dataset
-    data = load_dataset(name, split, data_dir)
+    data = load_dataset(name, split, data_dir, fixed_normalisation(loaded.config))
     if data.info.in_channels != loaded.in_channels or data.info.num_classes != loaded.num_classes:
         raise ConfigError(
             f"--dataset {name}: {data.info.in_channels} channels / {data.info.num_classes} classes, but the model "
@@ -73,7 +78,7 @@ def make_golden(
     gen = torch.Generator().manual_seed(seed)
     indices = torch.randperm(len(data), generator=gen)[:samples].sort().values
     rec = golden_record(loaded, data.x[indices].contiguous(), data.y[indices].contiguous(), batch_size, threshold, dev)
-    rec.update(indices=indices, dataset=name, split=split, seed=seed)
+    rec.update(indices=indices, dataset=name, split=split, seed=seed, numerics=applied.record())
     return rec
 
 

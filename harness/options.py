@@ -42,6 +42,7 @@ class RunOptions:
     once: bool = False
     output: Path | None = None  # --once: raw float32 outputs
     status_every_s: float = 60.0
+    numerics: str | None = None  # default: the golden file's (the arithmetic the golden outputs were made in)
 
 
 def check_threshold(value: float, where: str) -> float:

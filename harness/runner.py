@@ -126,6 +126,7 @@ class Runner:
         self.golden_rec = load_golden(o.golden)
         self.loaded = load_model(o.ckpt_dir, self.dev)
         check_golden_matches(self.golden_rec, o.golden, self.loaded.model_hash, o.ckpt_dir)
+        self.numerics = self._apply_numerics()
         shape = tuple(self.golden_rec["inputs"].shape)
         if shape[1] != self.loaded.in_channels or self.golden_rec["outputs"].shape[1] != self.loaded.num_classes:
             raise ConfigError(f"{o.golden}: inputs {shape} / outputs do not fit the model in {o.ckpt_dir}")
@@ -157,6 +158,21 @@ class Runner:
                 raise ConfigError(f"--server {o.server}: {exc}") from exc
         if self.sim is not None:  # before the first line: a slow hook set-up is start-up time, not a hang
             self.sim.bind(self.network, Path(o.log_dir))
+
+    def _apply_numerics(self):
+        """Compute in the golden file's arithmetic; another --numerics would turn every iteration into an SDC."""
+        from diehardlab.hardening.numerics import apply_numerics, parse_numerics
+
+        rec = self.golden_rec.get("numerics")
+        made_in = rec.get("policy", "fp32") if isinstance(rec, dict) else "fp32"
+        policy = parse_numerics(self.o.numerics or made_in)
+        if policy.spec() != parse_numerics(made_in).spec():
+            raise ConfigError(
+                f"--numerics {self.o.numerics}: the golden file {self.o.golden} was made in numerics {made_in}; "
+                f"run with --numerics {made_in!r} or make a golden with "
+                f"'diehard golden ... --numerics {self.o.numerics}'"
+            )
+        return apply_numerics(self.loaded.model, policy, self.dev)
 
     def _load_tensors(self, rec: dict[str, Any]) -> None:
         bs = int(rec["batch_size"])
@@ -193,6 +209,7 @@ class Runner:
             f"model_sha256:{self.loaded.model_hash[:16]}",
             f"device:{device_name(self.dev).replace(' ', '-')}",
             f"torch:{torch.__version__}",
+            f"numerics:{self.numerics.policy.spec()}",
         ]
         if self.sim is not None:
             parts.append(f"SIMULATED-BEAM:{self.sim.label}")

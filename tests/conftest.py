@@ -14,6 +14,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DIEHARD_SAMPLE_DATA", ROOT / "tests" / "data"))
 BEAM_LOGS = SHARED_DATA / "beam-logs"
 FACILITY = SHARED_DATA / "facility"
+SUITE = SHARED_DATA / "dnn-benchmarks"
+# The shared sample folder beside the checkout (the benchmark suite's other released lists), when present.
+SHARED_SUITE = next(
+    (
+        p / "dnn-benchmarks"
+        for p in (ROOT.parent / "shared" / "data", ROOT.parents[1] / "shared" / "data")
+        if (p / "dnn-benchmarks").is_dir()
+    ),
+    None,
+)
 
 
 @pytest.fixture
@@ -28,6 +38,31 @@ def facility_logs() -> Path:
     if not FACILITY.is_dir():
         pytest.skip(f"the real facility logs are not here ({FACILITY}); set DIEHARD_SAMPLE_DATA")
     return FACILITY
+
+
+@pytest.fixture
+def suite_data() -> Path:
+    """The benchmark suite's ResNet-20 weights, fault list and architecture facts (tests/data/dnn-benchmarks)."""
+    if not (SUITE / "ResNet20.th").is_file():
+        pytest.skip(f"the benchmark suite's samples are not here ({SUITE}); set DIEHARD_SAMPLE_DATA")
+    return SUITE
+
+
+def _site_packages() -> Path | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("torch")  # finds, does not import
+    return Path(spec.origin).parents[1] if spec and spec.origin else None
+
+
+@pytest.fixture
+def foolbox_images() -> Path:
+    """The 20 real CIFAR-10 (and CIFAR-100 ...) test images inside the foolbox wheel: <dataset>_<NN>_<label>.png."""
+    site = _site_packages()
+    folder = site / "foolbox" / "data" if site else None
+    if folder is None or not (folder / "cifar10_00_3.png").is_file():
+        pytest.skip("the foolbox wheel (20 real CIFAR-10 test images) is not installed: pip install --no-deps foolbox")
+    return folder
 
 
 # Makes "import <name>" fail for the named top-level packages, as on a machine that lacks them.

@@ -1,4 +1,4 @@
-"""``diehard sfi plan|run|curve``: statistical fault injection (see docs/sfi.md)."""
+"""``diehard sfi plan|run|compare|curve``: statistical fault injection (see docs/sfi.md)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ from diehardlab.cli import make_parser
 from diehardlab.errors import ConfigError
 
 USAGE = """\
-diehard sfi plan  MODEL --method network|layer|data-unaware|data-aware [--error E --confidence C] [--csv F] [--out P]
-diehard sfi run   MODEL (--plan P | --faults F | --method M) [--images N | --selection F] --out DIR [--resume]
-diehard sfi curve --run DIR [--orders 5] --out PREFIX
-MODEL is a checkpoint folder, --model NAME (random weights) or --factory MODULE:CALLABLE --weights FILE."""
+diehard sfi plan    MODEL --method network|layer|data-unaware|data-aware|suite [--error E --confidence C] [--out P]
+diehard sfi run     MODEL (--plan P | --faults F | --method M) [--images N | --selection F] [--numerics N]
+                    --out DIR [--resume]
+diehard sfi compare OURS PUBLISHED [--map-out FILE]     (a run folder or results CSV vs the suite's results CSV)
+diehard sfi curve   --run DIR [--orders 5] --out PREFIX
+MODEL is a checkpoint folder, --model NAME (random weights; a zoo name such as cifar10/resnet20 works) or
+--factory MODULE:CALLABLE --weights FILE."""
 
 
 def _plan_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -24,7 +27,11 @@ def _plan_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--method", choices=METHODS, required=required, help="how the population is split")
     p.add_argument("--error", type=float, default=0.01, help="error margin e (default 0.01)")
     p.add_argument("--confidence", type=float, default=0.99, help="confidence level (default 0.99: t = 2.58)")
-    p.add_argument("--fault-model", default="stuck-at", choices=FAULT_MODELS, help="stuck-at (0 and 1) or bitflip")
+    p.add_argument(
+        "--fault-model",
+        choices=FAULT_MODELS,
+        help="stuck-at (0 and 1; the default) or bitflip (the default and only choice of --method suite)",
+    )
     p.add_argument("--target", default="weights", choices=TARGETS, help="weights (default) or activations")
 
 
@@ -42,7 +49,7 @@ def _example(args, target):
 
 
 def cmd_plan(argv: Sequence[str]) -> int:
-    from diehardlab.hardening.sfi.plan import make_plan, save_plan, write_plan_csv
+    from diehardlab.hardening.sfi.plan import default_fault_model, make_plan, save_plan, write_plan_csv
     from diehardlab.hardening.sfi.sources import add_image_args, add_model_args, load_target
 
     p = make_parser("sfi plan", "Populations and sample sizes per network, layer and bit for a model.")
@@ -54,8 +61,9 @@ def cmd_plan(argv: Sequence[str]) -> int:
     p.add_argument("--bits", action="store_true", help="print every (layer, bit) row, not only per layer")
     args = p.parse_args(argv)
     target = load_target(args)
+    fault_model = args.fault_model or default_fault_model(args.method)
     plan = make_plan(
-        target.model, args.method, args.error, args.confidence, args.fault_model, args.target, _example(args, target)
+        target.model, args.method, args.error, args.confidence, fault_model, args.target, _example(args, target)
     )
     print(
         f"model {target.name}: method {plan.method}, fault model {plan.fault_model}, target {plan.target}, "
@@ -65,6 +73,10 @@ def cmd_plan(argv: Sequence[str]) -> int:
     for (name, pop, n), layer in zip(plan.per_layer(), plan.layers):
         print(f"{name:<28} {layer.numel:>10,} {pop:>12,} {n:>10,}")
     print(f"{'total':<28} {sum(x.numel for x in plan.layers):>10,} {plan.population:>12,} {plan.total:>10,}")
+    suite = _zoo_entry(target)
+    if suite is not None and plan.method == "suite" and suite.table_v:
+        same = "the same" if suite.table_v == plan.total else "NOT the same"
+        print(f"the suite's released list for {suite.name} has {suite.table_v:,} faults (its Table V): {same}")
     if args.bits and plan.method in ("data-unaware", "data-aware"):
         print(f"\n{'layer':<28} {'bit':>4} {'population':>10} {'p':>8} {'sample':>8}")
         for s in plan.strata:
@@ -82,10 +94,29 @@ def cmd_plan(argv: Sequence[str]) -> int:
     return 0
 
 
+def _zoo_entry(target):
+    """The zoo entry of a target built from a zoo architecture, else None."""
+    from diehardlab.hardening.models import is_zoo_arch
+
+    arch = (target.config.get("model") or {}).get("arch", "")
+    if not is_zoo_arch(arch):
+        return None
+    from diehardlab.hardening.zoo import entry
+
+    return entry(arch)
+
+
 def cmd_run(argv: Sequence[str]) -> int:
     import numpy as np
+    from diehardlab.hardening.numerics import add_numerics_arg, parse_numerics
     from diehardlab.hardening.sfi import faultlist
-    from diehardlab.hardening.sfi.plan import activation_layers, injectable_layers, load_plan, make_plan
+    from diehardlab.hardening.sfi.plan import (
+        activation_layers,
+        default_fault_model,
+        injectable_layers,
+        load_plan,
+        make_plan,
+    )
     from diehardlab.hardening.sfi.runner import run_campaign
     from diehardlab.hardening.sfi.sources import add_image_args, add_model_args, device_name, load_images, load_target
 
@@ -93,7 +124,13 @@ def cmd_run(argv: Sequence[str]) -> int:
     add_model_args(p)
     add_image_args(p)
     p.add_argument("--plan", type=Path, help="plan JSON from 'diehard sfi plan --out' (faults drawn with --seed)")
-    p.add_argument("--faults", type=Path, help="fault list CSV (SFIadvancedmodels columns) to run as it is")
+    p.add_argument(
+        "--faults",
+        "--fault-list",
+        dest="faults",
+        type=Path,
+        help="fault list CSV to run as it is: ours, the suite's 4- or 8-column form or SFIadvancedmodels'",
+    )
     _plan_args(p, required=False)
     p.add_argument("--max-faults", type=int, help="run a seeded random subset of this many faults of the list")
     p.add_argument("--out", type=Path, required=True, help="output folder (progress, tables)")
@@ -105,6 +142,7 @@ def cmd_run(argv: Sequence[str]) -> int:
     p.add_argument("--chunk", type=int, default=64, help="faults between progress checkpoints (default 64)")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1 ...")
     p.add_argument("--threads", type=int, help="CPU threads of torch (default: torch's choice)")
+    add_numerics_arg(p)
     args = p.parse_args(argv)
     if args.threads is not None:
         if args.threads < 1:
@@ -114,30 +152,45 @@ def cmd_run(argv: Sequence[str]) -> int:
         torch.set_num_threads(args.threads)
     if sum(x is not None for x in (args.plan, args.faults, args.method)) != 1:
         raise ConfigError("give exactly one of --plan FILE, --faults FILE or --method METHOD")
+    policy = parse_numerics(args.numerics)
     device = device_name(args.device)
     target = load_target(args, device)
     images = load_images(args, target)
     layers = injectable_layers(target.model)
+    lines = None
     if args.faults:
-        faults = faultlist.read_csv(args.faults)
-        source = {"faults_file": str(args.faults)}
+        read = faultlist.read_list(args.faults)
+        faults, lines = read.faults, read.rows_line
+        source = {"faults_file": str(args.faults), "faults_form": read.form}
         plan_t, fault_model, conf = None, None, args.confidence
+        _note_list(read, target)
     else:
         plan = (
             load_plan(args.plan)
             if args.plan
             else make_plan(
-                target.model, args.method, args.error, args.confidence, args.fault_model, args.target, images.x[:1]
+                target.model,
+                args.method,
+                args.error,
+                args.confidence,
+                args.fault_model or default_fault_model(args.method),
+                args.target,
+                images.x[:1],
             )
         )
         faults = faultlist.draw(plan, args.seed)
         source = {"plan": plan.to_json() if not args.plan else str(args.plan), "seed": args.seed}
         plan_t, fault_model, conf = plan.t, plan.fault_model, plan.confidence
+        if plan.target == "weights":
+            layers = plan.layers
     if any(f.is_activation for f in faults):
         layers = layers + activation_layers(target.model, images.x[:1].to(device))
+    if args.max_faults is not None and args.max_faults < 1:
+        raise ConfigError(f"--max-faults must be >= 1, got {args.max_faults}")
     if args.max_faults is not None and args.max_faults < len(faults):
         keep = np.sort(np.random.default_rng(args.seed).choice(len(faults), args.max_faults, replace=False))
         faults = [faults[i] for i in keep]
+        lines = [lines[i] for i in keep] if lines else None
     from diehardlab.sampling import t_value
 
     t = plan_t if plan_t is not None else t_value(args.confidence)
@@ -153,7 +206,10 @@ def cmd_run(argv: Sequence[str]) -> int:
         "device": device,
         **source,
     }
-    print(f"sfi run: {len(faults)} faults x {len(images.ids)} images on {device}, engine {args.engine} -> {args.out}")
+    print(
+        f"sfi run: {len(faults)} faults x {len(images.ids)} images on {device}, engine {args.engine}, "
+        f"numerics {policy.spec()} -> {args.out}"
+    )
     s = run_campaign(
         target.model,
         images,
@@ -170,6 +226,8 @@ def cmd_run(argv: Sequence[str]) -> int:
         chunk=args.chunk,
         ray_address=args.ray_address,
         shards=args.shards,
+        numerics=policy,
+        fault_lines=lines,
     )
     print(
         f"faults {s['faults']}: masked {s['masked']}, non-critical {s['non_critical']}, SDC-1 {s['sdc1']} "
@@ -181,7 +239,144 @@ def cmd_run(argv: Sequence[str]) -> int:
         f"network SDC-1 probability per fault: {est['p']:.4f} +/- {est['margin']:.4f} at {conf:g} confidence"
         + (" (stratum-weighted)" if est["weighted"] else "")
     )
-    print(f"wrote {args.out}/per_fault.csv, per_layer_bit.csv, per_layer.csv, summary.json")
+    st = s["suite_table"]
+    if st["golden_accuracy"] is not None:
+        print(
+            f"golden accuracy {100 * st['golden_accuracy']:.2f} %, faulty accuracy {100 * st['faulty_accuracy']:.2f} % "
+            f"over {st['inferences']:,} inferences (masked {st['masked_pct']:.2f} %, non-critical "
+            f"{st['non_critical_pct']:.2f} %, SDC-1 {st['sdc1_pct']:.2f} %)"
+        )
+    extra = ", suite_results.csv" if "suite_results" in s else ""
+    print(f"wrote {args.out}/per_fault.csv, per_layer_bit.csv, per_layer.csv{extra}, summary.json")
+    return 0
+
+
+def _note_list(read, target) -> None:
+    """Say when a suite list has another size than the suite's list for this model (cut short? another list?)."""
+    if not read.ends_with_newline:
+        print(f"note: {read.path}: the last line has no newline (its last row was read as it is)", file=sys.stderr)
+    e = _zoo_entry(target)
+    if e is not None and e.table_v and read.form in ("suite", "suite-results") and len(read.faults) != e.table_v:
+        print(
+            f"note: {read.path} has {len(read.faults):,} rows; the suite's released list for {e.name} has "
+            f"{e.table_v:,} (a subset, or another list?)",
+            file=sys.stderr,
+        )
+
+
+def cmd_compare(argv: Sequence[str]) -> int:
+    import numpy as np
+    from diehardlab.hardening.sfi.compare import compare, infer_numerics, load_side, result_table
+
+    p = make_parser(
+        "sfi compare",
+        "Our outcomes against the published ones, fault by fault; the suite's result table for both; and the\n"
+        "numerics (per-layer fp32/tf32) the published outcomes were computed in.\n"
+        "Example: diehard sfi compare runs/r20 ResNet20_FL.csv --map-out resnet20-numerics.toml",
+    )
+    p.add_argument("ours", type=Path, help="output folder of 'diehard sfi run' (or a results CSV in the suite's form)")
+    p.add_argument("published", type=Path, help="the published results: the suite's 8-column list")
+    p.add_argument("--show", type=int, default=20, help="inconsistent faults to list (default 20)")
+    p.add_argument("--low-bits", default="0-11", help="mantissa bits whose flips TF32 rounds away (default 0-11)")
+    p.add_argument("--map-out", type=Path, help="write the inferred numerics map here (TOML, for --numerics)")
+    p.add_argument("--json", type=Path, help="write the comparison (counts, table, map, inconsistent faults) here")
+    args = p.parse_args(argv)
+    lo, _, hi = args.low_bits.partition("-")
+    try:
+        low = range(int(lo), int(hi or lo) + 1)
+    except ValueError:
+        raise ConfigError(f"--low-bits: {args.low_bits!r} is not a bit range such as 0-11") from None
+    if not (low.start >= 0 and low.stop <= 23 and len(low)):
+        raise ConfigError(f"--low-bits: {args.low_bits!r} must lie within the mantissa, bits 0-22")
+    if args.show < 0:
+        raise ConfigError(f"--show must be >= 0, got {args.show}")
+    published = load_side(args.published, "PUBLISHED")
+    ours = load_side(args.ours, "OURS")
+    cmp = compare(ours, published)
+    numerics = (ours.run.get("numerics") or {}).get("policy", "unrecorded") if ours.run else "unrecorded"
+    n_ok = int(cmp.consistent.sum())
+    print(
+        f"{cmp.n:,} faults of {ours.source} (numerics {numerics}, {ours.images} images each) against "
+        f"{published.source} ({published.images:,} images each)"
+    )
+    print(f"consistent: {n_ok:,} of {cmp.n:,} = {100 * n_ok / max(cmp.n, 1):.2f} %")
+    bad = np.flatnonzero(~cmp.consistent)
+    if len(bad):
+        print(f"\ninconsistent faults (first {min(args.show, len(bad))} of {len(bad)}):")
+        for i in bad[: args.show]:
+            f = ours.faults[i]
+            print(f"  {f.injection:>6} {f.module:<22} {f.index!s:<18} bit {f.bit:>2}: {cmp.reasons[i]}")
+        by_layer: dict[str, list[int]] = {}
+        for i in range(cmp.n):
+            by_layer.setdefault(ours.faults[i].module, [0, 0])
+            by_layer[ours.faults[i].module][0] += 1
+            by_layer[ours.faults[i].module][1] += int(not cmp.consistent[i])
+        worst = sorted(by_layer.items(), key=lambda kv: -kv[1][1])[:5]
+        print("  most inconsistent layers: " + ", ".join(f"{k} {v[1]}/{v[0]}" for k, v in worst if v[1]))
+    print("\nthe suite's result table (percent of inferences):")
+    head = f"{'golden acc':>10} {'inferences':>13} {'Masked':>8} {'Non-crit.':>9} {'SDC-1':>7} {'faulty acc':>10}"
+    print(f"  {'':<10} {head}")
+    tables = {}
+    for label, side in (("ours", ours), ("published", published)):
+        t = result_table(side)
+        tables[label] = t
+        ga = f"{100 * t['golden_accuracy']:.2f}" if t["golden_accuracy"] is not None else "-"
+        fa = f"{100 * t['faulty_accuracy']:.2f}" if t["faulty_accuracy"] is not None else "-"
+        print(
+            f"  {label:<10} {ga:>10} {t['inferences']:>13,} {t['masked_pct']:>8.2f} {t['non_critical_pct']:>9.2f} "
+            f"{t['sdc1_pct']:>7.2f} {fa:>10}"
+        )
+    policy, evidence = infer_numerics(published, low)
+    # the same share in our run: a layer we computed in another arithmetic than the publication shows here
+    ours_low: dict[str, list[int]] = {}
+    for i, f in enumerate(ours.faults):
+        if f.bit in low and f.tensor.endswith(".weight"):
+            ours_low.setdefault(f.module, [0, 0])
+            ours_low[f.module][0] += 1
+            ours_low[f.module][1] += int(ours.counts[i, 0] == ours.images)
+    print(
+        f"\nbit {low.start}-{low.stop - 1} flips masked on every image, per layer: published (what the map is "
+        "inferred from) and ours"
+    )
+    for ev in evidence:
+        share = f"{100 * ev.share:6.1f} %" if ev.low_bit_faults else "     -  "
+        n, k = ours_low.get(ev.layer, [0, 0])
+        mine = f"{k:>5}/{n:<5} {100 * k / n:6.1f} %" if n else f"{'-':>20}"
+        pub = f"{ev.all_masked:>5}/{ev.low_bit_faults:<5} {share}"
+        print(f"  {ev.layer:<28} {pub}  {ev.arithmetic or '?':<5}  ours {mine}")
+    print(f"inferred map: --numerics '{policy.spec()}'")
+    if args.map_out:
+        from diehardlab.outfiles import write_atomic as atomic_write
+
+        atomic_write(args.map_out, lambda tmp: tmp.write_text(policy.to_toml()))
+        print(f"wrote {args.map_out}")
+    if args.json:
+        from diehardlab.outfiles import write_atomic as atomic_write
+
+        doc = {
+            "ours": ours.source,
+            "published": published.source,
+            "numerics_of_ours": numerics,
+            "faults": cmp.n,
+            "consistent": n_ok,
+            "inconsistent": [
+                {
+                    "injection": ours.faults[i].injection,
+                    "layer": ours.faults[i].module,
+                    "index": list(ours.faults[i].index),
+                    "bit": ours.faults[i].bit,
+                    "why": cmp.reasons[i],
+                }
+                for i in bad
+            ],
+            "tables": tables,
+            "inferred_numerics": policy.spec(),
+            "evidence": [
+                {"layer": e.layer, "low_bit_faults": e.low_bit_faults, "all_masked": e.all_masked} for e in evidence
+            ],
+        }
+        atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(doc, indent=1)))
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -205,11 +400,11 @@ def cmd_curve(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str]) -> int:
     argv = list(argv)
-    subs = {"plan": cmd_plan, "run": cmd_run, "curve": cmd_curve}
+    subs = {"plan": cmd_plan, "run": cmd_run, "compare": cmd_compare, "curve": cmd_curve}
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: diehard sfi {plan,run,curve} [options]   (diehard sfi <action> --help for each)\n\n" + USAGE)
+        print("usage: diehard sfi {plan,run,compare,curve} [options]   (diehard sfi <action> --help each)\n\n" + USAGE)
         return 0
     if argv[0] not in subs:
-        print(f"diehard sfi: unknown action {argv[0]!r}; use plan, run or curve\n{USAGE}", file=sys.stderr)
+        print(f"diehard sfi: unknown action {argv[0]!r}; use plan, run, compare or curve\n{USAGE}", file=sys.stderr)
         return 2
     return subs[argv[0]](argv[1:])

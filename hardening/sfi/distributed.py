@@ -12,17 +12,19 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+from diehardlab.hardening.numerics import NumericsPolicy
 from diehardlab.hardening.sfi.engine import Images, Injector
 from diehardlab.hardening.sfi.faultlist import Fault
 
 from diehardlab.errors import ConfigError
 
 
-def _shard(model, images, faults, batch_size, device):
+def _shard(model, images, faults, batch_size, device, numerics):
     if device.startswith("cuda") and not torch.cuda.is_available():
         device = "cpu"
     torch.set_num_threads(1)  # one task per CPU: the tasks are the parallelism
-    return Injector(model, images, batch_size=batch_size, device=device).run(faults)
+    inj = Injector(model, images, batch_size=batch_size, device=device, numerics=numerics)
+    return inj.run(faults, with_correct=True)
 
 
 def run_ray(
@@ -34,8 +36,10 @@ def run_ray(
     address: str | None,
     shards: int | None,
     device: str,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (fault positions, outcome block) per finished shard."""
+    numerics: NumericsPolicy | None = None,
+) -> Iterator[tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]]:
+    """Yield (fault positions, (outcome block, correct counts)) per finished shard; each shard computes in the
+    same numerics policy (applied inside the task, to the task's copy of the model)."""
     try:
         import ray
     except ImportError as exc:
@@ -52,7 +56,8 @@ def run_ray(
         model_ref = ray.put(model.cpu())
         images_ref = ray.put(images)
         pending = {
-            task.remote(model_ref, images_ref, [faults[i] for i in part], batch_size, device): part for part in parts
+            task.remote(model_ref, images_ref, [faults[i] for i in part], batch_size, device, numerics): part
+            for part in parts
         }
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)

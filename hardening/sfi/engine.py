@@ -14,9 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-import torch.nn.functional as F
+from diehardlab.hardening.numerics import AppliedNumerics, NumericsPolicy, apply_numerics, layer_forward
 from diehardlab.hardening.sfi.bits import apply_model, bits_equal
 from diehardlab.hardening.sfi.faultlist import Fault
 from torch import nn
@@ -77,12 +76,10 @@ def _sliceable(mod: nn.Module) -> bool:
 
 
 def _slice_forward(mod: nn.Module, x: torch.Tensor, k: int) -> torch.Tensor:
-    """Output channel (or feature) ``k`` of a conv or linear layer alone: [N, 1, ...]."""
+    """Output channel (or feature) ``k`` of a conv or linear layer alone: [N, 1, ...], in the layer's arithmetic."""
     w = mod.weight[k : k + 1]
     b = mod.bias[k : k + 1] if mod.bias is not None else None
-    if isinstance(mod, nn.Linear):
-        return F.linear(x, w, b)
-    return mod._conv_forward(x, w, b)
+    return layer_forward(mod, x, w, b)
 
 
 @dataclass
@@ -103,6 +100,7 @@ class Injector:
         engine: str = "cached",
         device: str | torch.device = "cpu",
         cache_bytes: int = 2 << 30,
+        numerics: NumericsPolicy | None = None,
     ):
         if engine not in ENGINES:
             raise ConfigError(f"--engine: unknown engine {engine!r}; choose one of {', '.join(ENGINES)} or ray")
@@ -110,10 +108,16 @@ class Injector:
             raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        # The arithmetic of every conv/linear layer (numerics.py), installed before anything runs, so the
+        # golden pass, the traced graph and the one-channel shortcut all compute in it.
+        self.numerics: AppliedNumerics | None = (
+            apply_numerics(self.model, numerics, self.device) if numerics is not None else None
+        )
         self.params = dict(self.model.named_parameters())
         self.modules = dict(self.model.named_modules())
         self.engine = engine
         self.batches = [images.x[i : i + batch_size].to(self.device) for i in range(0, images.x.shape[0], batch_size)]
+        self.labels = [images.y[i : i + batch_size].to(self.device) for i in range(0, images.x.shape[0], batch_size)]
         self.cache_bytes = cache_bytes
         self._caches: dict[int, dict] = {}
         self._cached_total = 0
@@ -137,6 +141,10 @@ class Injector:
                 "the model gives different outputs for the same input on this device (non-deterministic kernels); "
                 "fault outcomes compare outputs bit for bit, so they would be meaningless here"
             )
+        if self.numerics is not None and self.device.type == "cuda" and self.batches:
+            from diehardlab.hardening.numerics import cuda_kernels
+
+            self.numerics.kernels = cuda_kernels(self.model, self.batches[0])
 
     # -- golden caches -------------------------------------------------------------------------------------
     def _cache(self, b: int) -> dict:
@@ -240,21 +248,31 @@ class Injector:
             return self._run_cached(fault, b) if self.graph is not None else self._run_naive(fault, b)
 
     @torch.no_grad()
-    def run(self, faults: list[Fault]) -> np.ndarray:
-        """Outcome matrix [faults, images] (int8) for ``faults``.
+    def run(self, faults: list[Fault], with_correct: bool = False):
+        """Outcome matrix [faults, images] (int8) for ``faults``; with ``with_correct`` also, per fault, the number
+        of images whose faulty top-1 is their label (int64; 0 where labels are unknown, -1).
 
         Batches outside, faults inside: one golden cache alive at a time when they do not all fit.
         """
         n_img = sum(x.shape[0] for x in self.batches)
         out = torch.zeros((len(faults), n_img), dtype=torch.int8, device=self.device)
+        right = torch.zeros(len(faults), dtype=torch.int64, device=self.device)
         col = 0
         for b, x in enumerate(self.batches):
             n = x.shape[0]
             if self.graph is not None:
                 self._cache(b)  # the golden pass runs before any fault is written
+            golden_right = (self.golden[b].argmax(1) == self.labels[b]).sum()
             for fi, fault in enumerate(faults):
                 y = self._one(fault, b)
-                if y is not None:
-                    out[fi, col : col + n] = classify(y, self.golden[b])
+                if y is None:
+                    right[fi] += golden_right
+                    continue
+                out[fi, col : col + n] = classify(y, self.golden[b])
+                if with_correct:
+                    finite = torch.isfinite(y.reshape(n, -1)).all(dim=1)
+                    right[fi] += ((y.argmax(1) == self.labels[b]) & finite).sum()
             col += n
+        if with_correct:
+            return out.cpu().numpy(), right.cpu().numpy()
         return out.cpu().numpy()

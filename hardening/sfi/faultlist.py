@@ -1,16 +1,25 @@
-"""The fault list: drawn from a plan with a seed, saved as an SFIadvancedmodels-compatible CSV, reusable.
+"""The fault list: drawn from a plan with a seed, read and written in the forms other tools use, reusable.
 
-CSV columns: ``Injection,Layer,TensorIndex,Bit`` (as SFIadvancedmodels writes them, e.g.
-``0,layer1.0.conv1.weight,"(3, 0, 2, 1)",30``) followed by ours: ``Model`` (bitflip, stuck-at-0, stuck-at-1,
-value), ``Value`` (the value written by a value fault, else empty) and ``Stratum`` (the plan population the fault
-was drawn from: ``<layer>/<bit>``, ``<layer>/all`` or ``*/all``). A file with only the first four columns reads
-as bit flips. Activation faults name the layer output: ``layer1.0.conv1.output`` with a (C, H, W) index.
+Forms (columns are read by name, so any order reads):
+
+- the resilience benchmark suite's and SFIadvancedmodels' ``Injection,Layer,TensorIndex,Bit``, e.g.
+  ``0,layer1.0.conv1,"(3, 0, 2, 1)",30``: ``Layer`` is the module whose ``.weight`` is flipped (SFIadvancedmodels
+  injects ``<Layer>.weight`` and takes the *last* column as the bit); Bit 0 is the least significant bit;
+- the suite's results, those four plus ``n_injections,masked,non_critical,critical`` (images per outcome);
+- ours: ``Injection,Layer,TensorIndex,Model,Value,Stratum,Bit``, the bit last so that SFIadvancedmodels reads it
+  unchanged; ``Model`` is bitflip, stuck-at-0, stuck-at-1 or value, ``Value`` the value a value fault writes,
+  ``Stratum`` the plan population the fault was drawn from (``<layer>/<bit>``, ``<layer>/all``, ``*/all``).
+
+A ``Layer`` ending in ``.weight``/``.bias`` names that parameter (older lists); activation faults name the layer
+output, ``layer1.0.conv1.output``, with a (C, H, W) index. A list without ``Model`` reads as bit flips.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +27,10 @@ import numpy as np
 from diehardlab.hardening.sfi.bits import FLOAT_BITS
 from diehardlab.hardening.sfi.plan import Plan
 
-from diehardlab.errors import DataError
+from diehardlab.errors import ConfigError, DataError
 
 MODELS = ("bitflip", "stuck-at-0", "stuck-at-1", "value")
-HEADER = ["Injection", "Layer", "TensorIndex", "Bit", "Model", "Value", "Stratum"]
+HEADER = ["Injection", "Layer", "TensorIndex", "Model", "Value", "Stratum", "Bit"]
 
 
 @dataclass(frozen=True)
@@ -100,62 +109,264 @@ def draw(plan: Plan, seed: int) -> list[Fault]:
     return faults
 
 
-def write_csv(faults: list[Fault], path: Path) -> None:
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(HEADER)
-        for f in faults:
-            w.writerow(
-                [
-                    f.injection,
-                    f.tensor,
-                    str(f.index),
-                    f.bit,
-                    f.model,
-                    "" if f.value is None else repr(f.value),
-                    f.stratum,
-                ]
+# ------------------------------------------------------------------------------------------ reading and writing
+
+SUITE_HEADER = ["Injection", "Layer", "TensorIndex", "Bit"]
+RESULT_COLUMNS = ["n_injections", "masked", "non_critical", "critical"]
+FORMS = ("diehardlab", "suite", "suite-results")
+_SUFFIXES = (".weight", ".bias", ".output")
+_INDEX = re.compile(r"^\s*[\(\[]\s*(\d+(\s*,\s*\d+)*)?\s*,?\s*[\)\]]\s*$")
+
+
+@dataclass
+class FaultList:
+    """A fault list as read: the faults, the published per-fault outcome counts when the file has them
+    (the suite's 8-column form; rows x [n_injections, masked, non_critical, critical]) and the form."""
+
+    faults: list[Fault]
+    counts: np.ndarray | None
+    form: str  # "suite" (4 columns), "suite-results" (8 columns), "diehardlab"
+    path: Path
+    rows_line: list[int]  # the file line of each fault (for error messages)
+    ends_with_newline: bool = True
+
+
+def layer_column(f: Fault) -> str:
+    """The Layer column as the suite and SFIadvancedmodels write it: the module name for a weight fault
+    (SFIadvancedmodels injects ``<Layer>.weight``), the full tensor name otherwise."""
+    return f.module if f.tensor.endswith(".weight") and not f.is_activation else f.tensor
+
+
+def tensor_from_layer(layer: str) -> str:
+    """The parameter a Layer cell names: itself when it ends in .weight/.bias/.output, else ``<layer>.weight``."""
+    return layer if layer.endswith(_SUFFIXES) else f"{layer}.weight"
+
+
+def _atomic_csv(path: Path, header: list[str], rows) -> None:
+    from diehardlab.outfiles import write_atomic as atomic_write
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            # "\n" as the suite's own files (pandas); SFIadvancedmodels' csv reader takes either ending.
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(header)
+            w.writerows(rows)
+
+    atomic_write(Path(path), write)
+
+
+def _suite_check(faults: list[Fault], form: str) -> None:
+    for f in faults:
+        if f.model != "bitflip" or not f.tensor.endswith(".weight"):
+            raise ConfigError(
+                f"--list-format {form}: fault {f.injection} ({f.model} on {f.tensor}) cannot be written in the "
+                "suite's form, which holds bit flips of conv/linear weights only; use the diehardlab form"
             )
 
 
+def write_csv(faults: list[Fault], path: Path, form: str = "diehardlab", counts: np.ndarray | None = None) -> None:
+    """Write a fault list (atomically) in one of :data:`FORMS`.
+
+    - ``diehardlab``: ``Injection,Layer,TensorIndex,Model,Value,Stratum,Bit``: the suite's columns with ours
+      before the bit, because SFIadvancedmodels reads the *last* column as the bit; weight faults name the
+      module as it expects. Stuck-at, value, bias and activation faults are ours only.
+    - ``suite``: exactly ``Injection,Layer,TensorIndex,Bit`` (the suite's and SFIadvancedmodels' form).
+    - ``suite-results``: those plus ``n_injections,masked,non_critical,critical`` from ``counts`` (rows x 4).
+    """
+    if form not in FORMS:
+        raise ConfigError(f"--list-format: {form!r} is not one of {', '.join(FORMS)}")
+    if form == "diehardlab":
+        rows = (
+            [
+                f.injection,
+                layer_column(f),
+                str(f.index),
+                f.model,
+                "" if f.value is None else repr(f.value),
+                f.stratum,
+                f.bit,
+            ]
+            for f in faults
+        )
+        _atomic_csv(path, HEADER, rows)
+        return
+    _suite_check(faults, form)
+    if form == "suite":
+        _atomic_csv(path, SUITE_HEADER, ([f.injection, layer_column(f), str(f.index), f.bit] for f in faults))
+        return
+    if counts is None or counts.shape != (len(faults), 4):
+        raise ValueError("suite-results needs counts of shape (faults, 4)")
+    rows = ([f.injection, layer_column(f), str(f.index), f.bit, *(int(v) for v in c)] for f, c in zip(faults, counts))
+    _atomic_csv(path, SUITE_HEADER + RESULT_COLUMNS, rows)
+
+
 def _parse_index(text: str) -> tuple[int, ...]:
-    body = text.strip().strip("()[]").strip()
-    if not body:
-        return ()
+    """``(3, 0, 2, 1)`` or ``[3, 0, 2, 1]``; anything else (a cut-off ``(3, 0, 2``) is an error."""
+    if not _INDEX.match(text):
+        raise ValueError(f"column TensorIndex: {text!r} is not an index like (3, 0, 2, 1)")
+    body = text.strip()[1:-1]
     return tuple(int(p) for p in body.split(",") if p.strip())
 
 
-def read_csv(path: Path) -> list[Fault]:
-    """Read a fault list; errors name the file, line and column."""
+def read_list(path: Path) -> FaultList:
+    """Read a fault list in any of :data:`FORMS` (columns by name); errors name the file, line and column.
+
+    A row with another number of fields than the header, an unterminated quote, a cut-off index or result
+    counts that do not add up is an error naming its line: a truncated file is never taken for a whole list.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"--faults: {path} does not exist; write one with 'diehard sfi run --plan ...' or by hand")
-    faults = []
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in HEADER[:4] if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{path}: line 1: missing column(s) {', '.join(missing)} (need {','.join(HEADER[:4])})")
-        for line, row in enumerate(reader, start=2):
-            try:
-                model = (row.get("Model") or "bitflip").strip()
-                if model not in MODELS:
-                    raise ValueError(f"column Model: {model!r} is not one of {', '.join(MODELS)}")
-                value = row.get("Value") or ""
-                bit = int(row["Bit"]) if row["Bit"].strip() else -1
-                if model != "value" and not 0 <= bit < FLOAT_BITS:
-                    raise ValueError(f"column Bit: {row['Bit']!r} is not a float32 bit position (0..31)")
-                faults.append(
-                    Fault(
-                        int(row["Injection"]),
-                        row["Layer"].strip(),
-                        _parse_index(row["TensorIndex"]),
-                        bit,
-                        model,
-                        float(value) if value.strip() else None,
-                        (row.get("Stratum") or "").strip(),
-                    )
+    try:
+        raw = path.read_bytes()
+        text = raw.decode("utf-8-sig")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the fault list ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a text CSV fault list (byte {exc.start} is not UTF-8)") from None
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = [h.strip() for h in next(reader, [])]
+    except csv.Error as exc:
+        raise DataError(f"{path}: line 1: {exc}") from None
+    missing = [c for c in SUITE_HEADER if c not in header]
+    if missing:
+        raise DataError(f"{path}: line 1: missing column(s) {', '.join(missing)} (need {','.join(SUITE_HEADER)})")
+    col = {c: header.index(c) for c in header}
+    has_results = all(c in col for c in RESULT_COLUMNS)
+    form = "suite-results" if has_results else ("suite" if len(header) == 4 else "diehardlab")
+    faults: list[Fault] = []
+    counts: list[list[int]] = []
+    lines: list[int] = []
+    try:
+        for row in reader:
+            line = reader.line_num
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) != len(header):
+                raise DataError(
+                    f"{path}: line {line}: {len(row)} fields where the header has {len(header)} "
+                    "(a truncated or damaged list?); no row of it was used"
                 )
-            except (ValueError, TypeError, AttributeError) as exc:
-                raise DataError(f"{path}: line {line}: {exc}") from exc
-    return faults
+            try:
+                faults.append(_fault(row, col, line))
+                if has_results:
+                    counts.append(_counts(row, col))
+            except (ValueError, TypeError) as exc:
+                raise DataError(f"{path}: line {line}: {exc}") from None
+            lines.append(line)
+    except csv.Error as exc:
+        raise DataError(f"{path}: line {reader.line_num}: {exc} (a truncated file?); no row of it was used") from None
+    table = np.array(counts, dtype=np.int64).reshape(-1, 4) if has_results else None
+    if table is not None:
+        _check_totals(path, table, lines)
+    return FaultList(
+        faults,
+        table,
+        form,
+        path,
+        lines,
+        ends_with_newline=raw.endswith(b"\n") or not faults,
+    )
+
+
+def _fault(row: list[str], col: dict[str, int], line: int) -> Fault:
+    def cell(name: str) -> str:
+        return row[col[name]].strip() if name in col else ""
+
+    model = cell("Model") or "bitflip"
+    if model not in MODELS:
+        raise ValueError(f"column Model: {model!r} is not one of {', '.join(MODELS)}")
+    bit_text = cell("Bit")
+    bit = int(bit_text) if bit_text else -1
+    if model != "value" and not 0 <= bit < FLOAT_BITS:
+        raise ValueError(f"column Bit: {bit_text!r} is not a float32 bit position (0..31)")
+    layer = cell("Layer")
+    if not layer:
+        raise ValueError("column Layer is empty")
+    value = cell("Value")
+    return Fault(
+        int(cell("Injection")),
+        tensor_from_layer(layer),
+        _parse_index(row[col["TensorIndex"]]),
+        bit,
+        model,
+        float(value) if value else None,
+        cell("Stratum"),
+    )
+
+
+def _counts(row: list[str], col: dict[str, int]) -> list[int]:
+    vals = []
+    for name in RESULT_COLUMNS:
+        text = row[col[name]].strip()
+        if not text.isdigit():
+            raise ValueError(f"column {name}: {text!r} is not a count of images")
+        vals.append(int(text))
+    return vals
+
+
+def _check_totals(path: Path, counts: np.ndarray, lines: list[int]) -> None:
+    """Every fault of a campaign saw the same images: masked + non_critical + critical is one number for all
+    rows (it need not be n_injections: the suite's GTSRB DenseNet-121 list counts 3,072 of 12,630 images). A
+    row that differs, such as a last row cut inside a number, is refused."""
+    if not len(counts):
+        return
+    totals = counts[:, 1:].sum(axis=1)
+    values, freq = np.unique(totals, return_counts=True)
+    common = values[freq.argmax()]
+    odd = np.flatnonzero(totals != common)
+    if len(odd):
+        k = int(odd[0])
+        raise DataError(
+            f"{path}: line {lines[k]}: masked + non_critical + critical = {int(totals[k])}, but {int(freq.max())} "
+            f"other rows count {int(common)} images (a truncated or edited row?); no row of it was used"
+        )
+
+
+def read_csv(path: Path) -> list[Fault]:
+    """The faults of a list in any form (see :func:`read_list`)."""
+    return read_list(path).faults
+
+
+# ------------------------------------------------------------------------------------------ checking against a model
+
+
+def check_against(
+    faults: list[Fault],
+    model,
+    output_shapes: dict[str, tuple[int, ...]] | None = None,
+    source: str = "the fault list",
+    lines: list[int] | None = None,
+) -> None:
+    """Refuse a list whose rows do not address the model, before anything runs.
+
+    One error: the first row that does not fit (its line, what it names, what the model has) and how many rows
+    do not fit, which says whether it is a typo or a list for another model.
+    """
+    params = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    layers = [n.rsplit(".", 1)[0] for n in params if n.endswith(".weight") and len(params[n]) >= 2]
+    bad: list[tuple[int, str]] = []
+    for k, f in enumerate(faults):
+        if f.is_activation:
+            shape = (output_shapes or {}).get(f.module)
+            what = f"layer output {f.tensor}"
+            if shape is None:
+                bad.append((k, f"the model has no convolution or linear layer {f.module!r}"))
+                continue
+        else:
+            shape = params.get(f.tensor)
+            what = f"parameter {f.tensor}"
+            if shape is None:
+                bad.append((k, f"the model has no layer {layer_column(f)!r} ({f.tensor})"))
+                continue
+        idx = f.index
+        if len(idx) != len(shape) or any(not 0 <= i < s for i, s in zip(idx, shape)):
+            bad.append((k, f"index {idx} is outside {what} of shape {shape}"))
+    if not bad:
+        return
+    k, why = bad[0]
+    where = f"line {lines[k]}" if lines and k < len(lines) else f"fault {faults[k].injection}"
+    has = ", ".join(f"{n} {tuple(params[n + '.weight'])}" for n in layers[:4]) + (" ..." if len(layers) > 4 else "")
+    hint = f"; {len(bad)} of {len(faults)} rows do not fit: a list for another model?" if len(bad) > 1 else ""
+    raise ConfigError(f"{source}: {where}: {why}; the model has {has}{hint}. Nothing was run")

@@ -8,7 +8,12 @@ Methods (FORMATS.md section 6):
 - ``network``: one population, n = sample_size(N);
 - ``layer``: one population per layer;
 - ``data-unaware``: one per (layer, bit), p = 0.5;
-- ``data-aware``: one per (layer, bit), p(i) from the weights (see :func:`data_aware_p`).
+- ``data-aware``: one per (layer, bit), p(i) from the weights (see :func:`data_aware_p`);
+- ``suite``: the resilience benchmark suite's lists as SFIadvancedmodels draws them: the network-wise size
+  n = round(sample_size(64 W)) for the W conv/linear *weights* (no biases; 2 stuck-at values per bit, as it
+  counts), split over the layers in proportion to their weights and rounded per layer, drawn as bit flips at
+  distinct (element, bit). This reproduces the row count of every one of the suite's 15 released lists, layer
+  by layer (its Table V: ResNet-20 16,627, MobileNetV2 16,640, DenseNet-121 16,628 on CIFAR-10).
 Activation targets (a layer's output, per image) use the same methods, except ``data-aware``.
 """
 
@@ -28,7 +33,7 @@ from torch import nn
 from diehardlab.errors import ConfigError
 from diehardlab.sampling import achieved_error, sample_size, t_value
 
-METHODS = ("network", "layer", "data-unaware", "data-aware")
+METHODS = ("network", "layer", "data-unaware", "data-aware", "suite")
 FAULT_MODELS = ("stuck-at", "bitflip")
 TARGETS = ("weights", "activations")
 
@@ -211,11 +216,13 @@ def make_plan(
     method: str,
     error: float = 0.01,
     confidence: float = 0.99,
-    fault_model: str = "stuck-at",
+    fault_model: str | None = None,
     target: str = "weights",
     example: torch.Tensor | None = None,
 ) -> Plan:
-    """Populations and sample sizes for ``model`` under ``method`` (see the module docstring)."""
+    """Populations and sample sizes for ``model`` under ``method`` (see the module docstring); the fault model
+    defaults to stuck-at (0 and 1), bit flips for ``suite``."""
+    fault_model = fault_model or default_fault_model(method)
     if method not in METHODS:
         raise ConfigError(f"--method: unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if fault_model not in FAULT_MODELS:
@@ -226,6 +233,8 @@ def make_plan(
         raise ConfigError(f"--error: the error margin must be in (0, 1), got {error}")
     if not 0 < confidence < 1:
         raise ConfigError(f"--confidence: must be in (0, 1), got {confidence}")
+    if method == "suite":
+        return _suite_plan(model, error, confidence, fault_model, target)
     if target == "activations":
         if method == "data-aware":
             raise ConfigError("--method data-aware estimates p(i) from weights; use it with --target weights")
@@ -256,6 +265,34 @@ def make_plan(
             for bit in range(FLOAT_BITS):
                 strata.append(Stratum(x.name, bit, pop, float(p[bit]), sample_size(pop, error, t, float(p[bit]))))
     return Plan(method, error, confidence, t, fault_model, target, layers, strata, p_table)
+
+
+def weight_layers(model: nn.Module) -> list[Layer]:
+    """Convolution and linear modules with their weight only (the suite's population has no biases)."""
+    return [
+        Layer(x.module, x.kind, x.tensors[:1], x.shapes[:1])
+        for x in injectable_layers(model)
+        if x.tensors and x.tensors[0].endswith(".weight")
+    ]
+
+
+def _suite_plan(model: nn.Module, error: float, confidence: float, fault_model: str, target: str) -> Plan:
+    if target != "weights":
+        raise ConfigError("--method suite draws weight faults; use it with --target weights")
+    if fault_model != "bitflip":
+        raise ConfigError("--method suite: the suite's lists are bit flips; use --fault-model bitflip (the default)")
+    layers = weight_layers(model)
+    t = t_value(confidence)
+    total_w = sum(x.numel for x in layers)
+    # SFIadvancedmodels: N = weights x 32 bits x 2, n rounded, then each layer's share rounded on its own.
+    n = sample_size(total_w * FLOAT_BITS * 2, error, t, 0.5)
+    strata = [Stratum(x.name, -1, x.numel * FLOAT_BITS, 0.5, round(n * x.numel / total_w)) for x in layers]
+    return Plan("suite", error, confidence, t, "bitflip", "weights", layers, strata)
+
+
+def default_fault_model(method: str) -> str:
+    """``--fault-model`` when not given: bit flips for the suite's method, stuck-at (0 and 1) otherwise."""
+    return "bitflip" if method == "suite" else "stuck-at"
 
 
 def write_plan_csv(plan: Plan, path: Path) -> None:

@@ -1,16 +1,18 @@
 """A fault-injection campaign on disk: fault list, progress checkpoints, resume, result tables.
 
-The output folder holds ``run.json`` (what was run: model hash, image ids, fault-list hash, seed, versions),
-``faults.csv`` (the list, reusable with ``--faults``), ``outcomes.npy`` (int8 [faults, images]) and ``done.npy``
-(bool per fault), rewritten atomically after every chunk of faults, so an interrupted run loses at most one
-chunk and ``--resume`` continues it. The tables are written at the end.
+The output folder holds ``run.json`` (what was run: model hash, image ids, fault-list hash, the numerics of
+every layer, seed, versions), ``faults.csv`` (the list, reusable with ``--faults``), ``outcomes.npy`` (int8
+[faults, images]), ``correct.npy`` (per fault, images whose faulty top-1 is the label) and ``done.npy`` (bool
+per fault), rewritten atomically after every chunk of faults, so an interrupted run loses at most one chunk and
+``--resume`` continues it (and rebuilds progress files that were lost or cut). The tables are written at the
+end, with ``suite_results.csv`` (the benchmark suite's 8-column form) when every fault is a weight bit flip.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import math
 import platform
 import sys
 import time
@@ -20,8 +22,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from diehardlab.hardening.numerics import NumericsPolicy, parse_numerics
 from diehardlab.hardening.sfi.engine import Images, Injector
-from diehardlab.hardening.sfi.faultlist import Fault, write_csv
+from diehardlab.hardening.sfi.faultlist import Fault, check_against, write_csv
 from diehardlab.hardening.sfi.plan import Layer
 from diehardlab.hardening.sfi.results import write_tables
 
@@ -49,9 +52,76 @@ def versions() -> dict[str, str]:
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, arr)
-    os.replace(tmp, path)
+    from diehardlab.outfiles import write_atomic as atomic_write
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.save would append ".npy" to a name
+            np.save(fh, arr)
+
+    atomic_write(path, write)
+
+
+def _write_text(path: Path, text: str) -> None:
+    from diehardlab.outfiles import write_atomic as atomic_write
+
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def _load_npy(path: Path, shape: tuple[int, ...], dtype) -> np.ndarray | None:
+    """A progress array, or None when it is missing, cut short or not the run's shape."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    return arr if arr.shape == shape and arr.dtype == dtype else None
+
+
+def _load_progress(out: Path, n_faults: int, n_images: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """outcomes, correct, done of an interrupted run; what is damaged is reset (and named), the rest kept.
+
+    The files are written outcomes, correct, done in that order after each chunk, so an intact done.npy never
+    claims a fault whose outcomes were not saved; a damaged outcomes or correct file loses every result.
+    """
+    outcomes = _load_npy(out / "outcomes.npy", (n_faults, n_images), np.int8)
+    correct = _load_npy(out / "correct.npy", (n_faults,), np.int64)
+    done = _load_npy(out / "done.npy", (n_faults,), np.bool_)
+    damaged = [
+        name for name, arr in (("outcomes.npy", outcomes), ("correct.npy", correct), ("done.npy", done)) if arr is None
+    ]
+    if damaged:
+        outcomes = np.zeros((n_faults, n_images), dtype=np.int8)
+        correct = np.zeros(n_faults, dtype=np.int64)
+        done = np.zeros(n_faults, dtype=bool)
+    return outcomes, correct, done, damaged
+
+
+def _read_run_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(
+            f"--resume: {path} is not readable as a run description ({exc}); it was not written by this "
+            "'diehard sfi run' or is damaged: use another --out"
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("fingerprint"), dict):
+        raise ConfigError(f"--resume: {path} is not a run description of 'diehard sfi run'; use another --out")
+    return data
+
+
+@torch.no_grad()
+def golden_predictions(
+    model: torch.nn.Module, images: Images, policy: NumericsPolicy, device: str, batch_size: int
+) -> torch.Tensor:
+    """Fault-free top-1 of every image in the run's arithmetic (for the golden accuracy of the tables)."""
+    from diehardlab.hardening.numerics import numerics
+
+    model = model.to(device).eval()
+    with numerics(model, policy, device):
+        preds = [
+            model(images.x[i : i + batch_size].to(device)).argmax(1).cpu()
+            for i in range(0, len(images.ids), batch_size)
+        ]
+    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
 
 
 class Progress:
@@ -91,73 +161,150 @@ def run_campaign(
     on_chunk: Callable[[int], None] | None = None,
     ray_address: str | None = None,
     shards: int | None = None,
+    numerics: NumericsPolicy | None = None,
+    fault_lines: list[int] | None = None,
 ) -> dict:
-    """Run (or resume) the campaign in ``out``; returns the summary also written to ``summary.json``."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Run (or resume) the campaign in ``out``; returns the summary also written to ``summary.json``.
+
+    Nothing is written before the fault list and the numerics map are checked against the model; run.json is
+    written last, so a folder that has one has its progress files (and --resume rebuilds damaged ones).
+    """
+    policy = numerics or parse_numerics("fp32")
+    policy.check(model)
+    shapes = None
+    if any(f.is_activation for f in faults) and len(images.ids):
+        from diehardlab.hardening.sfi.plan import activation_layers
+
+        shapes = {
+            x.module: x.shapes[0] for x in activation_layers(model, images.x[:1].to(next(model.parameters()).device))
+        }
+    check_against(faults, model, shapes, source=str(meta.get("faults_file") or "the fault list"), lines=fault_lines)
     fingerprint = {
         "model_hash": model_hash,
         "faults_sha256": faults_hash(faults),
         "images_sha256": _sha("\n".join(images.ids).encode() + images.x.numpy().tobytes()),
         "faults": len(faults),
         "images": len(images.ids),
+        "numerics": policy.spec(),
     }
     run_json = out / "run.json"
-    outcomes_path, done_path = out / "outcomes.npy", out / "done.npy"
+    n_f, n_i = len(faults), len(images.ids)
+    damaged: list[str] = []
     if run_json.exists() and not resume:
         raise ConfigError(f"--out: {out} already holds a run; add --resume to continue it or choose another folder")
     if resume and run_json.exists():
-        old = json.loads(run_json.read_text())
-        if old.get("fingerprint") != fingerprint:
-            diff = [k for k in fingerprint if old.get("fingerprint", {}).get(k) != fingerprint[k]]
+        old = _read_run_json(run_json)
+        if old["fingerprint"] != fingerprint:
+            diff = [k for k in fingerprint if old["fingerprint"].get(k) != fingerprint[k]]
             raise ConfigError(f"--resume: {out} holds a different run ({', '.join(diff)} differ); use another --out")
-        outcomes = np.load(outcomes_path)
-        done = np.load(done_path)
+        outcomes, correct, done, damaged = _load_progress(out, n_f, n_i)
+        if damaged:
+            print(
+                f"sfi run: {', '.join(damaged)} in {out} missing or damaged: the {n_f} faults run again",
+                file=sys.stderr,
+            )
+            _save_npy(out / "outcomes.npy", outcomes)
+            _save_npy(out / "correct.npy", correct)
+            _save_npy(out / "done.npy", done)
     else:
+        out.mkdir(parents=True, exist_ok=True)
+        outcomes = np.zeros((n_f, n_i), dtype=np.int8)
+        correct = np.zeros(n_f, dtype=np.int64)
+        done = np.zeros(n_f, dtype=bool)
+        _save_npy(out / "outcomes.npy", outcomes)
+        _save_npy(out / "correct.npy", correct)
+        _save_npy(out / "done.npy", done)
         write_csv(faults, out / "faults.csv")
-        run_json.write_text(
-            json.dumps({"fingerprint": fingerprint, "engine": engine, "versions": versions(), **meta}, indent=1)
-        )
-        outcomes = np.zeros((len(faults), len(images.ids)), dtype=np.int8)
-        done = np.zeros(len(faults), dtype=bool)
-        _save_npy(outcomes_path, outcomes)
-        _save_npy(done_path, done)
+        record = {
+            "fingerprint": fingerprint,
+            "engine": engine,
+            "numerics": numerics_record(policy, model, device),
+            "versions": versions(),
+            **meta,
+        }
+        _write_text(run_json, json.dumps(record, indent=1))
+
+    def save(idx: np.ndarray, block: np.ndarray, right: np.ndarray) -> None:
+        outcomes[idx] = block
+        correct[idx] = right
+        done[idx] = True
+        _save_npy(out / "outcomes.npy", outcomes)
+        _save_npy(out / "correct.npy", correct)
+        _save_npy(out / "done.npy", done)
+
     todo = np.flatnonzero(~done)
     started = time.perf_counter()
-    bar = Progress(len(faults), int(done.sum()), "sfi")
+    bar = Progress(n_f, int(done.sum()), "sfi")
+    kernels = None
     try:
         if engine == "ray" and len(todo):
             from diehardlab.hardening.sfi.distributed import run_ray
 
-            for idx, block in run_ray(
-                model, images, [faults[i] for i in todo], todo, batch_size, ray_address, shards, device
+            for idx, (block, right) in run_ray(
+                model, images, [faults[i] for i in todo], todo, batch_size, ray_address, shards, device, policy
             ):
-                outcomes[idx] = block
-                done[idx] = True
-                _save_npy(outcomes_path, outcomes)
-                _save_npy(done_path, done)
+                save(idx, block, right)
                 bar.update(len(idx))
         elif len(todo):
-            inj = Injector(model, images, batch_size=batch_size, engine=engine, device=device)
+            inj = Injector(model, images, batch_size=batch_size, engine=engine, device=device, numerics=policy)
+            kernels = inj.numerics.kernels if inj.numerics else None
             for k, start in enumerate(range(0, len(todo), chunk)):
                 idx = todo[start : start + chunk]
-                outcomes[idx] = inj.run([faults[i] for i in idx])
-                done[idx] = True
-                _save_npy(outcomes_path, outcomes)
-                _save_npy(done_path, done)
+                block, right = inj.run([faults[i] for i in idx], with_correct=True)
+                save(idx, block, right)
                 bar.update(len(idx))
                 if on_chunk is not None:
                     on_chunk(k)
     finally:
         bar.close()
     elapsed = time.perf_counter() - started
+    labels = images.y
+    known = bool(len(labels)) and bool((labels >= 0).all())
+    golden_acc = None
+    if known:
+        pred = golden_predictions(model, images, policy, device, batch_size)
+        golden_acc = float((pred == labels).float().mean())
     summary = write_tables(out, faults, outcomes, layers, t)
+    summary["suite_table"] = suite_table(outcomes, correct if known else None, golden_acc)
+    if all(f.model == "bitflip" and f.tensor.endswith(".weight") for f in faults):
+        counts = np.stack([np.full(n_f, n_i)] + [(outcomes == k).sum(axis=1) for k in range(3)], axis=1)
+        write_csv(faults, out / "suite_results.csv", form="suite-results", counts=counts)
+        summary["suite_results"] = str(out / "suite_results.csv")
     summary.update(
         {
             "engine": engine,
+            "numerics": policy.spec(),
             "seconds_this_call": round(elapsed, 3),
             "faults_per_s_this_call": round(len(todo) / elapsed, 2) if elapsed > 0 and len(todo) else None,
-            "resumed_from": int(len(faults) - len(todo)),
+            "resumed_from": int(n_f - len(todo)),
+            "recovered_damaged_files": damaged,
         }
     )
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if kernels is not None:
+        summary["cuda_kernels"] = kernels
+    _write_text(out / "summary.json", json.dumps(summary, indent=1))
     return summary
+
+
+def suite_table(outcomes: np.ndarray, correct: np.ndarray | None, golden_accuracy: float | None) -> dict:
+    """The suite's result table (its Tables VI-IX) over every (fault, image) inference of the run."""
+    n = int(outcomes.size)
+    share = {
+        name: (int((outcomes == k).sum()) / n if n else math.nan)
+        for k, name in enumerate(("masked", "non_critical", "sdc1"))
+    }
+    return {
+        "golden_accuracy": golden_accuracy,
+        "inferences": n,
+        "masked_pct": 100 * share["masked"],
+        "non_critical_pct": 100 * share["non_critical"],
+        "sdc1_pct": 100 * share["sdc1"],
+        "faulty_accuracy": (float(correct.sum()) / n if n else math.nan) if correct is not None else None,
+    }
+
+
+def numerics_record(policy: NumericsPolicy, model: torch.nn.Module, device: str) -> dict[str, Any]:
+    """What run.json records of the arithmetic: the policy, every layer's arithmetic, how, and the flags."""
+    from diehardlab.hardening.numerics import AppliedNumerics
+
+    return AppliedNumerics(policy, policy.layer_map(model), str(torch.device(device))).record()

@@ -1,11 +1,12 @@
 """Where the model and the images of a fault-injection run come from.
 
-Models: a checkpoint folder written by ``diehard train``; an architecture name (``--model resnet20``, random
-weights: enough for sample sizes); or ``--factory MODULE:CALLABLE`` (or ``FILE.py:CALLABLE``) with
-``--weights FILE`` (a state_dict) for a model defined elsewhere.
-Images: the test split of the checkpoint's dataset (``--data-dir``), or a folder of image files
-(``--image-dir``, labels from the last number of the file name as in ``cifar10_03_0.png``) normalised with
-``--mean`` / ``--std``; ``--images N`` keeps the first N (or the N best ranked of ``--selection FILE``).
+Models: a checkpoint folder written by ``diehard train`` or ``diehard zoo import``; an architecture name with
+random weights (``--model resnet20``, or a zoo model ``--model cifar10/resnet20``: enough for sample sizes);
+or ``--factory MODULE:CALLABLE`` (or ``FILE.py:CALLABLE``) with ``--weights FILE`` (a state_dict).
+Images: the test split of the checkpoint's dataset (``--data-dir``; a folder of labelled images such as the
+foolbox ones is a test split too), or a folder of image files (``--image-dir``, labels from the last number of
+the file name as in ``cifar10_03_0.png``) normalised with ``--mean`` / ``--std`` (default: the checkpoint's fixed
+normalisation, else none); ``--images N`` keeps the first N (or the N best ranked of ``--selection FILE``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ class Target:
 def add_model_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
     if positional:
         p.add_argument("ckpt", nargs="?", metavar="CKPT_DIR", help="checkpoint folder written by 'diehard train'")
-    p.add_argument("--model", help="architecture name with random weights (resnet20, resnet32, ..., smallnet)")
+    p.add_argument(
+        "--model",
+        help="architecture with random weights: resnet20, ..., smallnet, or a zoo model such as cifar10/resnet20",
+    )
     p.add_argument("--shortcut", default="pad", choices=("pad", "conv"), help="ResNet shortcut for --model")
     p.add_argument("--in-channels", type=int, default=3, help="input channels for --model (default 3)")
     p.add_argument("--num-classes", type=int, default=10, help="classes for --model (default 10)")
@@ -94,9 +98,22 @@ def load_target(args: argparse.Namespace, device: str | torch.device = "cpu") ->
         lm = load_model(ckpt, device)
         return Target(lm.model, str(ckpt), lm.model_hash, lm.dataset, lm.config)
     if args.model:
-        from diehardlab.hardening.models import ModelConfig, build_model
+        from diehardlab.hardening.models import ModelConfig, build_model, is_zoo_arch
 
         torch.manual_seed(args.seed)
+        if is_zoo_arch(args.model):
+            from diehardlab.hardening.zoo import build, entry
+
+            e = entry(args.model)
+            cfg = ModelConfig(arch=e.name)
+            model = build(e.name, cfg).to(device).eval()
+            mean, std = e.normalisation
+            config = {
+                "model": cfg.to_dict(),
+                "random_weights": True,
+                "normalisation": {"mean": list(mean), "std": list(std), "fixed": True},
+            }
+            return Target(model, e.name, _sha256_state(model), e.dataset, config)
         cfg = ModelConfig(arch=args.model, shortcut=args.shortcut)
         model = build_model(cfg, args.in_channels, args.num_classes).to(device).eval()
         return Target(model, args.model, _sha256_state(model), None, {"model": cfg.to_dict(), "random_weights": True})
@@ -131,25 +148,25 @@ def _floats(text: str | None, what: str, n: int, default: float) -> torch.Tensor
 LABEL = re.compile(r"_(\d+)$")
 
 
-def _image_folder(args: argparse.Namespace) -> Images:
-    import numpy as np
-    from PIL import Image
+def _image_folder(args: argparse.Namespace, target: Target) -> Images:
+    from diehardlab.hardening.data import GTSRB_SIZE, fixed_normalisation, read_images
 
     files = sorted(args.image_dir.glob(args.image_glob))
     if not files:
         raise DataError(f"--image-dir: no file matches {args.image_glob!r} in {args.image_dir}")
-    xs, ys = [], []
+    x = torch.from_numpy(read_images(files, GTSRB_SIZE if target.dataset == "gtsrb" else None))
+    ys = []
     for f in files:
-        with Image.open(f) as im:
-            arr = np.asarray(im.convert("L" if im.mode in ("L", "I", "F", "1") else "RGB"), dtype=np.float32)
-        a = torch.from_numpy(arr.reshape(arr.shape[0], arr.shape[1], -1)).permute(2, 0, 1) / 255.0
-        xs.append(a)
         m = LABEL.search(f.stem)
         ys.append(int(m.group(1)) if m else -1)
-    x = torch.stack(xs)
-    mean = _floats(args.mean, "mean", x.shape[1], 0.0)
-    std = _floats(args.std, "std", x.shape[1], 1.0)
-    x = (x - mean[None, :, None, None]) / std[None, :, None, None]
+    # ToTensor's x / 255 then Normalize's (x - mean) / std, in float32
+    x = x.float() / 255.0
+    fixed = fixed_normalisation(target.config)
+    mean = _floats(args.mean, "mean", x.shape[1], 0.0) if args.mean or not fixed else torch.tensor(fixed[0])
+    std = _floats(args.std, "std", x.shape[1], 1.0) if args.std or not fixed else torch.tensor(fixed[1])
+    if mean.numel() != x.shape[1] or std.numel() != x.shape[1]:
+        raise ConfigError(f"--mean/--std: {mean.numel()} values for {x.shape[1]}-channel images")
+    x = (x - mean.float()[None, :, None, None]) / std.float()[None, :, None, None]
     return Images(x.contiguous(), torch.tensor(ys, dtype=torch.int64), [f.name for f in files])
 
 
@@ -171,14 +188,16 @@ def read_selection(path: Path) -> list[str]:
 def load_images(args: argparse.Namespace, target: Target) -> Images:
     """The images of the run, in the order given (a selection keeps its ranking)."""
     if args.image_dir:
-        imgs = _image_folder(args)
+        imgs = _image_folder(args, target)
     else:
         if not target.dataset:
             raise ConfigError("no images: give a checkpoint (its dataset's test split is used) or --image-dir")
-        from diehardlab.hardening.data import load_dataset
+        from diehardlab.hardening.data import fixed_normalisation, labelled_image_files, load_dataset
 
-        ds = load_dataset(target.dataset, "test", args.data_dir)
-        imgs = Images(ds.x, ds.y, [str(i) for i in range(len(ds))])
+        ds = load_dataset(target.dataset, "test", args.data_dir, fixed_normalisation(target.config))
+        files = labelled_image_files(args.data_dir, target.dataset) if args.data_dir else []
+        ids = [f.name for _, _, f in files] if len(files) == len(ds) else [str(i) for i in range(len(ds))]
+        imgs = Images(ds.x, ds.y, ids)
     if args.selection:
         order = read_selection(args.selection)
         pos = {iid: i for i, iid in enumerate(imgs.ids)}

@@ -105,3 +105,93 @@ def test_idx_reader(tmp_path):
     (tmp_path / "bad" / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x03abc")
     with pytest.raises(DataError, match="truncated"):
         load_dataset("mnist", "train", tmp_path / "bad")
+
+
+SUITE_GTSRB = ((0.3403, 0.3121, 0.3214), (0.2724, 0.2608, 0.2669))
+
+
+def _ppm(path, size: tuple[int, int], colour: tuple[int, int, int]) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+
+
+@pytest.mark.parametrize("layout", ["official", "torchvision"])
+def test_gtsrb_test_folder_with_its_csv(tmp_path, layout):
+    # official archives: GTSRB/Final_Test/Images/*.ppm + GT-final_test.csv beside them;
+    # torchvision: gtsrb/GTSRB/Final_Test/Images/*.ppm + gtsrb/GT-final_test.csv
+    root = tmp_path / "GTSRB" if layout == "official" else tmp_path / "gtsrb" / "GTSRB"
+    images = root / "Final_Test" / "Images"
+    rows = [
+        ("00000.ppm", (31, 35), (255, 0, 0), 14),
+        ("00001.ppm", (60, 52), (0, 255, 0), 1),
+        ("00002.ppm", (50, 50), (0, 0, 255), 42),
+    ]
+    for name, size, colour, _ in rows:
+        _ppm(images / name, size, colour)
+    csv_path = images / "GT-final_test.csv" if layout == "official" else tmp_path / "gtsrb" / "GT-final_test.csv"
+    csv_path.write_text(
+        "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId\n"
+        + "".join(f"{n};{s[0]};{s[1]};5;5;{s[0] - 5};{s[1] - 5};{c}\n" for n, s, _, c in rows)
+    )
+    ds = load_dataset("gtsrb", "test", tmp_path, SUITE_GTSRB)
+    assert ds.x.shape == (3, 3, 50, 50) and ds.y.tolist() == [14, 1, 42] and ds.info.num_classes == 43
+    # resized to 50x50; a pure red pixel is (1 - mean) / std in the red channel, (0 - mean) / std elsewhere
+    mean, std = (torch.tensor(v).view(3) for v in SUITE_GTSRB)
+    want = ((torch.tensor([1.0, 0.0, 0.0]) - mean) / std).float()
+    assert torch.equal(ds.x[0, :, 25, 25], want)
+    csv_path.unlink()
+    from diehardlab.hardening.data import _test_arrays
+
+    _test_arrays.cache_clear()  # the split is cached per (dataset, folder) within a process
+    with pytest.raises(DataError, match=r"GT-final_test\.csv"):
+        load_dataset("gtsrb", "test", tmp_path, SUITE_GTSRB)
+
+
+def test_gtsrb_training_folders_and_labels_out_of_range(tmp_path):
+    for cls in (0, 2):
+        for k in range(5):
+            _ppm(
+                tmp_path / "GTSRB" / "Final_Training" / "Images" / f"{cls:05d}" / f"{cls:05d}_{k:05d}.ppm",
+                (40, 44),
+                (cls * 100, 0, 0),
+            )
+    images = tmp_path / "GTSRB" / "Final_Test" / "Images"
+    _ppm(images / "00000.ppm", (30, 30), (0, 0, 0))
+    (images / "GT-final_test.csv").write_text("Filename;ClassId\n00000.ppm;2\n")
+    tr, va = load_dataset("gtsrb", "train", tmp_path), load_dataset("gtsrb", "val", tmp_path)
+    assert len(tr) + len(va) == 10 and sorted(set(torch.cat([tr.y, va.y]).tolist())) == [0, 2]
+    assert tr.x.shape[1:] == (3, 50, 50)
+    (images / "GT-final_test.csv").write_text("Filename;ClassId\n00000.ppm;43\n")
+    with pytest.raises(DataError, match=r"line 2|out of range"):
+        load_dataset("gtsrb", "test", tmp_path, SUITE_GTSRB)
+
+
+def test_cifar100_test_split_alone_with_the_suites_normalisation(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    _write_cifar(folder, 6, cifar100=True)
+    (folder / "train").unlink()  # a fixed normalisation needs no training data
+    with open(folder / "test", "rb") as f:
+        batch = pickle.load(f)
+    mean, std = (0.5070751592371323, 0.48654887331495095, 0.4409178433670343), (0.2673, 0.2564, 0.2762)
+    te = load_dataset("cifar100", "test", tmp_path, (mean, std))
+    assert te.info.num_classes == 100 and te.y.tolist() == list(batch[b"fine_labels"])
+    # torchvision's ToTensor and Normalize in float32: x / 255, then (x - mean) / std
+    x = batch[b"data"].reshape(-1, 3, 32, 32).astype(np.float32) / np.float32(255)
+    want = (x - np.float32(mean)[None, :, None, None]) / np.float32(std)[None, :, None, None]
+    assert torch.equal(te.x, torch.from_numpy(want))
+    with pytest.raises(DataError, match="train"):
+        load_dataset("cifar100", "train", tmp_path, (mean, std))
+
+
+def test_a_folder_of_labelled_images_is_a_test_split(foolbox_images):
+    from diehardlab.hardening.zoo import NORMALISATION
+
+    ds = load_dataset("cifar10", "test", foolbox_images, NORMALISATION["cifar10"])
+    assert ds.x.shape == (20, 3, 32, 32)
+    assert ds.y.tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1, 0, 9, 5, 7, 9, 8, 5, 7, 8, 6]  # cifar10_NN_<label>.png
+    c100 = load_dataset("cifar100", "test", foolbox_images, NORMALISATION["cifar100"])
+    assert len(c100) == 20 and c100.y[0] == 49 and c100.info.num_classes == 100
+    with pytest.raises(DataError, match="test set only"):
+        load_dataset("cifar10", "train", foolbox_images, NORMALISATION["cifar10"])

@@ -127,6 +127,9 @@ def test_augment_crops_and_flips_per_image():
 def test_every_model_setup_loads(path):
     cfg = load_config(path)
     assert cfg.name == path.stem
+    if path.stem.startswith("suite_"):  # the benchmark suite's recipes: suite_<dataset>_<arch> of the zoo model
+        assert path.stem == "suite_" + cfg.model.arch.replace("/", "_") and cfg.normalise_with == "suite"
+        return
     assert path.stem.startswith(
         cfg.dataset.replace("cifar10", "cifar10_resnet44") if cfg.dataset == "cifar10" else cfg.dataset
     )
@@ -169,3 +172,30 @@ def test_config_errors_name_file_and_field(tmp_path):
     bad.write_text('name = "x"\n[faults]\nkind = "square"\n')
     with pytest.raises(ConfigError, match=r"bad.toml: faults -> kind: 'square' is not one of"):
         load_config(bad)
+
+
+def test_suite_recipe_multistep_on_a_zoo_model(tmp_path):
+    """The suite's CIFAR-10 ResNet-20 recipe (Adam, MultiStep decay, the suite's normalisation) on a few
+    images in the CIFAR-10 pickle format: the lr drops by gamma at each milestone epoch, and the checkpoint
+    is the suite's model with its fixed normalisation recorded."""
+    from tests.hardening.test_hardening_data import _write_cifar
+
+    _write_cifar(tmp_path / "data" / "cifar-10-batches-py", 8)
+    cfg = load_config(ROOT / "setups" / "models" / "suite_cifar10_resnet20.toml")
+    assert (cfg.optimizer, cfg.schedule, cfg.milestones, cfg.gamma) == ("adam", "multistep", [50, 100, 150], 0.1)
+    cfg = replace(
+        cfg, data_dir=str(tmp_path / "data"), epochs=3, milestones=[1, 2], train_limit=16, batch_size=8, device="cpu"
+    )
+    train(cfg, tmp_path / "ck", log=_quiet, stop_after=2)
+    # resumed from its config.json alone (whose "normalisation" entry is the constants, not the option)
+    from diehardlab.cli import main
+
+    assert main(["train", "--resume", "--out", str(tmp_path / "ck"), "--no-progress"]) == 0
+    lrs = [float(r["lr"]) for r in _metrics(tmp_path / "ck")]
+    assert lrs == pytest.approx([1e-3, 1e-4, 1e-5])
+    saved = json.loads((tmp_path / "ck" / "config.json").read_text())
+    assert saved["normalisation"] == {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2023, 0.1994, 0.2010], "fixed": True}
+    loaded = load_model(tmp_path / "ck")
+    assert type(loaded.model).__name__ == "CifarResNet" and loaded.num_classes == 10
+    with pytest.raises(ConfigError, match="milestones"):
+        replace(cfg, milestones=[2, 1])

@@ -225,3 +225,47 @@ def test_activation_campaign_tables(tiny_resnet, tiny_images, tmp_path):
     for st in plan.strata:
         assert int(by_name[st.layer]["population"]) == st.population and int(by_name[st.layer]["faults"]) == st.n
     assert s["estimate_sdc1"]["weighted"] and 0 <= s["estimate_sdc1"]["p"] <= 1
+
+
+@pytest.mark.parametrize("damage", ["outcomes-missing", "done-truncated", "both-missing"])
+def test_resume_recovers_a_run_with_damaged_progress_files(tiny_resnet, tiny_images, tmp_path, damage):
+    """Issue 18, item 13: run.json with missing or truncated .npy files; --resume recovers what is intact."""
+    x, y = tiny_images
+    faults = draw(make_plan(tiny_resnet, "network", error=0.15, fault_model="bitflip"), seed=5)
+    full = _campaign(tiny_resnet, x, y, tmp_path / "full", faults, chunk=16)
+
+    def interrupt(k):
+        if k == 1:
+            raise KeyboardInterrupt
+
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        _campaign(tiny_resnet, x, y, cut, faults, chunk=16, on_chunk=interrupt)
+    if damage in ("outcomes-missing", "both-missing"):
+        (cut / "outcomes.npy").unlink()
+    if damage in ("done-truncated", "both-missing"):
+        data = (cut / "done.npy").read_bytes()
+        (cut / "done.npy").write_bytes(data[: len(data) // 2]) if damage == "done-truncated" else (
+            cut / "done.npy"
+        ).unlink()
+    resumed = _campaign(tiny_resnet, x, y, cut, faults, chunk=16, resume=True)
+    # nothing intact is kept from damaged progress: the lost part is recomputed, the result is the same
+    assert resumed["resumed_from"] == 0
+    np.testing.assert_array_equal(np.load(cut / "outcomes.npy"), np.load(tmp_path / "full" / "outcomes.npy"))
+    assert {k: full[k] for k in ("masked", "non_critical", "sdc1")} == {
+        k: resumed[k] for k in ("masked", "non_critical", "sdc1")
+    }
+
+
+def test_a_bad_fault_list_leaves_no_run_behind(tiny_resnet, tiny_images, tmp_path):
+    """The list is checked against the model before any run file is written, so a corrected list can run in
+    the same --out (no 'already holds a run' for a run that never started)."""
+    from diehardlab.hardening.sfi.faultlist import Fault
+
+    x, y = tiny_images
+    good = draw(make_plan(tiny_resnet, "network", error=0.3, fault_model="bitflip"), seed=1)
+    bad = [*good, Fault(len(good), "layer1.conv1.weight", (0, 0, 5, 0), 3)]
+    with pytest.raises(ConfigError, match=r"index \(0, 0, 5, 0\) is outside parameter layer1.conv1.weight"):
+        _campaign(tiny_resnet, x, y, tmp_path / "r", bad)
+    assert not (tmp_path / "r" / "run.json").exists()
+    assert _campaign(tiny_resnet, x, y, tmp_path / "r", good)["faults"] == len(good)
