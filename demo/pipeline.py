@@ -37,6 +37,7 @@ from pathlib import Path
 from diehardlab import __version__
 from diehardlab.cli import make_parser
 from diehardlab.errors import DataError, DiehardError
+from diehardlab.outfiles import write_text_atomic
 
 STATE = "demo.json"
 LABEL = "SIMULATED BEAM (diehard demo): no neutron beam was used; rates are known by construction."
@@ -128,9 +129,7 @@ class Demo:
             self.save()
 
     def save(self) -> None:
-        tmp = self.out / (STATE + ".tmp")
-        tmp.write_text(json.dumps(self.state, indent=2, default=str) + "\n")
-        os.replace(tmp, self.out / STATE)
+        write_text_atomic(self.out / STATE, json.dumps(self.state, indent=2, default=str) + "\n", "--out")
 
     # --- steps --------------------------------------------------------------------------------------------
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from diehardlab.harness.beam import StrikeModel
 from torch import nn
 
 from diehardlab.errors import ConfigError
+from diehardlab.outfiles import write_text_atomic
 
 FEATURE_KINDS = ("single", "line", "block", "channel")
 TARGETS = (*FEATURE_KINDS, "weight_bit")
@@ -301,7 +301,4 @@ def cached_calibration(folder: Path, key: str) -> dict[str, Any] | None:
 
 
 def save_calibration(folder: Path, doc: dict[str, Any]) -> None:
-    path = folder / f".strike-calibration-{doc['key'][:24]}.json"
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(folder / f".strike-calibration-{doc['key'][:24]}.json", json.dumps(doc, indent=1) + "\n")
