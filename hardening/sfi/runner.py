@@ -29,6 +29,7 @@ from diehardlab.hardening.sfi.plan import Layer
 from diehardlab.hardening.sfi.results import write_tables
 
 from diehardlab.errors import ConfigError
+from diehardlab.outfiles import cannot_write, check_out_dir, write_atomic
 
 
 def _sha(data: bytes) -> str:
@@ -52,19 +53,15 @@ def versions() -> dict[str, str]:
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    from diehardlab.outfiles import write_atomic as atomic_write
-
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:  # a file object: np.save would append ".npy" to a name
             np.save(fh, arr)
 
-    atomic_write(path, write)
+    write_atomic(path, write, "--out")
 
 
 def _write_text(path: Path, text: str) -> None:
-    from diehardlab.outfiles import write_atomic as atomic_write
-
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+    write_atomic(path, lambda tmp: tmp.write_text(text), "--out")
 
 
 def _load_npy(path: Path, shape: tuple[int, ...], dtype) -> np.ndarray | None:
@@ -207,7 +204,12 @@ def run_campaign(
             _save_npy(out / "correct.npy", correct)
             _save_npy(out / "done.npy", done)
     else:
-        out.mkdir(parents=True, exist_ok=True)
+        # before the folder is made: a read-only or full --out is one line, and leaves no empty folder
+        check_out_dir(out, "--out")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise cannot_write("--out", out, exc) from None
         outcomes = np.zeros((n_f, n_i), dtype=np.int8)
         correct = np.zeros(n_f, dtype=np.int64)
         done = np.zeros(n_f, dtype=bool)

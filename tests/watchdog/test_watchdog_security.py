@@ -227,6 +227,14 @@ def test_status_says_when_the_server_has_stopped(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "stopped" in r.stdout.splitlines()[0]
     assert next(x for x in r.stdout.splitlines() if x.startswith("d1 ")).split()[1] == "off"
+    # the server dies while writing a record that holds a nested object: status and serve still start
+    with open(tmp_path / "journal.jsonl", "a") as f:
+        f.write('{"time":"2026-11-30T10:00:00Z","event":"app-restart","dut":"d1","snap":{"due":3}')
+    r = run_diehard("status", str(path))
+    assert r.returncode == 0 and "stopped" in r.stdout.splitlines()[0], r.stderr
+    r = run_diehard("serve", str(path), "--duration", "1")
+    assert r.returncode == 0, r.stderr
+    assert events(tmp_path / "journal.jsonl", "server-stop")
 
 
 def test_journal_torn_after_a_nested_brace(tmp_path):
