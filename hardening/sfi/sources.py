@@ -211,3 +211,18 @@ def load_images(args: argparse.Namespace, target: Target) -> Images:
             raise ConfigError(f"--images must be >= 1, got {args.images}")
         imgs = Images(imgs.x[: args.images], imgs.y[: args.images], imgs.ids[: args.images])
     return imgs
+
+
+def image_dir_images(
+    image_dir: Path,
+    image_glob: str = "*.png",
+    mean: str | None = None,
+    std: str | None = None,
+    dataset: str | None = None,
+    config: dict[str, Any] | None = None,
+) -> Images:
+    """``--image-dir`` of the commands that take a checkpoint folder (``harden``, ``evaluate``): the files in name
+    order, labels from their names, normalised with ``--mean``/``--std`` or else the checkpoint's fixed
+    normalisation (``diehard zoo import``), GTSRB images resized as the dataset's."""
+    ns = argparse.Namespace(image_dir=Path(image_dir), image_glob=image_glob, mean=mean, std=std)
+    return _image_folder(ns, Target(nn.Identity(), str(image_dir), "", dataset, config or {}))
