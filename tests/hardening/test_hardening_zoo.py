@@ -22,7 +22,7 @@ from diehardlab.hardening.zoo import NORMALISATION
 from diehardlab.hardening.zoo.cli import import_weights
 from torch import fx
 
-from diehardlab.errors import ConfigError
+from diehardlab.errors import ConfigError, DataError
 from tests.conftest import SUITE, _site_packages
 
 MAP = "layer3.*=tf32,*=fp32"  # the arithmetic the suite's published ResNet-20 outcomes were computed in (docs/sfi.md)
@@ -148,6 +148,8 @@ def test_evaluate_reads_a_labelled_image_folder(suite_r20, tmp_path, capsys) -> 
     (unlabelled / "frame.png").write_bytes((fb / "cifar10_00_3.png").read_bytes())
     with pytest.raises(ConfigError, match=r"frame\.png has no label of the model's 10 classes"):
         evaluate_checkpoint(suite_r20, FaultSpec(kind="block"), campaigns=1, device="cpu", image_dir=unlabelled)
+    with pytest.raises(DataError, match=r"--image-dir: no file matches '\*\.jpg'"):
+        evaluate_main([str(suite_r20), "--image-dir", str(unlabelled), "--image-glob", "*.jpg"])
     with pytest.raises(ConfigError, match="--image-dir replaces the dataset"):
         evaluate_main([str(suite_r20), "--image-dir", str(fb), "--split", "val"])
 
