@@ -178,3 +178,57 @@ def test_train_from_a_zoo_checkpoint_keeps_the_suites_normalisation(suite_r20, t
     assert json.loads((out / "config.json").read_text())["normalisation"] == suite
     assert len((out / "metrics.csv").read_text().splitlines()) == 3
     assert type(load_model(out).model).__name__ == "CifarResNet"
+
+
+def _plain_outcomes(model: torch.nn.Module, x: torch.Tensor, faults: list) -> torch.Tensor:
+    """The obvious way: flip the weight bit in place, a full forward pass of the model as loaded, restore."""
+    from diehardlab.hardening.sfi.engine import classify
+
+    params = dict(model.named_parameters())
+    rows = []
+    with torch.no_grad():
+        golden = model(x)
+        for f in faults:
+            w = params[f.tensor].data.view(torch.int32)
+            before = w[f.index].item()
+            w[f.index] = before ^ (1 << f.bit) if f.bit < 31 else before ^ -(1 << 31)
+            rows.append(classify(model(x), golden))
+            w[f.index] = before
+    return torch.stack(rows)
+
+
+def test_sfi_traces_the_hardened_graph_with_its_clamps_and_nan_filters_and_stays_exact(suite_r20, bounded) -> None:
+    import torch.nn.functional as F
+    from diehardlab.hardening.sfi.engine import SDC1, Images, Injector
+    from diehardlab.hardening.sfi.faultlist import Fault
+    from diehardlab.hardening.sfi.graph import CachedGraph
+
+    hard, original = load_model(bounded), load_model(suite_r20)
+    bounds = json.loads((bounded / "config.json").read_text())["hardening"]["bounds"]
+    # The graph the cached engine recomputes (a re-trace of the hardened GraphModule) holds every clamp with its
+    # saved bound, each read only by a NaN filter, and a NaN filter in front of the classifier.
+    g = CachedGraph(hard.model)
+    clamps = [n for n in g.nodes if n.op == "call_function" and n.target is F.hardtanh]
+    filters = [n for n in g.nodes if n.op == "call_function" and n.target is torch.nan_to_num]
+    assert len(clamps) == 19 and len(filters) == 20
+    assert sorted(n.kwargs["max_val"] for n in clamps) == sorted(bounds.values())
+    assert all(n.kwargs["min_val"] == 0.0 for n in clamps)
+    assert all([u.target for u in n.users] == [torch.nan_to_num] for n in clamps)
+    (fc,) = (n for n in g.nodes if n.op == "call_module" and n.target == "linear")
+    assert fc.args[0].target is torch.nan_to_num
+
+    # Exact: the cached engine's outcomes are those of a full forward pass of the loaded checkpoint, with faults in
+    # the exponent's top bit (inf/huge weights: the clamps and filters act) and elsewhere, in all three stages.
+    imgs = image_dir_images(_foolbox(), "cifar10_1?_*.png", dataset="cifar10", config=hard.config)
+    where = [("conv1.weight", (3, 1, 1, 1)), ("layer1.0.conv2.weight", (5, 7, 0, 2)),
+             ("layer2.1.conv1.weight", (9, 20, 1, 1)), ("layer3.2.conv2.weight", (40, 33, 2, 1)),
+             ("linear.weight", (4, 17))]  # fmt: skip
+    faults = [Fault(i, t, idx, b) for i, ((t, idx), b) in enumerate((w, b) for w in where for b in (30, 23))]
+    out = {}
+    for name, m in (("hardened", hard.model), ("original", original.model)):
+        got = Injector(m, Images(imgs.x, imgs.y, imgs.ids), batch_size=4).run(faults)
+        assert torch.equal(torch.as_tensor(got), _plain_outcomes(m, imgs.x, faults)), name
+        out[name] = torch.as_tensor(got)
+    # the bounds and filters bite: the stem's bit-30 flip (weight x 2^128) is SDC-1 on all 10 images of the original
+    # and is clamped away on most of the hardened one's (here 1 of 10); the linear layer's is SDC-1 in both.
+    assert (out["original"][0] == SDC1).sum() == 10 and (out["hardened"][0] == SDC1).sum() <= 3
