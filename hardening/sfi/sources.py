@@ -54,8 +54,12 @@ def add_image_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, help="where the checkpoint's dataset is (see 'diehard train --help')")
     p.add_argument("--image-dir", type=Path, help="folder of image files instead of a dataset")
     p.add_argument("--image-glob", default="*.png", help="files of --image-dir to use (default *.png)")
-    p.add_argument("--mean", help="per-channel mean for --image-dir, comma-separated (default 0)")
-    p.add_argument("--std", help="per-channel std for --image-dir, comma-separated (default 1)")
+    p.add_argument(
+        "--mean", help="per-channel mean for --image-dir, comma-separated (default: the checkpoint's fixed one, else 0)"
+    )
+    p.add_argument(
+        "--std", help="per-channel std for --image-dir, comma-separated (default: the checkpoint's fixed one, else 1)"
+    )
     p.add_argument("--images", type=int, help="use the first N images (or the N best ranked of --selection)")
     p.add_argument("--selection", type=Path, help="ranking CSV written by 'diehard select'")
 
