@@ -37,12 +37,19 @@ def build_parser():
     p.add_argument("--limit", type=int, default=None, help="use only the first N images (0: all)")
     p.add_argument("--layer-dist", choices=LAYER_DISTS, default=None, help="layer distribution")
     p.add_argument("--data-dir", help="dataset folder (default: the one of the training config)")
+    p.add_argument("--image-dir", help="labelled image files instead of the dataset (cifar10_03_0.png: label 0)")
+    p.add_argument("--image-glob", default=None, help="files of --image-dir (default *.png)")
+    p.add_argument("--mean", help="per-channel mean for --image-dir (default: the checkpoint's fixed one, else 0)")
+    p.add_argument("--std", help="per-channel std for --image-dir (default: the checkpoint's fixed one, else 1)")
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--json", help="write the result as JSON to this file")
     p.add_argument("--fault-list", help="write one CSV row per injected fault (campaign, image, layer, ...)")
-    p.add_argument("--reproduce", help="take fault spec, seeds, split, limit and layer distribution from a JSON result")
+    p.add_argument(
+        "--reproduce",
+        help="take fault spec, seeds, split (or image files), limit and layer distribution from a JSON result",
+    )
     p.add_argument(
         "--numerics",
         default="fp32",
@@ -68,6 +75,15 @@ def _reproduced(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
         "split": lambda v: v in SPLITS,
         "layer_distribution": lambda v: v in LAYER_DISTS,
     }
+    images = conf.get("image_dir")
+    if base["split"] == "image-dir":  # the earlier run read --image-dir files: the same folder, glob and constants
+        fields_ok = (
+            isinstance(images, dict) and isinstance(images.get("folder"), str) and isinstance(images.get("glob"), str)
+        )
+        if not fields_ok or not all(isinstance(images.get(k), str | None) for k in ("mean", "std")):
+            raise DataError(f"--reproduce {path}: configuration -> image_dir: not a valid value ({images!r})")
+        base.update(split="test", image_dir=images["folder"], image_glob=images["glob"])
+        base.update(mean=images["mean"], std=images["std"])
     for key, ok in checks.items():
         if not ok(base[key]):
             raise DataError(f"--reproduce {path}: configuration -> {key}: not a valid value ({base[key]!r})")
@@ -98,6 +114,14 @@ def main(argv: list[str] | None = None) -> int:
             base[key] = val
     if args.layer_dist is not None:
         base["layer_distribution"] = args.layer_dist
+    if args.image_dir and (args.split or args.data_dir):
+        raise ConfigError("--image-dir replaces the dataset: leave out --split and --data-dir")
+    if args.image_dir or (base.get("image_dir") and not (args.split or args.data_dir)):
+        for key in ("image_dir", "image_glob", "mean", "std"):
+            if getattr(args, key) is not None:
+                base[key] = getattr(args, key)
+    else:
+        base["image_dir"] = None
 
     # Only now the heavy part.
     import torch
@@ -132,10 +156,17 @@ def main(argv: list[str] | None = None) -> int:
         layer_dist=base["layer_distribution"],
         fault_list=args.fault_list,
         numerics=args.numerics,
+        image_dir=base.get("image_dir"),
+        image_glob=base.get("image_glob") or "*.png",
+        mean=base.get("mean"),
+        std=base.get("std"),
     )
     conf = result["configuration"]
+    where = f"{conf['dataset']} {conf['split']}"
+    if conf["image_dir"]:
+        where = f"{conf['image_dir']['folder']}/{conf['image_dir']['glob']}"
     print(
-        f"{conf['checkpoint']} ({conf['model_name']}, {conf['dataset']} {conf['split']}, {conf['images']} images, "
+        f"{conf['checkpoint']} ({conf['model_name']}, {where}, {conf['images']} images, "
         f"{conf['campaigns']} campaigns of {spec.kind}/{spec.value} faults, layers {conf['layer_distribution']}, "
         f"numerics {conf['numerics']['policy']})"
     )

@@ -63,6 +63,25 @@ def _logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int, inj: Fault
     return logits, torch.cat(layers), torch.cat(counts)
 
 
+def _image_dir(image_dir, image_glob: str, mean: str | None, std: str | None, loaded) -> tuple[Any, Any, dict]:
+    """The labelled files of ``--image-dir`` (``diehardlab.hardening.sfi.sources``) and what the result records."""
+    from diehardlab.hardening.sfi.sources import image_dir_images
+
+    imgs = image_dir_images(Path(image_dir), image_glob, mean, std, loaded.dataset, loaded.config)
+    bad = [i for i, v in zip(imgs.ids, imgs.y.tolist()) if not 0 <= v < loaded.num_classes]
+    if bad:
+        raise ConfigError(
+            f"--image-dir {image_dir}: {bad[0]} has no label of the model's {loaded.num_classes} classes in its name "
+            "(regret needs labels: name the files NAME_<label>.png, e.g. cifar10_03_0.png; or narrow --image-glob)"
+        )
+    if imgs.x.shape[1] != loaded.in_channels:
+        raise ConfigError(
+            f"--image-dir {image_dir}: {imgs.x.shape[1]}-channel images, the model takes {loaded.in_channels}"
+        )
+    record = {"folder": str(image_dir), "glob": image_glob, "files": imgs.ids, "mean": mean, "std": std}
+    return imgs.x, imgs.y, record
+
+
 def evaluate_checkpoint(
     ckpt_dir: str | Path,
     spec: FaultSpec,
@@ -76,8 +95,16 @@ def evaluate_checkpoint(
     layer_dist: str = "uniform",
     fault_list: str | Path | None = None,
     numerics: str = "fp32",
+    image_dir: str | Path | None = None,
+    image_glob: str = "*.png",
+    mean: str | None = None,
+    std: str | None = None,
 ) -> dict[str, Any]:
-    """Clean accuracy and K injection campaigns on a checkpoint; returns the result dict (the JSON output)."""
+    """Clean accuracy and K injection campaigns on a checkpoint; returns the result dict (the JSON output).
+
+    ``image_dir``: the labelled image files matching ``image_glob`` there instead of the dataset's ``split``
+    (labels from the names, ``cifar10_03_0.png`` is label 0), normalised with ``mean``/``std`` or else the
+    checkpoint's fixed normalisation."""
     from diehardlab.hardening.data import fixed_normalisation
     from diehardlab.hardening.numerics import apply_numerics, parse_numerics
 
@@ -96,9 +123,12 @@ def evaluate_checkpoint(
     loaded = load_model(ckpt_dir, dev)
     model = loaded.model
     applied = apply_numerics(model, policy, dev)
-    data_dir = data_dir or loaded.config.get("data_dir") or None
-    ds = load_dataset(loaded.dataset, split, data_dir, fixed_normalisation(loaded.config))
-    x, y = ds.x, ds.y
+    if image_dir:
+        x, y, images_from = _image_dir(image_dir, image_glob, mean, std, loaded)
+    else:
+        data_dir = data_dir or loaded.config.get("data_dir") or None
+        ds = load_dataset(loaded.dataset, split, data_dir, fixed_normalisation(loaded.config))
+        x, y, images_from = ds.x, ds.y, None
     if limit:
         x, y = x[:limit], y[:limit]
     x, y = x.to(dev), y.to(dev)
@@ -175,7 +205,8 @@ def evaluate_checkpoint(
             "model": loaded.config.get("model"),
             "hardening": (loaded.config.get("hardening") or {}).get("recipe"),  # diehard harden's recipe, if any
             "dataset": loaded.dataset,
-            "split": split,
+            "split": split if images_from is None else "image-dir",
+            "image_dir": images_from,  # the files, when --image-dir replaced the dataset's split
             "limit": limit,
             "images": len(y),
             "campaigns": campaigns,

@@ -48,11 +48,9 @@ def _images(args: argparse.Namespace, loaded: ckpt.LoadedModel) -> Images:
     if n < 1:
         raise ConfigError(f"--calibration-images must be >= 1 (got {n})")
     if args.image_dir:
-        from diehardlab.hardening.sfi.sources import load_images
+        from diehardlab.hardening.sfi.sources import image_dir_images
 
-        ns = argparse.Namespace(image_dir=args.image_dir, image_glob=args.image_glob, mean=args.mean, std=args.std,
-                                selection=None, images=None)  # fmt: skip
-        imgs = load_images(ns, None)
+        imgs = image_dir_images(args.image_dir, args.image_glob, args.mean, args.std, loaded.dataset, loaded.config)
         if len(imgs.y) <= n:
             raise ConfigError(
                 f"--image-dir {args.image_dir}: {len(imgs.y)} images; --calibration-images {n} leaves none to "
@@ -65,14 +63,22 @@ def _images(args: argparse.Namespace, loaded: ckpt.LoadedModel) -> Images:
             f"the first {n} files of {args.image_dir} ({imgs.ids[0]} .. {imgs.ids[n - 1]})",
             f"the other {len(imgs.y) - n} files of {args.image_dir}",
         )
-    from diehardlab.hardening.data import load_dataset
+    from diehardlab.hardening.data import fixed_normalisation, labelled_image_files, load_dataset
 
     data_dir = args.data_dir or loaded.config.get("data_dir") or None
-    cal = load_dataset(loaded.dataset, args.calibration_split, data_dir)
+    if data_dir and labelled_image_files(Path(data_dir), loaded.dataset):
+        raise ConfigError(
+            f"--data-dir {data_dir}: a folder of labelled {loaded.dataset} images has no training split to calibrate "
+            f"on; give it as --image-dir {data_dir} (the first --calibration-images files calibrate, the others "
+            "measure)"
+        )
+    # The checkpoint's own normalisation: the suite's fixed constants for a 'diehard zoo import' checkpoint.
+    norm = fixed_normalisation(loaded.config)
+    cal = load_dataset(loaded.dataset, args.calibration_split, data_dir, norm)
     if n > len(cal):
         raise ConfigError(f"--calibration-images {n}: the {args.calibration_split} split has only {len(cal)} images")
     idx = torch.randperm(len(cal), generator=torch.Generator().manual_seed(args.seed))[:n].sort().values
-    test = load_dataset(loaded.dataset, "test", data_dir)
+    test = load_dataset(loaded.dataset, "test", data_dir, norm)
     return Images(
         cal.x[idx],
         test.x,

@@ -472,7 +472,8 @@ def calibrate(hardened: Hardened, images: Iterable[torch.Tensor], count: int) ->
     gm.eval()
     try:
         for x in images:
-            gm(x)
+            if len(x):  # an empty batch has no activation values (and its max would be undefined)
+                gm(x)
     finally:
         for h in handles:
             h.remove()

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diehardlab.hardening import checkpoint as ckpt
-from diehardlab.hardening.data import NAMES, Dataset, load_dataset
+from diehardlab.hardening.data import NAMES, Dataset, fixed_normalisation, load_dataset
 from diehardlab.hardening.faults import FaultInjector, FaultSpec, curriculum_scale
 from diehardlab.hardening.models import ModelConfig, build_model, config_from_dict
 from pydantic import ConfigDict
@@ -420,6 +420,36 @@ class Start:
 
     model: nn.Module
     config: dict[str, Any]
+    # The source's config.json "normalisation": the weights were trained on inputs normalised so, and so are the
+    # new run's (whatever the recipe's normalise_with says). None: as the recipe says.
+    normalisation: dict[str, Any] | None = None
+    source: str = ""
+
+
+def _normalisation_of(start: Start, cfg: TrainConfig) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The fixed (mean, std) of a run that starts from a checkpoint's weights, or None for the training split's
+    statistics: the source checkpoint's normalisation, whatever the recipe says."""
+    src = start.normalisation
+    if not isinstance(src, dict):  # a folder that records none (not written by diehardlab): the recipe's
+        return _fixed_normalisation(cfg)
+    return fixed_normalisation({"normalisation": src})
+
+
+def _check_same_statistics(start: Start, info: Any) -> None:
+    """A source normalised with its training split's statistics must see the same statistics here: otherwise
+    the data is not the data it was trained on (another --data-dir, another copy of the dataset)."""
+    src = start.normalisation or {}
+    if not isinstance(src, dict) or src.get("fixed") or "mean" not in src or "std" not in src:
+        return
+    mine = (*info.mean, *info.std)
+    theirs = (*src["mean"], *src["std"])
+    close = all(math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6) for a, b in zip(mine, theirs))
+    if len(mine) != len(theirs) or not close:
+        raise ConfigError(
+            f"the training split's statistics here (mean {list(info.mean)}, std {list(info.std)}) differ from "
+            f"those {start.source or 'the source checkpoint'} was trained with (mean {src['mean']}, std {src['std']}):"
+            " not the data it was trained on (check --data-dir)"
+        )
 
 
 def train(
@@ -456,10 +486,17 @@ def train(
     elif (out / ckpt.LAST).exists():
         raise ConfigError(f"{out}: holds a training run already; pass --resume to continue it or choose another --out")
     data_dir = cfg.data_dir or None
-    norm = _fixed_normalisation(cfg)
+    if resume:  # as the run started: its recorded normalisation (a --from run's is its source's)
+        norm = fixed_normalisation(saved_cfg)
+    elif start is not None:
+        norm = _normalisation_of(start, cfg)
+    else:
+        norm = _fixed_normalisation(cfg)
     train_ds = load_dataset(cfg.dataset, "train", data_dir, norm)
     val_ds = load_dataset(cfg.dataset, "val", data_dir, norm)
     info = train_ds.info
+    if start is not None and not resume and norm is None:
+        _check_same_statistics(start, info)
     x, y = _limit(train_ds, cfg.train_limit, cfg.seed)
     state = make_state(cfg, info.in_channels, info.num_classes, math.ceil(len(y) / cfg.batch_size), model)
     device = state.device
@@ -565,7 +602,11 @@ def from_checkpoint(
     extra: dict[str, Any] | None = None,
 ) -> tuple[TrainConfig, Start]:
     """The config and start point of a run that trains ``loaded`` for ``epochs`` more epochs."""
-    base = recipe or source_recipe(loaded)
+    base = source_recipe(loaded)
+    if recipe is not None:
+        # The recipe's training settings, the checkpoint's network: config.json's "model" must rebuild the network
+        # that was trained (load_model, --resume), not the recipe's [model] table.
+        base = replace(recipe, model=base.model)
     if base.dataset != loaded.dataset:
         raise ConfigError(
             f"the recipe trains on {base.dataset}, but {loaded.path} was trained on {loaded.dataset}: "
@@ -596,7 +637,26 @@ def from_checkpoint(
     for key in ("hardening", "factory", "factory_kwargs"):
         if loaded.config.get(key) is not None and key not in config:
             config[key] = loaded.config[key]
-    return cfg, Start(loaded.model, config)
+    source_norm = loaded.config.get("normalisation")
+    start = Start(loaded.model, config, source_norm if isinstance(source_norm, dict) else None, str(loaded.path))
+    if start.normalisation is not None:
+        # The recipe's normalise_with says what the data is normalised with: the source's choice, not the recipe's.
+        fixed = fixed_normalisation(loaded.config)
+        suite = _suite_constants(cfg.dataset)
+        same_as_suite = fixed is not None and suite is not None and _same(fixed, suite)
+        wanted = "suite" if same_as_suite else "train-split" if fixed is None else cfg.normalise_with
+        cfg = replace(cfg, normalise_with=wanted)
+    return cfg, start
+
+
+def _suite_constants(dataset: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    from diehardlab.hardening.zoo import NORMALISATION
+
+    return NORMALISATION.get(dataset)
+
+
+def _same(a: tuple[tuple[float, ...], ...], b: tuple[tuple[float, ...], ...]) -> bool:
+    return all(len(x) == len(y) and all(math.isclose(u, v, rel_tol=1e-7) for u, v in zip(x, y)) for x, y in zip(a, b))
 
 
 def main_from(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -617,6 +677,11 @@ def main_from(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     loaded = ckpt.load_model(args.from_ckpt, "cpu")
     recipe = load_config(args.config) if args.config else None
     cfg, start = from_checkpoint(loaded, args.epochs, args.fine_tune, recipe, args.lr)
+    if recipe is not None and recipe.normalise_with != cfg.normalise_with:
+        print(
+            f"inputs normalised as {loaded.path} was trained ({cfg.normalise_with}), not as {args.config} says "
+            f"(normalise_with = {recipe.normalise_with!r}): the weights expect those inputs"
+        )
     overrides = {"data_dir": args.data_dir, "seed": args.seed, "train_limit": args.train_limit, "device": args.device}
     try:
         cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})

@@ -54,8 +54,12 @@ def add_image_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, help="where the checkpoint's dataset is (see 'diehard train --help')")
     p.add_argument("--image-dir", type=Path, help="folder of image files instead of a dataset")
     p.add_argument("--image-glob", default="*.png", help="files of --image-dir to use (default *.png)")
-    p.add_argument("--mean", help="per-channel mean for --image-dir, comma-separated (default 0)")
-    p.add_argument("--std", help="per-channel std for --image-dir, comma-separated (default 1)")
+    p.add_argument(
+        "--mean", help="per-channel mean for --image-dir, comma-separated (default: the checkpoint's fixed one, else 0)"
+    )
+    p.add_argument(
+        "--std", help="per-channel std for --image-dir, comma-separated (default: the checkpoint's fixed one, else 1)"
+    )
     p.add_argument("--images", type=int, help="use the first N images (or the N best ranked of --selection)")
     p.add_argument("--selection", type=Path, help="ranking CSV written by 'diehard select'")
 
@@ -211,3 +215,18 @@ def load_images(args: argparse.Namespace, target: Target) -> Images:
             raise ConfigError(f"--images must be >= 1, got {args.images}")
         imgs = Images(imgs.x[: args.images], imgs.y[: args.images], imgs.ids[: args.images])
     return imgs
+
+
+def image_dir_images(
+    image_dir: Path,
+    image_glob: str = "*.png",
+    mean: str | None = None,
+    std: str | None = None,
+    dataset: str | None = None,
+    config: dict[str, Any] | None = None,
+) -> Images:
+    """``--image-dir`` of the commands that take a checkpoint folder (``harden``, ``evaluate``): the files in name
+    order, labels from their names, normalised with ``--mean``/``--std`` or else the checkpoint's fixed
+    normalisation (``diehard zoo import``), GTSRB images resized as the dataset's."""
+    ns = argparse.Namespace(image_dir=Path(image_dir), image_glob=image_glob, mean=mean, std=std)
+    return _image_folder(ns, Target(nn.Identity(), str(image_dir), "", dataset, config or {}))

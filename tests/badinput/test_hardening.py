@@ -151,7 +151,9 @@ def test_evaluate_reproduce_file_with_bad_fields_in_process(tmp_path, capsys):
     from diehardlab.hardening.cli_evaluate import main
 
     p = tmp_path / "r.json"
-    for conf, name in (({"campaigns": 0}, "campaigns"), ({"limit": -1}, "limit"), ({"split": 3}, "split")):
+    bad_images = {"split": "image-dir", "image_dir": {"folder": 3, "glob": "*.png"}}  # the --image-dir record
+    for conf, name in (({"campaigns": 0}, "campaigns"), ({"limit": -1}, "limit"), ({"split": 3}, "split"),
+                       (bad_images, "image_dir")):  # fmt: skip
         base = {"campaigns": 1, "seed": 0, "split": "test", "limit": 0, "layer_distribution": "uniform",
                 "fault_spec": {}}  # fmt: skip
         p.write_text(json.dumps({"configuration": {**base, **conf}}))

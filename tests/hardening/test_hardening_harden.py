@@ -137,6 +137,30 @@ def test_harden_with_fine_tuning_then_train_from_and_resume(baseline, tmp_path) 
     assert len((ft / "metrics.csv").read_text().splitlines()) == 3
 
 
+def test_train_from_normalises_as_the_source_was_trained(baseline, tmp_path, capsys) -> None:
+    """A digits model trained on training-split statistics keeps them, even under a recipe that asks for the
+    suite's constants (digits has none: that recipe alone would be refused); other statistics are refused."""
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('name = "r"\ndataset = "digits"\nbatch_size = 64\nnormalise_with = "suite"\n')
+    out = tmp_path / "ft"
+    common = ["--from", str(baseline), "--epochs", "1", "--train-limit", "128", "--no-progress", "--threads", "1"]
+    assert train_main([*common, "--config", str(recipe), "--out", str(out)]) == 0
+    assert "(train-split), not as" in capsys.readouterr().out
+    source = json.loads((baseline / "config.json").read_text())["normalisation"]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["normalisation"] == source and not source["fixed"] and cfg["normalise_with"] == "train-split"
+
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for f in ("config.json", "model.pt"):
+        (moved / f).write_bytes((baseline / f).read_bytes())
+    other = json.loads((moved / "config.json").read_text())
+    other["normalisation"]["mean"] = [v + 0.5 for v in other["normalisation"]["mean"]]
+    (moved / "config.json").write_text(json.dumps(other))
+    with pytest.raises(ConfigError, match=r"differ from those .*moved was trained with.*check --data-dir"):
+        train_main(["--from", str(moved), "--epochs", "1", "--out", str(tmp_path / "ft2"), "--threads", "1"])
+
+
 @pytest.mark.parametrize(
     ("argv", "named"),
     [
