@@ -16,7 +16,7 @@ diehard sfi plan    MODEL --method network|layer|data-unaware|data-aware|suite [
 diehard sfi run     MODEL (--plan P | --faults F | --method M) [--images N | --selection F] [--numerics N]
                     --out DIR [--resume]
 diehard sfi compare OURS PUBLISHED [--map-out FILE]     (a run folder or results CSV vs the suite's results CSV)
-diehard sfi curve   --run DIR [--orders 5] --out PREFIX
+diehard sfi curve   --run DIR [--selection F] [--orders 5] [--plateau-threshold 5e-5] --out PREFIX
 MODEL is a checkpoint folder, --model NAME (random weights; a zoo name such as cifar10/resnet20 works) or
 --factory MODULE:CALLABLE --weights FILE."""
 
@@ -381,7 +381,7 @@ def cmd_compare(argv: Sequence[str]) -> int:
 
 
 def cmd_curve(argv: Sequence[str]) -> int:
-    from diehardlab.hardening.sfi.curve import curve_from_run
+    from diehardlab.hardening.sfi.curve import PLATEAU_SCALES, PLATEAU_THRESHOLD, curve_from_run
 
     p = make_parser("sfi curve", "Fault detection curves: faults by worst outcome against the number of images.")
     p.add_argument(
@@ -389,12 +389,63 @@ def cmd_curve(argv: Sequence[str]) -> int:
     )
     p.add_argument("--orders", type=int, default=5, help="random image orders to average (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random orders")
-    p.add_argument("--selection", type=Path, help="order the run's images by this ranking instead of the run's order")
-    p.add_argument("--out", type=Path, required=True, help="output prefix: writes PREFIX.csv and PREFIX.png")
+    p.add_argument(
+        "--selection",
+        type=Path,
+        help="order the run's images by this ranking instead of the run's order (a window may rank some of them)",
+    )
+    p.add_argument(
+        "--plateau-threshold",
+        type=float,
+        default=PLATEAU_THRESHOLD,
+        help="DEAR-CNN's pre-plateau cutoff: stop where the normalised curve's slope per image falls below this "
+        "(default 5e-5, the paper's)",
+    )
+    p.add_argument(
+        "--plateau-window",
+        type=int,
+        default=1,
+        help="images the slope is measured over (forward difference; default 1)",
+    )
+    p.add_argument(
+        "--plateau-scale",
+        choices=PLATEAU_SCALES,
+        default="faults",
+        help="normalise the critical-fault curve by the run's faults (the critical rate; default) or by the "
+        "critical faults found with all images",
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="output prefix: writes PREFIX.csv, PREFIX.json and PREFIX.png"
+    )
     args = p.parse_args(argv)
-    res = curve_from_run(args.run, args.orders, args.seed, args.out, args.selection)
-    print(json.dumps(res["summary"], indent=1))
-    print(f"wrote {res['csv']}" + (f" and {res['png']}" if res["png"] else " (no plot: matplotlib missing)"))
+    res = curve_from_run(
+        args.run,
+        args.orders,
+        args.seed,
+        args.out,
+        args.selection,
+        args.plateau_threshold,
+        args.plateau_window,
+        args.plateau_scale,
+    )
+    s = res["summary"]
+    print(json.dumps({k: v for k, v in s.items() if k != "plateau"}, indent=1))
+    for key, name in (("ranked", "ranked"), ("random_mean", "random orders (mean)")):
+        c = s["plateau"][key]
+        where = (
+            f"plateau after {c['images_needed']}" if c["plateau_reached"] else f"no plateau: all {c['images_needed']}"
+        )
+        saved = f", {c['fi_seconds_saved']:.1f} s" if c["fi_seconds_saved"] is not None else ""
+        print(
+            f"{name}: {where} of {s['images']} images ({100 * c['share_of_images']:.1f} %), "
+            f"{c['critical_found']:.1f} of {c['critical_all_images']:.0f} critical faults "
+            f"({100 * (c['critical_coverage'] or 0):.1f} %), "
+            f"FI time saved {100 * c['fi_time_saved_share']:.1f} %{saved}"
+        )
+    if "spearman_score_vs_critical_per_image" in s:
+        print(f"Spearman rho, image score vs faults critical on it: {s['spearman_score_vs_critical_per_image']}")
+    wrote = [str(res["csv"]), str(res["json"])] + ([str(res["png"])] if res["png"] else [])
+    print("wrote " + ", ".join(wrote) + ("" if res["png"] else " (no plot: matplotlib missing)"))
     return 0
 
 
