@@ -442,6 +442,12 @@ def cmd_curve(argv: Sequence[str]) -> int:
             f"({100 * (c['critical_coverage'] or 0):.1f} %), "
             f"FI time saved {100 * c['fi_time_saved_share']:.1f} %{saved}"
         )
+    ro = s["plateau"]["random_orders"]
+    print(
+        f"each random order: {ro['images_needed_mean']:.1f} +/- {ro['images_needed_std']:.1f} images "
+        f"({ro['plateau_reached']} of {len(ro['images_needed'])} reached a plateau), "
+        f"{100 * ro['critical_coverage_mean']:.1f} % of the critical faults"
+    )
     if "spearman_score_vs_critical_per_image" in s:
         print(f"Spearman rho, image score vs faults critical on it: {s['spearman_score_vs_critical_per_image']}")
     wrote = [str(res["csv"]), str(res["json"])] + ([str(res["png"])] if res["png"] else [])

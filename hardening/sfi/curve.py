@@ -51,10 +51,15 @@ def curves(
     compared with the same random baseline. ``ranking`` may name a subset of the images (a central-mode
     window): the ranked curve then has one row per image it names.
     """
+    rand = random_curves(outcomes, orders, seed)
+    return detection_curve(outcomes, ranking), rand.mean(axis=0), rand.std(axis=0)
+
+
+def random_curves(outcomes: np.ndarray, orders: int = 5, seed: int = 0) -> np.ndarray:
+    """[orders, k, 3]: the detection curve of each seeded random order of the images."""
     rng = np.random.default_rng(seed)
     n = outcomes.shape[1]
-    rand = np.stack([detection_curve(outcomes, rng.permutation(n)) for _ in range(orders)])
-    return detection_curve(outcomes, ranking), rand.mean(axis=0), rand.std(axis=0)
+    return np.stack([detection_curve(outcomes, rng.permutation(n)) for _ in range(orders)])
 
 
 # -- the pre-plateau cutoff -----------------------------------------------------------------------------------
@@ -232,6 +237,18 @@ def curve_from_run(
         "seconds_per_inference": spi,
         "ranked": plateau(ranked[:, 2], all_crit, n_f, n, threshold, window, scale, spi),
         "random_mean": plateau(mean[:, 2], all_crit, n_f, n, threshold, window, scale, spi),
+    }
+    # each random order's own cutoff: the mean curve is smoother than any one order, so its cutoff is not theirs
+    per_order = [
+        plateau(r[:, 2], all_crit, n_f, n, threshold, window, scale, spi) for r in random_curves(outcomes, orders, seed)
+    ]
+    need = np.array([p["images_needed"] for p in per_order], dtype=float)
+    cut["random_orders"] = {
+        "images_needed": [int(v) for v in need],
+        "images_needed_mean": float(need.mean()),
+        "images_needed_std": float(need.std()),
+        "critical_coverage_mean": float(np.mean([p["critical_coverage"] or 0.0 for p in per_order])),
+        "plateau_reached": sum(p["plateau_reached"] for p in per_order),
     }
     marks = sorted({k for k in (1, 2, 3, 5, 10, 20, 50, 100, m) if k <= m})
     summary = {

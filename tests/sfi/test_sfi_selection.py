@@ -261,6 +261,10 @@ def test_real_lenet_curve_cutoff_and_window(real_lenet, tmp_path):
     assert cut["plateau_reached"] == (k is not None) and cut["images_needed"] == (k or len(window))
     assert cut["critical_found"] == crit_window[cut["images_needed"] - 1] and cut["critical_all_images"] == crit[-1]
     assert cut["fi_seconds_all_images"] == pytest.approx(2.0)  # the run's own time, all 20 images
+    from diehardlab.hardening.sfi.curve import plateau_cutoff, random_curves
+
+    each = [plateau_cutoff(r[:, 2], len(faults), 5e-5) or 20 for r in random_curves(out, 5, 0)]
+    assert doc["plateau"]["random_orders"]["images_needed"] == each
     with open(res["csv"], newline="") as fh:
         rows = list(__import__("csv").DictReader(fh))
     assert len(rows) == 20 and rows[len(window)]["ranked_critical"] == ""  # beyond the window: no ranked point
