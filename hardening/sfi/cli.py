@@ -13,6 +13,7 @@ from diehardlab.errors import ConfigError
 
 USAGE = """\
 diehard sfi plan    MODEL --method network|layer|data-unaware|data-aware|suite [--error E --confidence C] [--out P]
+                    [--p-scope layer|network] [--p-csv F] [--p-plot F.png]
 diehard sfi run     MODEL (--plan P | --faults F | --method M) [--images N | --selection F] [--numerics N]
                     --out DIR [--resume]
 diehard sfi compare OURS PUBLISHED [--map-out FILE]     (a run folder or results CSV vs the suite's results CSV)
@@ -22,7 +23,7 @@ MODEL is a checkpoint folder, --model NAME (random weights; a zoo name such as c
 
 
 def _plan_args(p: argparse.ArgumentParser, required: bool) -> None:
-    from diehardlab.hardening.sfi.plan import FAULT_MODELS, METHODS, TARGETS
+    from diehardlab.hardening.sfi.plan import FAULT_MODELS, METHODS, P_SCOPES, TARGETS
 
     p.add_argument("--method", choices=METHODS, required=required, help="how the population is split")
     p.add_argument("--error", type=float, default=0.01, help="error margin e (default 0.01)")
@@ -33,6 +34,12 @@ def _plan_args(p: argparse.ArgumentParser, required: bool) -> None:
         help="stuck-at (0 and 1; the default) or bitflip (the default and only choice of --method suite)",
     )
     p.add_argument("--target", default="weights", choices=TARGETS, help="weights (default) or activations")
+    p.add_argument(
+        "--p-scope",
+        default="layer",
+        choices=P_SCOPES,
+        help="data-aware p(i) from each layer's weights (default) or from all the network's weights (the paper's)",
+    )
 
 
 def _example(args, target):
@@ -49,8 +56,17 @@ def _example(args, target):
 
 
 def cmd_plan(argv: Sequence[str]) -> int:
-    from diehardlab.hardening.sfi.plan import default_fault_model, make_plan, save_plan, write_plan_csv
+    from diehardlab.hardening.sfi.plan import (
+        default_fault_model,
+        make_plan,
+        plot_bit_stats,
+        save_plan,
+        write_bit_stats_csv,
+        write_plan_csv,
+    )
     from diehardlab.hardening.sfi.sources import add_image_args, add_model_args, load_target
+
+    from diehardlab.outfiles import check_out_file
 
     p = make_parser("sfi plan", "Populations and sample sizes per network, layer and bit for a model.")
     add_model_args(p)
@@ -59,15 +75,32 @@ def cmd_plan(argv: Sequence[str]) -> int:
     p.add_argument("--csv", type=Path, help="write one row per population (layer, bit) to this CSV")
     p.add_argument("--out", type=Path, help="write the plan as JSON (input of 'diehard sfi run --plan')")
     p.add_argument("--bits", action="store_true", help="print every (layer, bit) row, not only per layer")
+    p.add_argument("--p-csv", type=Path, help="data-aware: write f0, f1, d01, d10, D_avg and p per (scope, bit) here")
+    p.add_argument("--p-plot", type=Path, help="data-aware: plot f0/f1, D_avg and p per bit (the paper's Figs. 3-4)")
     args = p.parse_args(argv)
+    for opt, path in (("--csv", args.csv), ("--out", args.out), ("--p-csv", args.p_csv), ("--p-plot", args.p_plot)):
+        if path is not None:
+            check_out_file(path, opt)
+    if (args.p_csv or args.p_plot) and args.method != "data-aware":
+        raise ConfigError("--p-csv/--p-plot: only --method data-aware computes f0, f1, D_avg and p per bit")
     target = load_target(args)
     fault_model = args.fault_model or default_fault_model(args.method)
     plan = make_plan(
-        target.model, args.method, args.error, args.confidence, fault_model, args.target, _example(args, target)
+        target.model,
+        args.method,
+        args.error,
+        args.confidence,
+        fault_model,
+        args.target,
+        _example(args, target),
+        args.p_scope,
     )
+    widths = ", ".join(sorted({f"{x.dtype} ({x.width} bits)" for x in plan.layers}))
+    scope = f", p(i) over {'all the network' if plan.p_scope == 'network' else 'each layer'}'s weights"
     print(
         f"model {target.name}: method {plan.method}, fault model {plan.fault_model}, target {plan.target}, "
-        f"e = {plan.error:g}, confidence {plan.confidence:g} (t = {plan.t:g})"
+        f"e = {plan.error:g}, confidence {plan.confidence:g} (t = {plan.t:g}), weights {widths}"
+        + (scope if plan.method == "data-aware" else "")
     )
     print(f"{'layer':<28} {'elements':>10} {'population':>12} {'sample':>10}")
     for (name, pop, n), layer in zip(plan.per_layer(), plan.layers):
@@ -82,12 +115,23 @@ def cmd_plan(argv: Sequence[str]) -> int:
         for s in plan.strata:
             print(f"{s.layer:<28} {s.bit:>4} {s.population:>10,} {s.p:>8.4f} {s.n:>8,}")
     if plan.p_table:
-        print("\ndata-aware p(i) per layer, bits 31 (sign) .. 0:")
-        for name, ps in plan.p_table.items():
-            print(f"  {name:<26} " + " ".join(f"{v:.3f}" for v in reversed(ps)))
+        if plan.p_scope == "network":
+            ps = plan.bit_stats["*"]["p"]
+            print(f"\ndata-aware p(i) over all the network's weights (every layer), bits {len(ps) - 1} (sign) .. 0:")
+            print("  " + " ".join(f"{v:.3f}" for v in reversed(ps)))
+        else:
+            print("\ndata-aware p(i) per layer, bits (sign) .. 0:")
+            for name, ps in plan.p_table.items():
+                print(f"  {name:<26} " + " ".join(f"{v:.3f}" for v in reversed(ps)))
     if args.csv:
         write_plan_csv(plan, args.csv)
         print(f"wrote {args.csv}")
+    if args.p_csv:
+        write_bit_stats_csv(plan, args.p_csv)
+        print(f"wrote {args.p_csv}")
+    if args.p_plot:
+        done = plot_bit_stats(plan, args.p_plot)
+        print(f"wrote {args.p_plot}" if done else f"no plot {args.p_plot}: matplotlib is not installed")
     if args.out:
         save_plan(plan, args.out)
         print(f"wrote {args.out}")
@@ -176,6 +220,7 @@ def cmd_run(argv: Sequence[str]) -> int:
                 args.fault_model or default_fault_model(args.method),
                 args.target,
                 images.x[:1],
+                args.p_scope,
             )
         )
         faults = faultlist.draw(plan, args.seed)
