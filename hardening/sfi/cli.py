@@ -17,6 +17,8 @@ diehard sfi plan    MODEL --method network|layer|data-unaware|data-aware|suite [
 diehard sfi run     MODEL (--plan P | --faults F | --method M) [--images N | --selection F] [--numerics N]
                     --out DIR [--resume]
 diehard sfi compare OURS PUBLISHED [--map-out FILE]     (a run folder or results CSV vs the suite's results CSV)
+diehard sfi validate MODEL [--layer 0] [--samples 10] [--error E] [--p-scope layer|network] [--numerics N] --out DIR
+                    (exhaustive campaign on one layer, then samples per method against it)
 diehard sfi curve   --run DIR [--selection F] [--orders 5] [--plateau-threshold 5e-5] --out PREFIX
 MODEL is a checkpoint folder, --model NAME (random weights; a zoo name such as cifar10/resnet20 works) or
 --factory MODULE:CALLABLE --weights FILE."""
@@ -500,13 +502,114 @@ def cmd_curve(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_validate(argv: Sequence[str]) -> int:
+    from diehardlab.hardening.numerics import add_numerics_arg, parse_numerics
+    from diehardlab.hardening.sfi.plan import P_SCOPES, injectable_layers
+    from diehardlab.hardening.sfi.sources import add_image_args, add_model_args, device_name, load_images, load_target
+    from diehardlab.hardening.sfi.validate import VALIDATE_METHODS, pick_layer, validate
+
+    p = make_parser(
+        "sfi validate",
+        "The validity of statistical FI, measured as Ruospo et al. (DATE 2023, Fig. 6 and Table III) do: an\n"
+        "exhaustive campaign on one layer (every weight, every bit, both stuck-at values), then independent\n"
+        "samples per method, each estimate and its margin against the exhaustive critical rate.\n"
+        "Example: diehard sfi validate ckpt/r20 --data-dir $FB --layer 0 --out val/r20",
+    )
+    add_model_args(p)
+    add_image_args(p)
+    p.add_argument("--layer", default="0", help="module name or position of the layer (default 0: the first)")
+    p.add_argument("--samples", type=int, default=10, help="independent samples per method (default 10)")
+    p.add_argument("--methods", default=",".join(VALIDATE_METHODS), help="comma-separated (default all four)")
+    p.add_argument("--error", type=float, default=0.01, help="error margin e of the plans (default 0.01)")
+    p.add_argument("--confidence", type=float, default=0.99, help="confidence level (default 0.99: t = 2.58)")
+    p.add_argument("--p-scope", default="layer", choices=P_SCOPES, help="data-aware p(i): per layer or network")
+    p.add_argument("--out", type=Path, required=True, help="output folder (exhaustive/ run, samples.csv, JSON)")
+    p.add_argument("--engine", default="cached", choices=("cached", "naive"), help="default cached")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
+    p.add_argument("--chunk", type=int, default=256, help="faults between progress checkpoints (default 256)")
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--threads", type=int, help="CPU threads of torch (default: torch's choice)")
+    add_numerics_arg(p)
+    args = p.parse_args(argv)
+    if args.samples < 1:
+        raise ConfigError(f"--samples must be >= 1, got {args.samples}")
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    bad = [m for m in methods if m not in VALIDATE_METHODS]
+    if bad or not methods:
+        raise ConfigError(f"--methods: {', '.join(bad) or 'none given'}; choose from {', '.join(VALIDATE_METHODS)}")
+    if not 0 < args.error < 1:
+        raise ConfigError(f"--error: the error margin must be in (0, 1), got {args.error}")
+    if not 0 < args.confidence < 1:
+        raise ConfigError(f"--confidence: must be in (0, 1), got {args.confidence}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out: {args.out} is a file; give a folder")
+    policy = parse_numerics(args.numerics)
+    device = device_name(args.device)
+    target = load_target(args, device)
+    images = load_images(args, target)
+    layer = pick_layer(injectable_layers(target.model), args.layer)
+    res = validate(
+        target,
+        images,
+        layer,
+        args.out,
+        methods=methods,
+        samples=args.samples,
+        seed=args.seed,
+        error=args.error,
+        confidence=args.confidence,
+        p_scope=args.p_scope,
+        policy=policy,
+        device=device,
+        engine=args.engine,
+        batch_size=args.batch_size,
+        chunk=args.chunk,
+        options=vars(args),
+    )
+    ex = res["exhaustive"]
+    print(
+        f"exhaustive: layer {layer.name}, {layer.numel:,} weights x {layer.width} bits x 2 = {ex['faults']:,} faults "
+        f"x {ex['images']} images: {ex['critical']:,} critical, rate {100 * ex['critical_rate']:.4f} %"
+    )
+    print(f"\n{'method':<13} {'sample':>6} {'seed':>5} {'faults':>7} {'critical':>8} {'estimate %':>11} "
+          f"{'margin %':>9} {'inside':>6}")  # fmt: skip
+    for r in res["samples"]:
+        print(
+            f"{r['method']:<13} {r['sample']:>6} {r['seed']:>5} {r['faults']:>7,} {r['critical']:>8} "
+            f"{100 * r['estimate']:>11.4f} {100 * r['margin']:>9.4f} {'yes' if r['inside'] else 'NO':>6}"
+        )
+    print(f"\n{'method':<13} {'faults (mean)':>13} {'contain':>8} {'avg margin %':>13} {'avg |error| %':>14} "
+          f"{'contain at p=0.5':>17} {'avg margin p=0.5 %':>19}")  # fmt: skip
+    for m, s in res["methods"].items():
+        print(
+            f"{m:<13} {s['faults_mean']:>13,.1f} {s['contain']:>4} of {s['samples'] - s['empty_samples']:<2}"
+            f"{100 * s['margin_mean']:>13.4f} {100 * s['abs_error_mean']:>14.4f} {s['contain_p05']:>10} of "
+            f"{s['samples'] - s['empty_samples']:<3} {100 * s['margin_p05_mean']:>19.4f}"
+            + (f"  ({s['empty_samples']} samples drew no fault in the layer)" if s["empty_samples"] else "")
+        )
+    print(f"wrote {res['csv']}, {res['json']}, {res['rows']} (exhaustive campaign in {args.out / 'exhaustive'})")
+    return 0
+
+
 def main(argv: Sequence[str]) -> int:
     argv = list(argv)
-    subs = {"plan": cmd_plan, "run": cmd_run, "compare": cmd_compare, "curve": cmd_curve}
+    subs = {"plan": cmd_plan, "run": cmd_run, "compare": cmd_compare, "curve": cmd_curve, "validate": cmd_validate}
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: diehard sfi {plan,run,compare,curve} [options]   (diehard sfi <action> --help each)\n\n" + USAGE)
+        print(
+            "usage: diehard sfi {plan,run,compare,curve,validate} [options]   (diehard sfi <action> --help each)\n\n"
+            + USAGE
+        )
         return 0
     if argv[0] not in subs:
-        print(f"diehard sfi: unknown action {argv[0]!r}; use plan, run, compare or curve\n{USAGE}", file=sys.stderr)
+        print(
+            f"diehard sfi: unknown action {argv[0]!r}; use plan, run, compare, curve or validate\n{USAGE}",
+            file=sys.stderr,
+        )
         return 2
     return subs[argv[0]](argv[1:])
