@@ -334,14 +334,21 @@ def make_plan(
     return Plan(method, error, confidence, t, fault_model, target, layers, strata, p_table, p_scope, stats)
 
 
+def first_of_each(layers: list[Layer]) -> dict[str, str]:
+    """The first layer of each stored format, for messages about mixed formats."""
+    out: dict[str, str] = {}
+    for x in layers:
+        out.setdefault(x.dtype, x.name)
+    return out
+
+
 def data_aware_stats(model: nn.Module, layers: list[Layer], p_scope: str = "layer") -> dict[str, dict[str, list]]:
     """f0, f1, d01, d10, D_avg and p(i) per bit: per layer, or once (key ``*``) over every layer's weights."""
     if p_scope == "network":
-        widths = {x.width for x in layers}
-        if len(widths) > 1:
+        if len({x.dtype for x in layers}) > 1:  # one set of per-bit statistics needs one format
             raise ConfigError(
-                "--p-scope network: the layers are stored in formats of different widths "
-                f"({', '.join(f'{x.name} {x.dtype}' for x in layers[:4])} ...); use --p-scope layer"
+                "--p-scope network: the layers are stored in different formats "
+                f"({', '.join(f'{d} (first: {n})' for d, n in first_of_each(layers).items())}); use --p-scope layer"
             )
         groups = {"*": torch.cat([layer_values(model, x) for x in layers])}
     else:

@@ -158,6 +158,10 @@ def test_width_follows_the_stored_format():
     one = bit_stats(torch.tensor([1.0], dtype=torch.float16))
     assert one["d01"][0] == pytest.approx(2**-10) and one["f0"][0] == 1.0
     assert bit_stats(torch.tensor([1.0]))["d01"][0] == pytest.approx(2**-23)  # float32: 32 bits, 2^-23
+    mixed = nn.Sequential(nn.Linear(4, 4).half(), nn.Linear(4, 2).to(torch.bfloat16))
+    assert make_plan(mixed, "data-aware").population == (20 + 10) * 16 * 2
+    with pytest.raises(ConfigError, match=r"float16 \(first: 0\), bfloat16 \(first: 1\)"):
+        make_plan(mixed, "data-aware", p_scope="network")  # one set of per-bit statistics needs one format
 
 
 def test_plan_cli_exports_p_per_bit(tmp_path):
