@@ -13,16 +13,19 @@ from diehardlab.errors import ConfigError
 
 USAGE = """\
 diehard sfi plan    MODEL --method network|layer|data-unaware|data-aware|suite [--error E --confidence C] [--out P]
+                    [--p-scope layer|network] [--p-csv F] [--p-plot F.png]
 diehard sfi run     MODEL (--plan P | --faults F | --method M) [--images N | --selection F] [--numerics N]
                     --out DIR [--resume]
 diehard sfi compare OURS PUBLISHED [--map-out FILE]     (a run folder or results CSV vs the suite's results CSV)
-diehard sfi curve   --run DIR [--orders 5] --out PREFIX
+diehard sfi validate MODEL [--layer 0] [--samples 10] [--error E] [--p-scope layer|network] [--numerics N] --out DIR
+                    (exhaustive campaign on one layer, then samples per method against it)
+diehard sfi curve   --run DIR [--selection F] [--orders 5] [--plateau-threshold 5e-5] --out PREFIX
 MODEL is a checkpoint folder, --model NAME (random weights; a zoo name such as cifar10/resnet20 works) or
 --factory MODULE:CALLABLE --weights FILE."""
 
 
 def _plan_args(p: argparse.ArgumentParser, required: bool) -> None:
-    from diehardlab.hardening.sfi.plan import FAULT_MODELS, METHODS, TARGETS
+    from diehardlab.hardening.sfi.plan import FAULT_MODELS, METHODS, P_SCOPES, TARGETS
 
     p.add_argument("--method", choices=METHODS, required=required, help="how the population is split")
     p.add_argument("--error", type=float, default=0.01, help="error margin e (default 0.01)")
@@ -33,6 +36,12 @@ def _plan_args(p: argparse.ArgumentParser, required: bool) -> None:
         help="stuck-at (0 and 1; the default) or bitflip (the default and only choice of --method suite)",
     )
     p.add_argument("--target", default="weights", choices=TARGETS, help="weights (default) or activations")
+    p.add_argument(
+        "--p-scope",
+        default="layer",
+        choices=P_SCOPES,
+        help="data-aware p(i) from each layer's weights (default) or from all the network's weights (the paper's)",
+    )
 
 
 def _example(args, target):
@@ -49,8 +58,17 @@ def _example(args, target):
 
 
 def cmd_plan(argv: Sequence[str]) -> int:
-    from diehardlab.hardening.sfi.plan import default_fault_model, make_plan, save_plan, write_plan_csv
+    from diehardlab.hardening.sfi.plan import (
+        default_fault_model,
+        make_plan,
+        plot_bit_stats,
+        save_plan,
+        write_bit_stats_csv,
+        write_plan_csv,
+    )
     from diehardlab.hardening.sfi.sources import add_image_args, add_model_args, load_target
+
+    from diehardlab.outfiles import check_out_file
 
     p = make_parser("sfi plan", "Populations and sample sizes per network, layer and bit for a model.")
     add_model_args(p)
@@ -59,15 +77,32 @@ def cmd_plan(argv: Sequence[str]) -> int:
     p.add_argument("--csv", type=Path, help="write one row per population (layer, bit) to this CSV")
     p.add_argument("--out", type=Path, help="write the plan as JSON (input of 'diehard sfi run --plan')")
     p.add_argument("--bits", action="store_true", help="print every (layer, bit) row, not only per layer")
+    p.add_argument("--p-csv", type=Path, help="data-aware: write f0, f1, d01, d10, D_avg and p per (scope, bit) here")
+    p.add_argument("--p-plot", type=Path, help="data-aware: plot f0/f1, D_avg and p per bit (the paper's Figs. 3-4)")
     args = p.parse_args(argv)
+    for opt, path in (("--csv", args.csv), ("--out", args.out), ("--p-csv", args.p_csv), ("--p-plot", args.p_plot)):
+        if path is not None:
+            check_out_file(path, opt)
+    if (args.p_csv or args.p_plot) and args.method != "data-aware":
+        raise ConfigError("--p-csv/--p-plot: only --method data-aware computes f0, f1, D_avg and p per bit")
     target = load_target(args)
     fault_model = args.fault_model or default_fault_model(args.method)
     plan = make_plan(
-        target.model, args.method, args.error, args.confidence, fault_model, args.target, _example(args, target)
+        target.model,
+        args.method,
+        args.error,
+        args.confidence,
+        fault_model,
+        args.target,
+        _example(args, target),
+        args.p_scope,
     )
+    widths = ", ".join(sorted({f"{x.dtype} ({x.width} bits)" for x in plan.layers}))
+    scope = f", p(i) over {'all the network' if plan.p_scope == 'network' else 'each layer'}'s weights"
     print(
         f"model {target.name}: method {plan.method}, fault model {plan.fault_model}, target {plan.target}, "
-        f"e = {plan.error:g}, confidence {plan.confidence:g} (t = {plan.t:g})"
+        f"e = {plan.error:g}, confidence {plan.confidence:g} (t = {plan.t:g}), weights {widths}"
+        + (scope if plan.method == "data-aware" else "")
     )
     print(f"{'layer':<28} {'elements':>10} {'population':>12} {'sample':>10}")
     for (name, pop, n), layer in zip(plan.per_layer(), plan.layers):
@@ -82,12 +117,23 @@ def cmd_plan(argv: Sequence[str]) -> int:
         for s in plan.strata:
             print(f"{s.layer:<28} {s.bit:>4} {s.population:>10,} {s.p:>8.4f} {s.n:>8,}")
     if plan.p_table:
-        print("\ndata-aware p(i) per layer, bits 31 (sign) .. 0:")
-        for name, ps in plan.p_table.items():
-            print(f"  {name:<26} " + " ".join(f"{v:.3f}" for v in reversed(ps)))
+        if plan.p_scope == "network":
+            ps = plan.bit_stats["*"]["p"]
+            print(f"\ndata-aware p(i) over all the network's weights (every layer), bits {len(ps) - 1} (sign) .. 0:")
+            print("  " + " ".join(f"{v:.3f}" for v in reversed(ps)))
+        else:
+            print("\ndata-aware p(i) per layer, bits (sign) .. 0:")
+            for name, ps in plan.p_table.items():
+                print(f"  {name:<26} " + " ".join(f"{v:.3f}" for v in reversed(ps)))
     if args.csv:
         write_plan_csv(plan, args.csv)
         print(f"wrote {args.csv}")
+    if args.p_csv:
+        write_bit_stats_csv(plan, args.p_csv)
+        print(f"wrote {args.p_csv}")
+    if args.p_plot:
+        done = plot_bit_stats(plan, args.p_plot)
+        print(f"wrote {args.p_plot}" if done else f"no plot {args.p_plot}: matplotlib is not installed")
     if args.out:
         save_plan(plan, args.out)
         print(f"wrote {args.out}")
@@ -176,6 +222,7 @@ def cmd_run(argv: Sequence[str]) -> int:
                 args.fault_model or default_fault_model(args.method),
                 args.target,
                 images.x[:1],
+                args.p_scope,
             )
         )
         faults = faultlist.draw(plan, args.seed)
@@ -381,7 +428,7 @@ def cmd_compare(argv: Sequence[str]) -> int:
 
 
 def cmd_curve(argv: Sequence[str]) -> int:
-    from diehardlab.hardening.sfi.curve import curve_from_run
+    from diehardlab.hardening.sfi.curve import PLATEAU_SCALES, PLATEAU_THRESHOLD, curve_from_run
 
     p = make_parser("sfi curve", "Fault detection curves: faults by worst outcome against the number of images.")
     p.add_argument(
@@ -389,22 +436,180 @@ def cmd_curve(argv: Sequence[str]) -> int:
     )
     p.add_argument("--orders", type=int, default=5, help="random image orders to average (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random orders")
-    p.add_argument("--selection", type=Path, help="order the run's images by this ranking instead of the run's order")
-    p.add_argument("--out", type=Path, required=True, help="output prefix: writes PREFIX.csv and PREFIX.png")
+    p.add_argument(
+        "--selection",
+        type=Path,
+        help="order the run's images by this ranking instead of the run's order (a window may rank some of them)",
+    )
+    p.add_argument(
+        "--plateau-threshold",
+        type=float,
+        default=PLATEAU_THRESHOLD,
+        help="DEAR-CNN's pre-plateau cutoff: stop where the normalised curve's slope per image falls below this "
+        "(default 5e-5, the paper's)",
+    )
+    p.add_argument(
+        "--plateau-window",
+        type=int,
+        default=1,
+        help="images the slope is measured over (forward difference; default 1)",
+    )
+    p.add_argument(
+        "--plateau-scale",
+        choices=PLATEAU_SCALES,
+        default="faults",
+        help="normalise the critical-fault curve by the run's faults (the critical rate; default) or by the "
+        "critical faults found with all images",
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="output prefix: writes PREFIX.csv, PREFIX.json and PREFIX.png"
+    )
     args = p.parse_args(argv)
-    res = curve_from_run(args.run, args.orders, args.seed, args.out, args.selection)
-    print(json.dumps(res["summary"], indent=1))
-    print(f"wrote {res['csv']}" + (f" and {res['png']}" if res["png"] else " (no plot: matplotlib missing)"))
+    res = curve_from_run(
+        args.run,
+        args.orders,
+        args.seed,
+        args.out,
+        args.selection,
+        args.plateau_threshold,
+        args.plateau_window,
+        args.plateau_scale,
+    )
+    s = res["summary"]
+    print(json.dumps({k: v for k, v in s.items() if k != "plateau"}, indent=1))
+    for key, name in (("ranked", "ranked"), ("random_mean", "random orders (mean)")):
+        c = s["plateau"][key]
+        where = (
+            f"plateau after {c['images_needed']}" if c["plateau_reached"] else f"no plateau: all {c['images_needed']}"
+        )
+        saved = f", {c['fi_seconds_saved']:.1f} s" if c["fi_seconds_saved"] is not None else ""
+        print(
+            f"{name}: {where} of {s['images']} images ({100 * c['share_of_images']:.1f} %), "
+            f"{c['critical_found']:.1f} of {c['critical_all_images']:.0f} critical faults "
+            f"({100 * (c['critical_coverage'] or 0):.1f} %), "
+            f"FI time saved {100 * c['fi_time_saved_share']:.1f} %{saved}"
+        )
+    ro = s["plateau"]["random_orders"]
+    print(
+        f"each random order: {ro['images_needed_mean']:.1f} +/- {ro['images_needed_std']:.1f} images "
+        f"({ro['plateau_reached']} of {len(ro['images_needed'])} reached a plateau), "
+        f"{100 * ro['critical_coverage_mean']:.1f} % of the critical faults"
+    )
+    if "spearman_score_vs_critical_per_image" in s:
+        print(f"Spearman rho, image score vs faults critical on it: {s['spearman_score_vs_critical_per_image']}")
+    wrote = [str(res["csv"]), str(res["json"])] + ([str(res["png"])] if res["png"] else [])
+    print("wrote " + ", ".join(wrote) + ("" if res["png"] else " (no plot: matplotlib missing)"))
+    return 0
+
+
+def cmd_validate(argv: Sequence[str]) -> int:
+    from diehardlab.hardening.numerics import add_numerics_arg, parse_numerics
+    from diehardlab.hardening.sfi.plan import P_SCOPES, injectable_layers
+    from diehardlab.hardening.sfi.sources import add_image_args, add_model_args, device_name, load_images, load_target
+    from diehardlab.hardening.sfi.validate import VALIDATE_METHODS, pick_layer, validate
+
+    p = make_parser(
+        "sfi validate",
+        "The validity of statistical FI, measured as Ruospo et al. (DATE 2023, Fig. 6 and Table III) do: an\n"
+        "exhaustive campaign on one layer (every weight, every bit, both stuck-at values), then independent\n"
+        "samples per method, each estimate and its margin against the exhaustive critical rate.\n"
+        "Example: diehard sfi validate ckpt/r20 --data-dir $FB --layer 0 --out val/r20",
+    )
+    add_model_args(p)
+    add_image_args(p)
+    p.add_argument("--layer", default="0", help="module name or position of the layer (default 0: the first)")
+    p.add_argument("--samples", type=int, default=10, help="independent samples per method (default 10)")
+    p.add_argument("--methods", default=",".join(VALIDATE_METHODS), help="comma-separated (default all four)")
+    p.add_argument("--error", type=float, default=0.01, help="error margin e of the plans (default 0.01)")
+    p.add_argument("--confidence", type=float, default=0.99, help="confidence level (default 0.99: t = 2.58)")
+    p.add_argument("--p-scope", default="layer", choices=P_SCOPES, help="data-aware p(i): per layer or network")
+    p.add_argument("--out", type=Path, required=True, help="output folder (exhaustive/ run, samples.csv, JSON)")
+    p.add_argument("--engine", default="cached", choices=("cached", "naive"), help="default cached")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
+    p.add_argument("--chunk", type=int, default=256, help="faults between progress checkpoints (default 256)")
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--threads", type=int, help="CPU threads of torch (default: torch's choice)")
+    add_numerics_arg(p)
+    args = p.parse_args(argv)
+    if args.samples < 1:
+        raise ConfigError(f"--samples must be >= 1, got {args.samples}")
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    bad = [m for m in methods if m not in VALIDATE_METHODS]
+    if bad or not methods:
+        raise ConfigError(f"--methods: {', '.join(bad) or 'none given'}; choose from {', '.join(VALIDATE_METHODS)}")
+    if not 0 < args.error < 1:
+        raise ConfigError(f"--error: the error margin must be in (0, 1), got {args.error}")
+    if not 0 < args.confidence < 1:
+        raise ConfigError(f"--confidence: must be in (0, 1), got {args.confidence}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out: {args.out} is a file; give a folder")
+    policy = parse_numerics(args.numerics)
+    device = device_name(args.device)
+    target = load_target(args, device)
+    images = load_images(args, target)
+    layer = pick_layer(injectable_layers(target.model), args.layer)
+    res = validate(
+        target,
+        images,
+        layer,
+        args.out,
+        methods=methods,
+        samples=args.samples,
+        seed=args.seed,
+        error=args.error,
+        confidence=args.confidence,
+        p_scope=args.p_scope,
+        policy=policy,
+        device=device,
+        engine=args.engine,
+        batch_size=args.batch_size,
+        chunk=args.chunk,
+        options=vars(args),
+    )
+    ex = res["exhaustive"]
+    print(
+        f"exhaustive: layer {layer.name}, {layer.numel:,} weights x {layer.width} bits x 2 = {ex['faults']:,} faults "
+        f"x {ex['images']} images: {ex['critical']:,} critical, rate {100 * ex['critical_rate']:.4f} %"
+    )
+    print(f"\n{'method':<13} {'sample':>6} {'seed':>5} {'faults':>7} {'critical':>8} {'estimate %':>11} "
+          f"{'margin %':>9} {'inside':>6}")  # fmt: skip
+    for r in res["samples"]:
+        print(
+            f"{r['method']:<13} {r['sample']:>6} {r['seed']:>5} {r['faults']:>7,} {r['critical']:>8} "
+            f"{100 * r['estimate']:>11.4f} {100 * r['margin']:>9.4f} {'yes' if r['inside'] else 'NO':>6}"
+        )
+    print(f"\n{'method':<13} {'faults (mean)':>13} {'contain':>8} {'avg margin %':>13} {'avg |error| %':>14} "
+          f"{'contain at p=0.5':>17} {'avg margin p=0.5 %':>19}")  # fmt: skip
+    for m, s in res["methods"].items():
+        print(
+            f"{m:<13} {s['faults_mean']:>13,.1f} {s['contain']:>4} of {s['samples'] - s['empty_samples']:<2}"
+            f"{100 * s['margin_mean']:>13.4f} {100 * s['abs_error_mean']:>14.4f} {s['contain_p05']:>10} of "
+            f"{s['samples'] - s['empty_samples']:<3} {100 * s['margin_p05_mean']:>19.4f}"
+            + (f"  ({s['empty_samples']} samples drew no fault in the layer)" if s["empty_samples"] else "")
+        )
+    print(f"wrote {res['csv']}, {res['json']}, {res['rows']} (exhaustive campaign in {args.out / 'exhaustive'})")
     return 0
 
 
 def main(argv: Sequence[str]) -> int:
     argv = list(argv)
-    subs = {"plan": cmd_plan, "run": cmd_run, "compare": cmd_compare, "curve": cmd_curve}
+    subs = {"plan": cmd_plan, "run": cmd_run, "compare": cmd_compare, "curve": cmd_curve, "validate": cmd_validate}
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: diehard sfi {plan,run,compare,curve} [options]   (diehard sfi <action> --help each)\n\n" + USAGE)
+        print(
+            "usage: diehard sfi {plan,run,compare,curve,validate} [options]   (diehard sfi <action> --help each)\n\n"
+            + USAGE
+        )
         return 0
     if argv[0] not in subs:
-        print(f"diehard sfi: unknown action {argv[0]!r}; use plan, run, compare or curve\n{USAGE}", file=sys.stderr)
+        print(
+            f"diehard sfi: unknown action {argv[0]!r}; use plan, run, compare, curve or validate\n{USAGE}",
+            file=sys.stderr,
+        )
         return 2
     return subs[argv[0]](argv[1:])

@@ -88,13 +88,13 @@ def draw(plan: Plan, seed: int) -> list[Fault]:
         label = f"{s.layer}/{s.bit if s.bit >= 0 else 'all'}"
         if s.layer == "*":
             # network-wise: the population is every (layer element, bit, value) of the whole network
-            sizes = np.array([x.numel * FLOAT_BITS * vals for x in plan.layers], dtype=np.int64)
+            sizes = np.array([x.numel * x.width * vals for x in plan.layers], dtype=np.int64)
             bounds = np.cumsum(sizes)
             which = np.searchsorted(bounds, picks, side="right")
             for li, layer in enumerate(plan.layers):
                 rest = picks[which == li] - (bounds[li - 1] if li else 0)
                 if rest.size:
-                    elems, r = np.divmod(rest, FLOAT_BITS * vals)
+                    elems, r = np.divmod(rest, layer.width * vals)
                     bits, v = np.divmod(r, vals)
                     faults += _faults_in_layer(layer, elems, bits, v, models, label, len(faults))
             continue
@@ -103,7 +103,7 @@ def draw(plan: Plan, seed: int) -> list[Fault]:
             elems, v = np.divmod(picks, vals)
             bits = np.full_like(elems, s.bit)
         else:
-            elems, r = np.divmod(picks, FLOAT_BITS * vals)
+            elems, r = np.divmod(picks, layer.width * vals)
             bits, v = np.divmod(r, vals)
         faults += _faults_in_layer(layer, elems, bits, v, models, label, len(faults))
     return faults

@@ -2,13 +2,18 @@
 
 A *layer* is a convolution or linear module; its weight population is every element of its weight and bias
 (ResNet-20 for CIFAR-10 then has the published 268,346 weights). Each population element can take
-``32 bits x values`` faults: 2 values (stuck-at-0, stuck-at-1) for the stuck-at model, 1 for bit flips.
+``width x values`` faults: the width is the bits of the element's stored format (32 for float32, 16 for
+float16/bfloat16, taken from the tensor itself), 2 values (stuck-at-0, stuck-at-1) for the stuck-at model, 1 for
+bit flips.
 
 Methods (FORMATS.md section 6):
 - ``network``: one population, n = sample_size(N);
 - ``layer``: one population per layer;
 - ``data-unaware``: one per (layer, bit), p = 0.5;
-- ``data-aware``: one per (layer, bit), p(i) from the weights (see :func:`data_aware_p`);
+- ``data-aware``: one per (layer, bit), p(i) from the weights (see :func:`data_aware_p`), with f0(i), f1(i)
+  and D_avg(i) computed over each layer's weights (``p_scope="layer"``, the default) or over all the network's
+  weights (``p_scope="network"``, the paper's: every layer then gets the same p(i), and equal-sized layers the
+  same sample, as in its Table I);
 - ``suite``: the resilience benchmark suite's lists as SFIadvancedmodels draws them: the network-wise size
   n = round(sample_size(64 W)) for the W conv/linear *weights* (no biases; 2 stuck-at values per bit, as it
   counts), split over the layers in proportion to their weights and rounded per layer, drawn as bit flips at
@@ -27,13 +32,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diehardlab.hardening.sfi.bits import FLOAT_BITS, flip, get_bit
 from torch import nn
 
 from diehardlab.errors import ConfigError
+from diehardlab.outfiles import write_atomic, write_text_atomic
 from diehardlab.sampling import achieved_error, sample_size, t_value
 
 METHODS = ("network", "layer", "data-unaware", "data-aware", "suite")
+P_SCOPES = ("layer", "network")
+# the integer type of each stored float format's width, to read and flip its bits (float32 -> int32 ...)
+_INT_VIEW = {
+    torch.float64: torch.int64,
+    torch.float32: torch.int32,
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+}
 FAULT_MODELS = ("stuck-at", "bitflip")
 TARGETS = ("weights", "activations")
 
@@ -46,6 +59,8 @@ class Layer:
     kind: str  # "conv" or "linear"
     tensors: list[str]  # full parameter names ("fc.weight", "fc.bias") or ["<module>.output"]
     shapes: list[tuple[int, ...]]
+    width: int = 32  # bits of one stored element (tensor.element_size() * 8)
+    dtype: str = "float32"
 
     @property
     def numel(self) -> int:
@@ -81,7 +96,9 @@ class Plan:
     target: str
     layers: list[Layer]
     strata: list[Stratum]
-    p_table: dict[str, list[float]] = field(default_factory=dict)  # data-aware p(i) per layer, bits 0..31
+    p_table: dict[str, list[float]] = field(default_factory=dict)  # data-aware p(i) per layer, bits 0..width-1
+    p_scope: str = "layer"  # where data-aware f0, f1, D_avg come from: each layer's weights or the network's
+    bit_stats: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # scope -> f0, f1, d_avg, p per bit
 
     @property
     def values_per_bit(self) -> int:
@@ -89,7 +106,7 @@ class Plan:
 
     @property
     def population(self) -> int:
-        return sum(layer.numel for layer in self.layers) * FLOAT_BITS * self.values_per_bit
+        return sum(layer.numel * layer.width for layer in self.layers) * self.values_per_bit
 
     @property
     def total(self) -> int:
@@ -99,7 +116,7 @@ class Plan:
         """(layer, population, sample) per layer; for the network method the sample is the expected share."""
         out = []
         for layer in self.layers:
-            pop = layer.numel * FLOAT_BITS * self.values_per_bit
+            pop = layer.numel * layer.width * self.values_per_bit
             if self.method == "network":
                 n = self.total * pop / self.population if self.population else 0
                 out.append((layer.name, pop, round(n)))
@@ -116,7 +133,15 @@ class Plan:
     @classmethod
     def from_json(cls, d: dict) -> Plan:
         layers = [
-            Layer(x["module"], x["kind"], list(x["tensors"]), [tuple(s) for s in x["shapes"]]) for x in d["layers"]
+            Layer(
+                x["module"],
+                x["kind"],
+                list(x["tensors"]),
+                [tuple(s) for s in x["shapes"]],
+                int(x.get("width", 32)),
+                x.get("dtype", "float32"),
+            )
+            for x in d["layers"]
         ]
         strata = [Stratum(**s) for s in d["strata"]]
         return cls(
@@ -129,6 +154,8 @@ class Plan:
             layers=layers,
             strata=strata,
             p_table=d.get("p_table", {}),
+            p_scope=d.get("p_scope", "layer"),
+            bit_stats=d.get("bit_stats", {}),
         )
 
 
@@ -137,11 +164,18 @@ def injectable_layers(model: nn.Module) -> list[Layer]:
     layers = []
     for name, mod in model.named_modules():
         if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
-            tensors, shapes = [], []
+            tensors, shapes, dtypes = [], [], set()
             for pname, param in mod.named_parameters(recurse=False):
                 tensors.append(f"{name}.{pname}" if name else pname)
                 shapes.append(tuple(param.shape))
-            layers.append(Layer(name, "linear" if isinstance(mod, nn.Linear) else "conv", tensors, shapes))
+                dtypes.add(param.dtype)
+            if len(dtypes) > 1:
+                kinds = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
+                raise ConfigError(f"layer {name}: its parameters are stored in different formats ({kinds})")
+            dtype = dtypes.pop() if dtypes else torch.float32
+            width = torch.empty(0, dtype=dtype).element_size() * 8
+            kind = "linear" if isinstance(mod, nn.Linear) else "conv"
+            layers.append(Layer(name, kind, tensors, shapes, width, str(dtype).removeprefix("torch.")))
     if not layers:
         raise ConfigError("the model has no convolution or linear layer to inject faults into")
     return layers
@@ -166,30 +200,54 @@ def activation_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
     finally:
         for h in hooks:
             h.remove()
-    return [Layer(x.module, x.kind, [f"{x.module}.output"], [shapes[x.module]]) for x in layers if x.module in shapes]
+    return [
+        Layer(x.module, x.kind, [f"{x.module}.output"], [shapes[x.module]], x.width, x.dtype)
+        for x in layers
+        if x.module in shapes
+    ]
 
 
 def layer_values(model: nn.Module, layer: Layer) -> torch.Tensor:
-    """All weights of a layer (weight and bias) as one flat float32 CPU tensor."""
+    """All weights of a layer (weight and bias) as one flat CPU tensor in their stored format."""
     params = dict(model.named_parameters())
-    return torch.cat([params[t].detach().reshape(-1).float().cpu() for t in layer.tensors])
+    return torch.cat([params[t].detach().reshape(-1).cpu() for t in layer.tensors])
+
+
+def _bit_mask(bit: int, width: int) -> int:
+    """The signed integer of ``width`` bits whose only set bit is ``bit`` (the top bit is negative)."""
+    return -(1 << bit) if bit == width - 1 else 1 << bit
+
+
+def bit_stats(w: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per bit i of the stored format of ``w`` (its width from the tensor: 32 for float32, 16 for float16):
+
+    f0(i), f1(i) the shares of weights whose bit i is 0 or 1, d01(i) and d10(i) the mean |w - flip_i(w)| over
+    the weights whose bit goes 0->1 and 1->0, and D_avg(i) = d01 f0 + d10 f1 (Ruospo et al., DATE 2023).
+    """
+    w = w.detach().reshape(-1).contiguous().cpu()
+    if w.dtype not in _INT_VIEW:
+        raise ConfigError(f"data-aware p(i): weights stored as {w.dtype} are not a float format this plan reads")
+    width = w.element_size() * 8
+    ints = w.view(_INT_VIEW[w.dtype])
+    w64 = w.double()
+    stats = {k: np.zeros(width) for k in ("f0", "f1", "d01", "d10", "d_avg")}
+    for bit in range(width):
+        mask = _bit_mask(bit, width)
+        d = (w64 - (ints ^ mask).view(w.dtype).double()).abs()
+        d[~torch.isfinite(d)] = math.inf  # a flip to inf/NaN is an unbounded change
+        ones = (ints & mask) != 0
+        f1 = ones.double().mean().item() if len(w) else 0.0
+        f0 = 1.0 - f1
+        d01 = d[~ones].mean().item() if (~ones).any() else 0.0
+        d10 = d[ones].mean().item() if ones.any() else 0.0
+        for key, v in (("f0", f0), ("f1", f1), ("d01", d01), ("d10", d10), ("d_avg", d01 * f0 + d10 * f1)):
+            stats[key][bit] = v
+    return stats
 
 
 def bit_change_stats(w: torch.Tensor) -> np.ndarray:
     """D_avg(i) per bit: mean |w - flip_i(w)| of 0->1 flips times f_0(i) plus that of 1->0 flips times f_1(i)."""
-    w = w.reshape(-1).float().contiguous()
-    w64 = w.double()
-    out = np.zeros(FLOAT_BITS)
-    for bit in range(FLOAT_BITS):
-        d = (w64 - flip(w, bit).double()).abs()
-        d[~torch.isfinite(d)] = math.inf  # a flip to inf/NaN is an unbounded change
-        ones = get_bit(w, bit).bool()
-        f1 = ones.double().mean().item()
-        f0 = 1.0 - f1
-        d01 = d[~ones].mean().item() if (~ones).any() else 0.0
-        d10 = d[ones].mean().item() if ones.any() else 0.0
-        out[bit] = d01 * f0 + d10 * f1
-    return out
+    return bit_stats(w)["d_avg"]
 
 
 def data_aware_p(d_avg: np.ndarray) -> np.ndarray:
@@ -219,9 +277,11 @@ def make_plan(
     fault_model: str | None = None,
     target: str = "weights",
     example: torch.Tensor | None = None,
+    p_scope: str = "layer",
 ) -> Plan:
     """Populations and sample sizes for ``model`` under ``method`` (see the module docstring); the fault model
-    defaults to stuck-at (0 and 1), bit flips for ``suite``."""
+    defaults to stuck-at (0 and 1), bit flips for ``suite``; ``p_scope`` says where the data-aware p(i) comes
+    from (each layer's weights, or the whole network's as the paper computes it)."""
     fault_model = fault_model or default_fault_model(method)
     if method not in METHODS:
         raise ConfigError(f"--method: unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -233,6 +293,10 @@ def make_plan(
         raise ConfigError(f"--error: the error margin must be in (0, 1), got {error}")
     if not 0 < confidence < 1:
         raise ConfigError(f"--confidence: must be in (0, 1), got {confidence}")
+    if p_scope not in P_SCOPES:
+        raise ConfigError(f"--p-scope: unknown scope {p_scope!r}; choose {' or '.join(P_SCOPES)}")
+    if p_scope != "layer" and method != "data-aware":
+        raise ConfigError(f"--p-scope {p_scope} applies to --method data-aware only (not {method})")
     if method == "suite":
         return _suite_plan(model, error, confidence, fault_model, target)
     if target == "activations":
@@ -247,30 +311,60 @@ def make_plan(
     vals = 2 if fault_model == "stuck-at" else 1
     strata: list[Stratum] = []
     p_table: dict[str, list[float]] = {}
+    stats: dict[str, dict[str, list[float]]] = {}
     if method == "network":
-        pop = sum(x.numel for x in layers) * FLOAT_BITS * vals
+        pop = sum(x.numel * x.width for x in layers) * vals
         strata.append(Stratum("*", -1, pop, 0.5, sample_size(pop, error, t, 0.5)))
     elif method == "layer":
         for x in layers:
-            pop = x.numel * FLOAT_BITS * vals
+            pop = x.numel * x.width * vals
             strata.append(Stratum(x.name, -1, pop, 0.5, sample_size(pop, error, t, 0.5)))
     else:
+        if method == "data-aware":
+            stats = data_aware_stats(model, layers, p_scope)
         for x in layers:
             pop = x.numel * vals
             if method == "data-aware":
-                p = data_aware_p(bit_change_stats(layer_values(model, x)))
+                p = np.array(stats["*" if p_scope == "network" else x.name]["p"])
                 p_table[x.name] = [float(v) for v in p]
             else:
-                p = np.full(FLOAT_BITS, 0.5)
-            for bit in range(FLOAT_BITS):
+                p = np.full(x.width, 0.5)
+            for bit in range(x.width):
                 strata.append(Stratum(x.name, bit, pop, float(p[bit]), sample_size(pop, error, t, float(p[bit]))))
-    return Plan(method, error, confidence, t, fault_model, target, layers, strata, p_table)
+    return Plan(method, error, confidence, t, fault_model, target, layers, strata, p_table, p_scope, stats)
+
+
+def first_of_each(layers: list[Layer]) -> dict[str, str]:
+    """The first layer of each stored format, for messages about mixed formats."""
+    out: dict[str, str] = {}
+    for x in layers:
+        out.setdefault(x.dtype, x.name)
+    return out
+
+
+def data_aware_stats(model: nn.Module, layers: list[Layer], p_scope: str = "layer") -> dict[str, dict[str, list]]:
+    """f0, f1, d01, d10, D_avg and p(i) per bit: per layer, or once (key ``*``) over every layer's weights."""
+    if p_scope == "network":
+        if len({x.dtype for x in layers}) > 1:  # one set of per-bit statistics needs one format
+            raise ConfigError(
+                "--p-scope network: the layers are stored in different formats "
+                f"({', '.join(f'{d} (first: {n})' for d, n in first_of_each(layers).items())}); use --p-scope layer"
+            )
+        groups = {"*": torch.cat([layer_values(model, x) for x in layers])}
+    else:
+        groups = {x.name: layer_values(model, x) for x in layers}
+    out = {}
+    for name, w in groups.items():
+        st = bit_stats(w)
+        st["p"] = data_aware_p(st["d_avg"])
+        out[name] = {k: [float(v) for v in arr] for k, arr in st.items()}
+    return out
 
 
 def weight_layers(model: nn.Module) -> list[Layer]:
     """Convolution and linear modules with their weight only (the suite's population has no biases)."""
     return [
-        Layer(x.module, x.kind, x.tensors[:1], x.shapes[:1])
+        Layer(x.module, x.kind, x.tensors[:1], x.shapes[:1], x.width, x.dtype)
         for x in injectable_layers(model)
         if x.tensors and x.tensors[0].endswith(".weight")
     ]
@@ -285,8 +379,8 @@ def _suite_plan(model: nn.Module, error: float, confidence: float, fault_model: 
     t = t_value(confidence)
     total_w = sum(x.numel for x in layers)
     # SFIadvancedmodels: N = weights x 32 bits x 2, n rounded, then each layer's share rounded on its own.
-    n = sample_size(total_w * FLOAT_BITS * 2, error, t, 0.5)
-    strata = [Stratum(x.name, -1, x.numel * FLOAT_BITS, 0.5, round(n * x.numel / total_w)) for x in layers]
+    n = sample_size(sum(x.numel * x.width for x in layers) * 2, error, t, 0.5)
+    strata = [Stratum(x.name, -1, x.numel * x.width, 0.5, round(n * x.numel / total_w)) for x in layers]
     return Plan("suite", error, confidence, t, "bitflip", "weights", layers, strata)
 
 
@@ -297,17 +391,79 @@ def default_fault_model(method: str) -> str:
 
 def write_plan_csv(plan: Plan, path: Path) -> None:
     """One row per stratum: layer, bit, population, p, sample size, worst-case margin it achieves."""
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["layer", "bit", "population", "p", "n", "margin_p05"])
-        for s in plan.strata:
-            w.writerow(
-                [s.layer, s.bit if s.bit >= 0 else "all", s.population, f"{s.p:.6g}", s.n, f"{s.margin(plan.t):.6g}"]
-            )
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["layer", "bit", "population", "p", "n", "margin_p05"])
+            for s in plan.strata:
+                bit = s.bit if s.bit >= 0 else "all"
+                w.writerow([s.layer, bit, s.population, f"{s.p:.6g}", s.n, f"{s.margin(plan.t):.6g}"])
+
+    write_atomic(path, write, "--csv")
+
+
+BIT_STATS_HEADER = ["scope", "bit", "f0", "f1", "d01", "d10", "d_avg", "p"]
+
+
+def write_bit_stats_csv(plan: Plan, path: Path) -> None:
+    """The data-aware statistics per bit (the paper's Figs. 3-4): one row per (scope, bit); the scope is a layer,
+    or ``*`` for the network-wide statistics of ``--p-scope network``."""
+    if not plan.bit_stats:
+        raise ConfigError("--p-csv: only --method data-aware computes f0, f1, D_avg and p per bit")
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(BIT_STATS_HEADER)
+            for scope, st in plan.bit_stats.items():
+                for bit in range(len(st["p"])):
+                    w.writerow([scope, bit] + [f"{st[k][bit]:.9g}" for k in BIT_STATS_HEADER[2:]])
+
+    write_atomic(path, write, "--p-csv")
+
+
+def plot_bit_stats(plan: Plan, path: Path, scope: str | None = None) -> Path | None:
+    """f0/f1 per bit (the paper's Fig. 3) and D_avg with the resulting p(i) (its Fig. 4) for one scope (the
+    network's, or the first layer's); None when matplotlib is missing."""
+    if not plan.bit_stats:
+        raise ConfigError("--p-plot: only --method data-aware computes f0, f1, D_avg and p per bit")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    scope = scope or next(iter(plan.bit_stats))
+    st = {k: np.asarray(v) for k, v in plan.bit_stats[scope].items()}
+    bits = np.arange(len(st["p"]))
+    fig, axes = plt.subplots(3, 1, figsize=(7, 7), sharex=True)
+    axes[0].bar(bits, st["f0"], color="C0", label="f0(i): bit is 0")
+    axes[0].bar(bits, st["f1"], bottom=st["f0"], color="C1", label="f1(i): bit is 1")
+    axes[0].set_ylabel("share of weights")
+    d = np.where(np.isfinite(st["d_avg"]), st["d_avg"], np.nan)
+    axes[1].semilogy(bits, np.where(d > 0, d, np.nan), "o-", ms=3, color="C2", label="D_avg(i) (finite values)")
+    for b in bits[~np.isfinite(st["d_avg"])]:
+        axes[1].axvline(b, color="C3", lw=0.8, ls=":")
+    axes[1].set_ylabel("mean |w - flip_i(w)|")
+    axes[2].bar(bits, st["p"], color="C4", label="p(i)")
+    axes[2].set_ylabel("p(i)")
+    axes[2].set_xlabel("bit i (0 = least significant)")
+    for ax in axes:
+        ax.legend(fontsize=7, loc="upper left")
+    where = "all the network's weights" if scope == "*" else f"layer {scope}"
+    axes[0].set_title(f"data-aware statistics over {where} ({plan.layers[0].dtype})")
+    fig.tight_layout()
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"), "--p-plot")
+    finally:
+        plt.close(fig)
+    return path
 
 
 def save_plan(plan: Plan, path: Path) -> None:
-    path.write_text(json.dumps(plan.to_json(), indent=1))
+    write_text_atomic(path, json.dumps(plan.to_json(), indent=1), "--out")
 
 
 def load_plan(path: Path) -> Plan:

@@ -13,7 +13,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-from diehardlab.hardening.sfi.bits import FLOAT_BITS
 from diehardlab.hardening.sfi.engine import OUTCOME_NAMES
 from diehardlab.hardening.sfi.faultlist import Fault
 from diehardlab.hardening.sfi.plan import Layer
@@ -113,10 +112,10 @@ def _stratum_population(label: str, layers: list[Layer], model: str, model_targe
     vals = 2 if model.startswith("stuck-at") else 1
     if layer == "*":
         output = model_target == "activations"
-        return sum(x.numel for x in layers if (x.name != x.module) == output) * FLOAT_BITS * vals
+        return sum(x.numel * x.width for x in layers if (x.name != x.module) == output) * vals
     if layer not in by_name or not bit:
         return None
-    return by_name[layer].numel * vals * (FLOAT_BITS if bit == "all" else 1)
+    return by_name[layer].numel * vals * (by_name[layer].width if bit == "all" else 1)
 
 
 def estimate(faults: list[Fault], hit: np.ndarray, layers: list[Layer], t: float) -> dict:
@@ -172,7 +171,7 @@ def write_tables(out: Path, faults: list[Fault], outcomes: np.ndarray, layers: l
         if not idx:
             continue
         kinds = {("stuck-at" if faults[i].model.startswith("stuck-at") else faults[i].model) for i in idx}
-        pop = cell_population(layer, next(iter(kinds))) * FLOAT_BITS if len(kinds) == 1 and "value" not in kinds else 0
+        pop = cell_population(layer, next(iter(kinds))) * layer.width if len(kinds) == 1 and "value" not in kinds else 0
         ks = [int((w[idx] == k).sum()) for k in range(3)]
         n = len(idx)
         layer_rows.append(

@@ -107,3 +107,75 @@ def test_reads_plain_sfiadvancedmodels_list(tmp_path):
     path.write_text("Injection,Layer,Bit\n")
     with pytest.raises(DataError, match="TensorIndex"):
         faultlist.read_csv(path)
+
+
+def test_p_scope_network_is_the_papers(resnet20_pad):
+    """f0, f1, D_avg over all the network's weights: one p(i) for every layer, one size per layer size."""
+    net = make_plan(resnet20_pad, "data-aware", p_scope="network")
+    per_layer = make_plan(resnet20_pad, "data-aware")
+    assert net.p_scope == "network" and list(net.bit_stats) == ["*"]
+    assert all(p == net.bit_stats["*"]["p"] for p in net.p_table.values())
+    sizes: dict[int, set[int]] = {}
+    for _name, pop, n in net.per_layer():
+        sizes.setdefault(pop, set()).add(n)
+    assert all(len(v) == 1 for v in sizes.values())  # equal-sized layers: the same data-aware sample (Table I)
+    assert len({n for _, pop, n in per_layer.per_layer() if pop == 147_456}) > 1  # per-layer scope: they differ
+    # the network's statistics are those of the concatenated weights
+    from diehardlab.hardening.sfi.plan import bit_stats, layer_values
+
+    allw = torch.cat([layer_values(resnet20_pad, x) for x in net.layers])
+    assert net.bit_stats["*"]["d_avg"] == pytest.approx(bit_stats(allw)["d_avg"].tolist())
+    f0, f1 = np.array(net.bit_stats["*"]["f0"]), np.array(net.bit_stats["*"]["f1"])
+    assert np.allclose(f0 + f1, 1) and f1[30] == pytest.approx(float((allw.abs() >= 2).float().mean()))
+    back = type(net).from_json(net.to_json())
+    assert back.p_scope == "network" and back.bit_stats == net.bit_stats and back.total == net.total
+    with pytest.raises(ConfigError, match="--p-scope"):
+        make_plan(resnet20_pad, "layer", p_scope="network")
+    with pytest.raises(ConfigError, match="--p-scope"):
+        make_plan(resnet20_pad, "data-aware", p_scope="bit")
+
+
+def test_width_follows_the_stored_format():
+    """Populations and per-bit strata from the tensor's own width: a float16 model has 16 bits per weight."""
+    torch.manual_seed(0)
+    half = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).half()
+    plan = make_plan(half, "data-aware")
+    assert [(x.width, x.dtype) for x in plan.layers] == [(16, "float16"), (16, "float16")]
+    assert plan.population == (40 + 435) * 16 * 2
+    assert sorted({s.bit for s in plan.strata}) == list(range(16))
+    net = make_plan(half, "network")
+    assert net.strata[0].population == plan.population
+    faults = faultlist.draw(make_plan(half, "layer", error=0.05), 0)
+    assert faults and max(f.bit for f in faults) < 16
+    w = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float16)
+    from diehardlab.hardening.sfi.plan import bit_stats
+
+    st = bit_stats(w)
+    assert len(st["d_avg"]) == 16
+    assert st["d_avg"][15] == pytest.approx(np.mean([2.0, 1.0, 4.0]))  # the sign bit: |w - (-w)| = 2|w|
+    assert st["f1"][15] == pytest.approx(1 / 3)
+    # float16 1.0 = 0x3C00: the lowest mantissa bit adds 2^-10 to it
+    one = bit_stats(torch.tensor([1.0], dtype=torch.float16))
+    assert one["d01"][0] == pytest.approx(2**-10) and one["f0"][0] == 1.0
+    assert bit_stats(torch.tensor([1.0]))["d01"][0] == pytest.approx(2**-23)  # float32: 32 bits, 2^-23
+    mixed = nn.Sequential(nn.Linear(4, 4).half(), nn.Linear(4, 2).to(torch.bfloat16))
+    assert make_plan(mixed, "data-aware").population == (20 + 10) * 16 * 2
+    with pytest.raises(ConfigError, match=r"float16 \(first: 0\), bfloat16 \(first: 1\)"):
+        make_plan(mixed, "data-aware", p_scope="network")  # one set of per-bit statistics needs one format
+
+
+def test_plan_cli_exports_p_per_bit(tmp_path):
+    csv_path, png = tmp_path / "p.csv", tmp_path / "p.png"
+    r = run_diehard(
+        "sfi", "plan", "--model", "resnet20", "--method", "data-aware", "--p-scope", "network",
+        "--p-csv", str(csv_path), "--p-plot", str(png),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "over all the network's weights" in r.stdout
+    rows = list(__import__("csv").DictReader(csv_path.open()))
+    assert [int(x["bit"]) for x in rows] == list(range(32)) and {x["scope"] for x in rows} == {"*"}
+    assert float(rows[31]["p"]) == 0.5 and float(rows[0]["p"]) == 0.0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    bad = run_diehard("sfi", "plan", "--model", "resnet20", "--method", "layer", "--p-csv", str(tmp_path / "x.csv"))
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "--p-csv" in bad.stderr
+    assert not (tmp_path / "x.csv").exists()
