@@ -162,8 +162,12 @@ class Sshd:
             Subsystem sftp internal-sftp
             MaxStartups 100
             LogLevel ERROR
+            SetEnv SHLVL=1
             """)
         )
+        # SHLVL=1: the session's bash counts as nested and does not source this machine's ~/.bashrc (Debian's bash
+        # does for ssh commands). Its `pyenv init` runs `pyenv rehash`; a session the tests SIGKILL mid-rehash
+        # leaves pyenv's lock behind, and every later ssh command then waited 60 s for it.
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege-separation directory
         self.proc = None
