@@ -141,7 +141,22 @@ def estimate(faults: list[Fault], hit: np.ndarray, layers: list[Layer], t: float
         n, k = len(faults), int(hit.sum())
         p = k / n
         return {"p": p, "margin": t * math.sqrt(p * (1 - p) / n), "weighted": False}
-    total = sum(pops.values())
+    # Per-bit strata (data-aware, data-unaware) of a layer cover its whole population even when a plan gave some
+    # bits no faults (data-aware p(i) near 0 draws none): those bits weigh in with the rate the method assumes
+    # for them, 0, instead of being left out of the total (which inflated the estimate by their share).
+    whole: dict[tuple[str, str, int], int] = {}
+    total = 0
+    for h, idx in groups.items():
+        layer, _, bit = h.rpartition("/")
+        f0 = faults[idx[0]]
+        kind = "activations" if f0.is_activation else "weights"
+        if bit.isdigit():
+            key = (layer, kind, 2 if f0.model.startswith("stuck-at") else 1)
+            whole[key] = _stratum_population(f"{layer}/all", layers, f0.model, kind) or 0
+        else:
+            total += pops[h]
+    total += sum(whole.values())
+    unsampled = 1.0 - sum(pops.values()) / total if total else 0.0
     p = margin_sq = 0.0
     for h, idx in groups.items():
         n_h, pop = len(idx), pops[h]
@@ -150,7 +165,12 @@ def estimate(faults: list[Fault], hit: np.ndarray, layers: list[Layer], t: float
         p += w * p_h
         # the stratum's own margin (finite-population corrected) is t times its standard error
         margin_sq += (w * achieved_error(pop, n_h, t=t, p=p_h)) ** 2
-    return {"p": p, "margin": math.sqrt(margin_sq), "weighted": len(groups) > 1}
+    return {
+        "p": p,
+        "margin": math.sqrt(margin_sq),
+        "weighted": len(groups) > 1,
+        "unsampled_share": round(max(unsampled, 0.0), 9),  # of the population, in strata the plan gave no faults
+    }
 
 
 def write_tables(out: Path, faults: list[Fault], outcomes: np.ndarray, layers: list[Layer], t: float) -> dict:

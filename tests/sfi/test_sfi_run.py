@@ -210,6 +210,22 @@ def test_stratified_estimate_weights_by_population():
     assert not plain["weighted"] and plain["p"] == 0.25 and plain["margin"] == pytest.approx(2.58 * (0.1875 / 4) ** 0.5)
 
 
+def test_per_bit_strata_without_faults_count_with_rate_zero():
+    """A data-aware plan gives some bits no faults: the estimate keeps their population (at the method's rate 0)."""
+    from diehardlab.hardening.sfi.faultlist import Fault
+    from diehardlab.hardening.sfi.plan import Layer
+    from diehardlab.hardening.sfi.results import estimate
+
+    layers = [Layer("a", "conv", ["a.weight"], [(100,)])]
+    # only bits 30 and 29 were sampled (10 faults each); bit 30 always SDC-1, bit 29 never
+    faults = [Fault(i, "a.weight", (i,), 30, "bitflip", None, "a/30") for i in range(10)]
+    faults += [Fault(10 + i, "a.weight", (i,), 29, "bitflip", None, "a/29") for i in range(10)]
+    hit = np.array([True] * 10 + [False] * 10)
+    e = estimate(faults, hit, layers, 2.58)
+    assert e["p"] == pytest.approx(1 / 32)  # one bit of the layer's 32, not one of the 2 sampled
+    assert e["unsampled_share"] == pytest.approx(30 / 32)
+
+
 def test_activation_campaign_tables(tiny_resnet, tiny_images, tmp_path):
     from diehardlab.hardening.sfi.plan import activation_layers
 
