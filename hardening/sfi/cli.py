@@ -209,6 +209,7 @@ def cmd_run(argv: Sequence[str]) -> int:
         faults, lines = read.faults, read.rows_line
         source = {"faults_file": str(args.faults), "faults_form": read.form}
         plan_t, fault_model, conf = None, None, args.confidence
+        unsampled = {}
         _note_list(read, target)
     else:
         plan = (
@@ -228,6 +229,7 @@ def cmd_run(argv: Sequence[str]) -> int:
         faults = faultlist.draw(plan, args.seed)
         source = {"plan": plan.to_json() if not args.plan else str(args.plan), "seed": args.seed}
         plan_t, fault_model, conf = plan.t, plan.fault_model, plan.confidence
+        unsampled = {f"{s.layer}/{s.bit if s.bit >= 0 else 'all'}": s.population for s in plan.strata if s.n <= 0}
         if plan.target == "weights":
             layers = plan.layers
     if any(f.is_activation for f in faults):
@@ -275,6 +277,7 @@ def cmd_run(argv: Sequence[str]) -> int:
         shards=args.shards,
         numerics=policy,
         fault_lines=lines,
+        unsampled=unsampled,
     )
     print(
         f"faults {s['faults']}: masked {s['masked']}, non-critical {s['non_critical']}, SDC-1 {s['sdc1']} "

@@ -118,14 +118,18 @@ def _stratum_population(label: str, layers: list[Layer], model: str, model_targe
     return by_name[layer].numel * vals * (by_name[layer].width if bit == "all" else 1)
 
 
-def estimate(faults: list[Fault], hit: np.ndarray, layers: list[Layer], t: float) -> dict:
+def estimate(
+    faults: list[Fault], hit: np.ndarray, layers: list[Layer], t: float, unsampled: dict[str, int] | None = None
+) -> dict:
     """Network-wide proportion of faults with ``hit`` and its margin at the run's confidence.
 
     Each fault belongs to the population it was drawn from (its stratum); a stratified sample (layer, per-bit
     methods) is weighted by population size, p = sum_h N_h p_h / N, with variance
     sum_h (N_h / N)^2 p_h (1 - p_h) / n_h (N_h - n_h) / (N_h - 1). An unweighted proportion would over-count small
-    layers. Lists without strata (a hand-written fault list) give the plain proportion.
+    layers. Lists without strata (a hand-written fault list) give the plain proportion. ``unsampled`` maps the
+    strata the plan gave no fault to their populations.
     """
+    unsampled = unsampled or {}
     groups: dict[str, list[int]] = {}
     for i, f in enumerate(faults):
         groups.setdefault(f.stratum, []).append(i)
@@ -141,22 +145,10 @@ def estimate(faults: list[Fault], hit: np.ndarray, layers: list[Layer], t: float
         n, k = len(faults), int(hit.sum())
         p = k / n
         return {"p": p, "margin": t * math.sqrt(p * (1 - p) / n), "weighted": False}
-    # Per-bit strata (data-aware, data-unaware) of a layer cover its whole population even when a plan gave some
-    # bits no faults (data-aware p(i) near 0 draws none): those bits weigh in with the rate the method assumes
-    # for them, 0, instead of being left out of the total (which inflated the estimate by their share).
-    whole: dict[tuple[str, str, int], int] = {}
-    total = 0
-    for h, idx in groups.items():
-        layer, _, bit = h.rpartition("/")
-        f0 = faults[idx[0]]
-        kind = "activations" if f0.is_activation else "weights"
-        if bit.isdigit():
-            key = (layer, kind, 2 if f0.model.startswith("stuck-at") else 1)
-            whole[key] = _stratum_population(f"{layer}/all", layers, f0.model, kind) or 0
-        else:
-            total += pops[h]
-    total += sum(whole.values())
-    unsampled = 1.0 - sum(pops.values()) / total if total else 0.0
+    # Strata the plan sized to no fault (data-aware bits of p(i) near 0) are part of the population: they weigh in
+    # with the rate the method assumes for them, 0. Left out of the total, they inflated the estimate by their share.
+    total = sum(pops.values()) + sum(unsampled.values())
+    unsampled_share = sum(unsampled.values()) / total if total else 0.0
     p = margin_sq = 0.0
     for h, idx in groups.items():
         n_h, pop = len(idx), pops[h]
@@ -169,11 +161,18 @@ def estimate(faults: list[Fault], hit: np.ndarray, layers: list[Layer], t: float
         "p": p,
         "margin": math.sqrt(margin_sq),
         "weighted": len(groups) > 1,
-        "unsampled_share": round(max(unsampled, 0.0), 9),  # of the population, in strata the plan gave no faults
+        "unsampled_share": unsampled_share,
     }
 
 
-def write_tables(out: Path, faults: list[Fault], outcomes: np.ndarray, layers: list[Layer], t: float) -> dict:
+def write_tables(
+    out: Path,
+    faults: list[Fault],
+    outcomes: np.ndarray,
+    layers: list[Layer],
+    t: float,
+    unsampled: dict[str, int] | None = None,
+) -> dict:
     """Write per_fault.csv, per_layer_bit.csv, per_layer.csv; return the network summary."""
     with open(out / "per_fault.csv", "w", newline="") as fh:
         wr = csv.writer(fh)
@@ -211,7 +210,7 @@ def write_tables(out: Path, faults: list[Fault], outcomes: np.ndarray, layers: l
         "sdc1": ks[2],
         "p_sdc1": ks[2] / n if n else math.nan,
         # population estimates (stratum-weighted) with their margin at the run's confidence
-        "estimate_sdc1": estimate(faults, w == 2, layers, t),
-        "estimate_not_masked": estimate(faults, w >= 1, layers, t),
+        "estimate_sdc1": estimate(faults, w == 2, layers, t, unsampled),
+        "estimate_not_masked": estimate(faults, w >= 1, layers, t, unsampled),
         "fault_image_pairs": {name: int((outcomes == k).sum()) for k, name in enumerate(OUTCOME_NAMES)},
     }

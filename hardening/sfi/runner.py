@@ -160,6 +160,7 @@ def run_campaign(
     shards: int | None = None,
     numerics: NumericsPolicy | None = None,
     fault_lines: list[int] | None = None,
+    unsampled: dict[str, int] | None = None,
 ) -> dict:
     """Run (or resume) the campaign in ``out``; returns the summary also written to ``summary.json``.
 
@@ -266,7 +267,7 @@ def run_campaign(
     if known:
         pred = golden_predictions(model, images, policy, device, batch_size)
         golden_acc = float((pred == labels).float().mean())
-    summary = write_tables(out, faults, outcomes, layers, t)
+    summary = write_tables(out, faults, outcomes, layers, t, unsampled)
     summary["suite_table"] = suite_table(outcomes, correct if known else None, golden_acc)
     if all(f.model == "bitflip" and f.tensor.endswith(".weight") for f in faults):
         counts = np.stack([np.full(n_f, n_i)] + [(outcomes == k).sum(axis=1) for k in range(3)], axis=1)

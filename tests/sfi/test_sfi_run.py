@@ -217,11 +217,13 @@ def test_per_bit_strata_without_faults_count_with_rate_zero():
     from diehardlab.hardening.sfi.results import estimate
 
     layers = [Layer("a", "conv", ["a.weight"], [(100,)])]
-    # only bits 30 and 29 were sampled (10 faults each); bit 30 always SDC-1, bit 29 never
+    # the plan sampled only bits 30 and 29 (10 faults each); bit 30 always SDC-1, bit 29 never
     faults = [Fault(i, "a.weight", (i,), 30, "bitflip", None, "a/30") for i in range(10)]
     faults += [Fault(10 + i, "a.weight", (i,), 29, "bitflip", None, "a/29") for i in range(10)]
     hit = np.array([True] * 10 + [False] * 10)
-    e = estimate(faults, hit, layers, 2.58)
+    assert estimate(faults, hit, layers, 2.58)["p"] == pytest.approx(1 / 2)  # without the plan: the sampled part
+    unsampled = {f"a/{b}": 100 for b in range(32) if b not in (29, 30)}
+    e = estimate(faults, hit, layers, 2.58, unsampled)
     assert e["p"] == pytest.approx(1 / 32)  # one bit of the layer's 32, not one of the 2 sampled
     assert e["unsampled_share"] == pytest.approx(30 / 32)
 
