@@ -54,6 +54,15 @@ def _cvt_round(t: torch.Tensor) -> torch.Tensor:
     return torch.round(t).double().clamp_min(INT32_MIN)
 
 
+def _cvt_overflow(t: torch.Tensor) -> torch.Tensor:
+    """x86's float32 -> int32 conversion (``cvtps2dq``) without a clip: nearest even; NaN, infinities and values
+    outside int32 give the "integer indefinite" INT32_MIN. fbgemm's requantization converts this way, so a
+    faulty bias or scale that overflows the accumulator's range writes the lowest code, not the highest. Float64."""
+    r = torch.round(t).double()
+    bad = ~torch.isfinite(r) | (r >= 2.0**31) | (r < INT32_MIN)
+    return torch.where(bad, torch.full_like(r, INT32_MIN), r)
+
+
 def _codes(r: torch.Tensor, zp: int, lo: int = 0, hi: int = 255) -> torch.Tensor:
     return (r + zp).clamp(lo, hi).to(torch.uint8)
 
@@ -176,7 +185,7 @@ class _Layer(_Leaf):
         if self.bias is not None:
             xf = xf + self.bias.view(shape) / atw
         lo = self.out_zp if self.relu else 0
-        return _codes(_cvt_round(xf * mult), self.out_zp, lo)
+        return _codes(_cvt_overflow(xf * mult), self.out_zp, lo)
 
     def _int_weight(self) -> torch.Tensor:
         w = self.weight.double()

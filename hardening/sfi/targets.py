@@ -253,3 +253,24 @@ def fault_activation(value: torch.Tensor, idx: tuple, model: str, bit: int, faul
     out = value.clone()
     out[full] = apply_model(out[full], model, bit, fault_value)
     return out
+
+
+def output_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[Format, tuple[int, ...]]]:
+    """Per conv/linear layer (float or int8): the format and shape (one image) of its output, from one forward
+    pass of ``example`` (in the model's input format)."""
+    found: dict[str, tuple[Format, tuple[int, ...]]] = {}
+    hooks = []
+    for name, mod in model.named_modules():
+        if layer_kind(mod):
+
+            def hook(_m, _i, out, name=name) -> None:
+                found.setdefault(name, (format_of(out), tuple(out.shape[1:])))
+
+            hooks.append(mod.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return found
