@@ -47,6 +47,7 @@ def quantize_int8(model: nn.Module, calibration: torch.Tensor, batch_size: int =
     check_engine()
     if calibration.shape[0] < 1:
         raise ConfigError("--quantize int8: the calibration set is empty")
+    _check_layers(model)
     torch.backends.quantized.engine = ENGINE
     float_model = copy.deepcopy(model).cpu().eval()
     # torch.ao warns about its own deprecation and observer defaults on every call; the run records what it used
@@ -62,7 +63,10 @@ def quantize_int8(model: nn.Module, calibration: torch.Tensor, batch_size: int =
         with torch.no_grad():
             for i in range(0, calibration.shape[0], batch_size):
                 prepared(calibration[i : i + batch_size].float())
-        quantized = convert_fx(prepared)
+        try:
+            quantized = convert_fx(prepared)
+        except (ValueError, RuntimeError, NotImplementedError) as exc:
+            raise ConfigError(f"--quantize int8: torch.ao cannot convert the model to int8 ({exc})") from None
     check_quantized(model, quantized)
     return quantized.eval()
 
@@ -90,6 +94,20 @@ def check_quantized(float_model: nn.Module, quantized: nn.Module) -> None:
             )
             + ". Quantize a model whose conv/linear layers fbgemm supports, or run it in float16/bfloat16 (--dtype)"
         )
+
+
+def _check_layers(model: nn.Module) -> None:
+    """Refuse, by name, a conv/linear layer with an option fbgemm's int8 kernels do not have (before torch.ao
+    fails on it with a message that names no layer)."""
+    from diehardlab.hardening.sfi.targets import FLOAT_LAYERS
+
+    for name, mod in model.named_modules():
+        if isinstance(mod, FLOAT_LAYERS) and getattr(mod, "padding_mode", "zeros") != "zeros":
+            raise ConfigError(
+                f"--quantize int8: layer {name} ({type(mod).__name__}{_why(mod)}) has no int8 (fbgemm) version: "
+                "quantized convolutions pad with zeros only. Quantize a model without it, or run it in "
+                "float16/bfloat16 (--dtype)"
+            )
 
 
 def _why(mod: nn.Module) -> str:

@@ -376,9 +376,10 @@ def check_against(
     k, why = bad[0]
     where = f"line {lines[k]}" if lines and k < len(lines) else f"fault {faults[k].injection}"
     has = ", ".join(f"{n} {tuple(params[n + '.weight'])}" for n in layers[:4]) + (" ..." if len(layers) > 4 else "")
-    other = "format" if "bit " in why and " is outside " in why and "stored in" in why else "model"
+    other = "format" if "stored in" in why else "model"
     hint = f"; {len(bad)} of {len(faults)} rows do not fit: a list for another {other}?" if len(bad) > 1 else ""
-    raise ConfigError(f"{source}: {where}: {why}; the model has {has}{hint}. Nothing was run")
+    has = "" if other == "format" else f"; the model has {has}"
+    raise ConfigError(f"{source}: {where}: {why}{has}{hint}. Nothing was run")
 
 
 # ------------------------------------------------------------------------------------------ other formats

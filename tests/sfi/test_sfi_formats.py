@@ -223,3 +223,29 @@ def test_int8_emulation_is_fbgemm_bit_for_bit(request, which):
         assert bits.bits_equal(a, b), f
         differ += not bits.bits_equal(a, ref.golden[0])
     assert differ, "no fault changed the output"
+
+
+def test_a_list_for_another_format_is_refused_by_row(digits):
+    from diehardlab.hardening.sfi.faultlist import check_against, to_width
+
+    model, x = digits
+    half = copy.deepcopy(model).to(torch.float16)
+    ok = Fault(0, "stem.conv.weight", (0, 0, 0, 0), 15)
+    faults = [ok, Fault(1, "stem.conv.weight", (0, 0, 1, 0), 20), Fault(2, "fc.bias", (3,), 31)]
+    check_against(faults, model)  # float32: every bit fits
+    with pytest.raises(
+        ConfigError,
+        match=r"line 12: bit 20 is outside parameter stem.conv.weight, stored in "
+        r"float16 \(bits 0..15\); 2 of 3 rows do not fit: a list for another format",
+    ):
+        check_against(faults, half, lines=[11, 12, 13])
+    # the same sites scaled to the format's width: the sign stays the sign
+    widths = {n: s.fmt.width for n, s in stored_tensors(half).items()}
+    scaled = to_width(faults, widths)
+    assert [f.bit for f in scaled] == [7, 10, 15] and [f.index for f in scaled] == [f.index for f in faults]
+    check_against(scaled, half)
+    shapes = output_shapes(half, x[:1].half())
+    assert shapes["stem.conv"][0].name == "float16"
+    check_against([Fault(3, "stem.conv.output", (0, 1, 1), 15)], half, shapes)
+    with pytest.raises(ConfigError, match=r"bit 16 is outside layer output stem\.conv\.output"):
+        check_against([Fault(3, "stem.conv.output", (0, 1, 1), 16)], half, shapes)
