@@ -142,18 +142,23 @@ def test_zoo_import_refuses_code_and_weights_that_do_not_fit(tmp_path, suite_dat
     )
 
 
-def test_sfi_run_refuses_bits_outside_the_stored_format(tmp_path, images):
+def test_sfi_run_refuses_bits_outside_the_stored_format(tmp_path, foolbox_images):
     """A list written for float32 run on the int8 model: bit 20 of an 8-bit code is refused, by its row."""
     faults = tmp_path / "list.csv"
     faults.write_text(
-        LIST_HEAD + '0,conv1,"(3, 0, 2, 1)",5,20,20,0,0\n1,conv1,"(3, 0, 2, 1)",20,20,20,0,0\n'
-        '2,layer1.0.conv1,"(1, 0, 0, 0)",30,20,20,0,0\n'
+        LIST_HEAD + '0,stem.conv,"(3, 0, 2, 1)",5,20,20,0,0\n1,stem.conv,"(3, 0, 2, 1)",20,20,20,0,0\n'
+        '2,blocks.0.unit1.conv,"(1, 0, 0, 0)",30,20,20,0,0\n'
     )
     out = tmp_path / "out"
     check_refused(
         "sfi",
         "run",
-        *images,
+        "--model",
+        "smallnet",
+        "--image-dir",
+        str(foolbox_images),
+        "--image-glob",
+        "cifar10_*.png",
         "--images",
         "2",
         "--quantize",

@@ -139,7 +139,7 @@ def _layers(model: nn.Module) -> set[str]:
     return {name for name, mod in model.named_modules() if layer_kind(mod)}
 
 
-def _check_exact(model: nn.Module, x: torch.Tensor, fmt: str, calib: torch.Tensor, n: int, seed: int) -> np.ndarray:
+def _check_exact(model: nn.Module, x: torch.Tensor, fmt: str, calib: torch.Tensor, n: int, seed: int) -> None:
     m, dtype, numerics = _in_format(model, fmt, calib)
     images = Images(x, torch.full((x.shape[0],), -1), [str(i) for i in range(x.shape[0])])
     policy = parse_numerics(numerics) if numerics else None
@@ -148,17 +148,16 @@ def _check_exact(model: nn.Module, x: torch.Tensor, fmt: str, calib: torch.Tenso
     faults = _faults(m, x.to(dtype or x.dtype), n, seed)
     before = {k: v.clone() for k, v in m.state_dict().items() if isinstance(v, torch.Tensor)}
     cached._cache(0)  # the golden pass, before any fault is written (as run() does)
+    differ = 0
     for f in faults:
         a, b = cached._one(f, 0), naive._one(f, 0)
         a = cached.golden[0] if a is None else a
         b = naive.golden[0] if b is None else b
         assert bits.bits_equal(a, b), (fmt, f)
-    got = cached.run(faults)
-    np.testing.assert_array_equal(got, naive.run(faults))
+        differ += not bits.bits_equal(a, cached.golden[0])
     after = m.state_dict()
     assert all(bits.bits_equal(v, after[k]) for k, v in before.items()), "a fault was not restored"
-    assert (got > 0).any(), f"{fmt}: every fault masked: the test would not see a difference"
-    return got
+    assert differ, f"{fmt}: no fault changed the output: the test would not see a difference"
 
 
 FORMATS = ["float32", "float16", "bfloat16", "autocast-fp16", "autocast-bf16", "int8", "int8-emulated"]
