@@ -15,6 +15,7 @@ names the layer or the device.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,7 +90,8 @@ def deploy(
     numerics: str = "fp32",
     calibration_record: dict[str, Any] | None = None,
 ) -> Deployment:
-    """The model in the number format asked for, checked to run on ``device`` (see the module docstring)."""
+    """The model in the number format asked for (a new model; ``model`` is left as it is), checked to run on
+    ``device`` (see the module docstring)."""
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
     if quantize is not None and quantize not in QUANTIZE:
@@ -109,7 +111,7 @@ def deploy(
     if dtype == "float32":
         return Deployment(model, None, {"format": "float32", "dtype": "float32"})
     t = getattr(torch, dtype)
-    converted = model.to(device=device, dtype=t).eval()
+    converted = copy.deepcopy(model).to(device=device, dtype=t).eval()  # the float32 model stays (plans read it)
     if example_shape is not None:
         check_runs(converted, example_shape.to(device, t), f"--dtype {dtype}", device)
     return Deployment(converted, t, {"format": dtype, "dtype": dtype, "how": f"model.to({dtype}), input in {dtype}"})
