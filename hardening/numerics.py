@@ -18,6 +18,15 @@ The policy acts on convolution and linear modules only (the layers that multiply
 runs as it is. Applying a policy replaces those modules' ``forward`` by :func:`layer_forward`, which the fault
 injector also calls for its one-channel shortcut, so every path computes in the mapped arithmetic.
 
+- ``autocast-fp16`` / ``autocast-bf16``: FP32 weights, the layer computed as ``torch.autocast`` runs it: input
+  and weight cast to float16 (bfloat16), products accumulated in FP32, the result stored in the 16-bit format
+  (so the activations between layers, and the model's output, are 16-bit). On CUDA the layer runs under
+  ``torch.autocast``; elsewhere it is emulated: operands rounded to the 16-bit format (their products are exact in
+  FP32), the convolution or matmul in FP32, the result rounded to 16 bits, and the bias added as PyTorch's CUDA
+  kernels add it (a convolution's in a separate 16-bit add, a linear layer's inside the matmul epilogue, before
+  the one rounding). A weight fault is then a fault in the FP32 storage whose effect passes through the 16-bit
+  arithmetic.
+
 Extending: an arithmetic is an :class:`Arithmetic` (how an operand enters the multiply, how the result leaves,
 which CUDA flags it needs) registered in :data:`ARITHMETICS`; reduced-precision formats add their own.
 """
@@ -92,11 +101,47 @@ class Arithmetic:
         """The layer's output as it leaves (accumulation format to storage format); identity for FP32/TF32."""
         return t
 
+    def emulate(self, mod: nn.Module, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        """The layer off CUDA, ``w`` already :meth:`operand`-ed: products and sums in FP32, the bias in FP32."""
+        return self.result(_conv_nd(mod, self.operand(_match(x, w)), w, b))
+
 
 @dataclass(frozen=True)
 class TF32(Arithmetic):
     def operand(self, t: torch.Tensor) -> torch.Tensor:
         return round_tf32(t) if t.dtype == torch.float32 else t
+
+
+@dataclass(frozen=True)
+class Autocast(Arithmetic):
+    """``torch.autocast`` to a 16-bit float: FP32 weights, 16-bit operands, FP32 accumulation, 16-bit result."""
+
+    half: torch.dtype = torch.float16
+
+    def operand(self, t: torch.Tensor) -> torch.Tensor:
+        # the value the 16-bit operand holds, in FP32: the product of two such values is exact in FP32
+        return t.to(self.half).float() if t.is_floating_point() else t
+
+    def result(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(self.half)
+
+    def emulate(self, mod: nn.Module, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        b16 = b.to(self.half) if b is not None else None
+        xo = self.operand(x)
+        if isinstance(mod, nn.Linear):
+            # cuBLASLt's bias epilogue: the bias joins the FP32 accumulator, then one rounding
+            y = F.linear(xo, w)
+            return self.result(y + b16.float() if b16 is not None else y)
+        # cuDNN convolves, then PyTorch adds the bias in a separate elementwise kernel in the 16-bit format
+        y = self.result(mod._conv_forward(xo, w, None))
+        return y + b16.view(1, -1, *([1] * (y.dim() - 2))) if b16 is not None else y
+
+
+def _match(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """An FP32 layer fed a 16-bit activation (a per-layer map mixing autocast and FP32) computes it in FP32."""
+    if x.dtype != w.dtype and x.is_floating_point() and w.is_floating_point():
+        return x.to(w.dtype)
+    return x
 
 
 FP32_ARITH = Arithmetic("fp32", "IEEE float32 products and sums (TF32 off on CUDA)")
@@ -105,7 +150,17 @@ TF32_ARITH = TF32(
     "TF32 products (operands rounded to 10 mantissa bits, nearest even), FP32 accumulation and bias",
     cuda_tf32=True,
 )
-ARITHMETICS: dict[str, Arithmetic] = {a.name: a for a in (FP32_ARITH, TF32_ARITH)}
+AUTOCAST_FP16 = Autocast(
+    "autocast-fp16",
+    "torch.autocast float16: FP32 weights, float16 operands, FP32 accumulation, float16 result",
+    half=torch.float16,
+)
+AUTOCAST_BF16 = Autocast(
+    "autocast-bf16",
+    "torch.autocast bfloat16: FP32 weights, bfloat16 operands, FP32 accumulation, bfloat16 result",
+    half=torch.bfloat16,
+)
+ARITHMETICS: dict[str, Arithmetic] = {a.name: a for a in (FP32_ARITH, TF32_ARITH, AUTOCAST_FP16, AUTOCAST_BF16)}
 
 LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -172,7 +227,8 @@ class NumericsPolicy:
 
     def to_toml(self) -> str:
         lines = [
-            "# diehardlab numerics map: module-name patterns -> arithmetic (fp32, tf32); the first match wins.",
+            f"# diehardlab numerics map: module-name patterns -> arithmetic ({', '.join(ARITHMETICS)}); the first "
+            "match wins.",
             f'default = "{self.default}"',
             "",
             "[layers]",
@@ -223,10 +279,12 @@ def read_numerics_file(path: Path) -> NumericsPolicy:
         raise ConfigError(f"--numerics {path}: unknown key(s) {', '.join(unknown)} (expected default and [layers])")
     layers = data.get("layers", {})
     if not isinstance(layers, dict) or not all(isinstance(v, str) for v in layers.values()):
-        raise ConfigError(f'--numerics {path}: [layers] must map module-name patterns to "fp32" or "tf32"')
+        raise ConfigError(
+            f"--numerics {path}: [layers] must map module-name patterns to one of {', '.join(ARITHMETICS)}"
+        )
     default = data.get("default", "fp32")
     if not isinstance(default, str):
-        raise ConfigError(f'--numerics {path}: default must be "fp32" or "tf32"')
+        raise ConfigError(f"--numerics {path}: default must be one of {', '.join(ARITHMETICS)}")
     return _policy(list(layers.items()), str(path), default)
 
 
@@ -397,11 +455,14 @@ def layer_forward(
     if arith is None:
         return _conv_nd(mod, x, w, b)
     if x.is_cuda:
-        # Native arithmetic: the flags decide what cuDNN/cuBLAS may use for this call.
+        # Native arithmetic: the flags (and autocast) decide what cuDNN/cuBLAS compute for this call.
         with _cuda_flags(arith.cuda_tf32):
-            return arith.result(_conv_nd(mod, x, w, b))
-    # Emulated: the operands as the tensor cores see them, products and sums in FP32, bias in FP32.
-    return arith.result(_conv_nd(mod, arith.operand(x), _weight_operand(mod, arith, w, weight is None), b))
+            if isinstance(arith, Autocast):
+                with torch.autocast("cuda", dtype=arith.half):
+                    return _conv_nd(mod, x, w, b)
+            return arith.result(_conv_nd(mod, _match(x, w), w, b))
+    # Emulated: the operands as the tensor cores see them, products and sums in FP32 (see each arithmetic).
+    return arith.emulate(mod, x, _weight_operand(mod, arith, w, weight is None), b)
 
 
 def _weight_operand(mod: nn.Module, arith: Arithmetic, w: torch.Tensor, whole: bool) -> torch.Tensor:
@@ -512,8 +573,9 @@ def add_numerics_arg(p) -> None:
     p.add_argument(
         "--numerics",
         default="fp32",
-        help="arithmetic of the conv/linear layers: fp32 (default), tf32, an inline map 'layer3.*=tf32,*=fp32' "
-        "or a TOML map file (see docs/sfi.md); recorded with the result. On CPU tf32 is emulated",
+        help="arithmetic of the conv/linear layers: fp32 (default), tf32, autocast-fp16, autocast-bf16, an inline "
+        "map 'layer3.*=tf32,*=fp32' or a TOML map file (see docs/sfi.md); recorded with the result. Off CUDA all "
+        "but fp32 are emulated",
     )
 
 

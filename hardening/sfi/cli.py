@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from diehardlab.cli import make_parser
-from diehardlab.errors import ConfigError
+from diehardlab.errors import ConfigError, DataError
 
 USAGE = """\
 diehard sfi plan    MODEL --method network|layer|data-unaware|data-aware|suite [--error E --confidence C] [--out P]
                     [--p-scope layer|network] [--p-csv F] [--p-plot F.png]
 diehard sfi run     MODEL (--plan P | --faults F | --method M) [--images N | --selection F] [--numerics N]
-                    --out DIR [--resume]
+                    [--dtype float16|bfloat16 | --quantize int8 [--calibration N]] --out DIR [--resume]
 diehard sfi compare OURS PUBLISHED [--map-out FILE]     (a run folder or results CSV vs the suite's results CSV)
 diehard sfi validate MODEL [--layer 0] [--samples 10] [--error E] [--p-scope layer|network] [--numerics N] --out DIR
                     (exhaustive campaign on one layer, then samples per method against it)
@@ -24,7 +25,7 @@ MODEL is a checkpoint folder, --model NAME (random weights; a zoo name such as c
 --factory MODULE:CALLABLE --weights FILE."""
 
 
-def _plan_args(p: argparse.ArgumentParser, required: bool) -> None:
+def _plan_args(p: argparse.ArgumentParser, required: bool, extra_targets: tuple[str, ...] = ()) -> None:
     from diehardlab.hardening.sfi.plan import FAULT_MODELS, METHODS, P_SCOPES, TARGETS
 
     p.add_argument("--method", choices=METHODS, required=required, help="how the population is split")
@@ -35,7 +36,13 @@ def _plan_args(p: argparse.ArgumentParser, required: bool) -> None:
         choices=FAULT_MODELS,
         help="stuck-at (0 and 1; the default) or bitflip (the default and only choice of --method suite)",
     )
-    p.add_argument("--target", default="weights", choices=TARGETS, help="weights (default) or activations")
+    p.add_argument(
+        "--target",
+        default="weights",
+        choices=TARGETS + extra_targets,
+        help="weights (default) or activations"
+        + (", or (--quantize int8) scales: the per-channel weight scales" if extra_targets else ""),
+    )
     p.add_argument(
         "--p-scope",
         default="layer",
@@ -177,7 +184,8 @@ def cmd_run(argv: Sequence[str]) -> int:
         type=Path,
         help="fault list CSV to run as it is: ours, the suite's 4- or 8-column form or SFIadvancedmodels'",
     )
-    _plan_args(p, required=False)
+    _plan_args(p, required=False, extra_targets=("scales",))
+    _format_args(p)
     p.add_argument("--max-faults", type=int, help="run a seeded random subset of this many faults of the list")
     p.add_argument("--out", type=Path, required=True, help="output folder (progress, tables)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
@@ -196,15 +204,21 @@ def cmd_run(argv: Sequence[str]) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    if sum(x is not None for x in (args.plan, args.faults, args.method)) != 1:
+    if args.target != "scales" and sum(x is not None for x in (args.plan, args.faults, args.method)) != 1:
         raise ConfigError("give exactly one of --plan FILE, --faults FILE or --method METHOD")
     policy = parse_numerics(args.numerics)
     device = device_name(args.device)
     target = load_target(args, device)
     images = load_images(args, target)
     layers = injectable_layers(target.model)
+    float_model = target.model
+    dep = _deploy(args, target, images, policy, device)
     lines = None
-    if args.faults:
+    if args.target == "scales":
+        faults, layers, plan_t, fault_model, conf = _scale_faults(args, dep)
+        source = {"seed": args.seed, "target": "scales"}
+        unsampled = {}
+    elif args.faults:
         read = faultlist.read_list(args.faults)
         faults, lines = read.faults, read.rows_line
         source = {"faults_file": str(args.faults), "faults_form": read.form}
@@ -212,6 +226,11 @@ def cmd_run(argv: Sequence[str]) -> int:
         unsampled = {}
         _note_list(read, target)
     else:
+        if dep.name != "float32" and args.method in ("data-unaware", "data-aware"):
+            raise ConfigError(
+                f"--method {args.method}: its per-bit strata are float32's 32 bits; for a model in {dep.name} draw "
+                "with --method network or layer (their bits are scaled to the format's width) or give --faults"
+            )
         plan = (
             load_plan(args.plan)
             if args.plan
@@ -227,13 +246,15 @@ def cmd_run(argv: Sequence[str]) -> int:
             )
         )
         faults = faultlist.draw(plan, args.seed)
+        if dep.name != "float32":
+            faults = faultlist.to_width(faults, _widths(dep, images))
         source = {"plan": plan.to_json() if not args.plan else str(args.plan), "seed": args.seed}
         plan_t, fault_model, conf = plan.t, plan.fault_model, plan.confidence
         unsampled = {f"{s.layer}/{s.bit if s.bit >= 0 else 'all'}": s.population for s in plan.strata if s.n <= 0}
         if plan.target == "weights":
             layers = plan.layers
     if any(f.is_activation for f in faults):
-        layers = layers + activation_layers(target.model, images.x[:1].to(device))
+        layers = layers + activation_layers(float_model, images.x[:1].to(device))
     if args.max_faults is not None and args.max_faults < 1:
         raise ConfigError(f"--max-faults must be >= 1, got {args.max_faults}")
     if args.max_faults is not None and args.max_faults < len(faults):
@@ -257,10 +278,10 @@ def cmd_run(argv: Sequence[str]) -> int:
     }
     print(
         f"sfi run: {len(faults)} faults x {len(images.ids)} images on {device}, engine {args.engine}, "
-        f"numerics {policy.spec()} -> {args.out}"
+        f"format {dep.name}, numerics {policy.spec()} -> {args.out}"
     )
     s = run_campaign(
-        target.model,
+        dep.model,
         images,
         faults,
         args.out,
@@ -278,6 +299,8 @@ def cmd_run(argv: Sequence[str]) -> int:
         numerics=policy,
         fault_lines=lines,
         unsampled=unsampled,
+        input_dtype=dep.input_dtype,
+        number_format=dep.record,
     )
     print(
         f"faults {s['faults']}: masked {s['masked']}, non-critical {s['non_critical']}, SDC-1 {s['sdc1']} "
@@ -299,6 +322,115 @@ def cmd_run(argv: Sequence[str]) -> int:
     extra = ", suite_results.csv" if "suite_results" in s else ""
     print(f"wrote {args.out}/per_fault.csv, per_layer_bit.csv, per_layer.csv{extra}, summary.json")
     return 0
+
+
+def _format_args(p: argparse.ArgumentParser) -> None:
+    from diehardlab.hardening.formats import DTYPES, INT8_MODES, QUANTIZE
+
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=DTYPES,
+        help="store and compute the model in this format (the checkpoint converted; default float32)",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=QUANTIZE,
+        help="int8: post-training static quantization (torch.ao, fbgemm), calibrated on --calibration images",
+    )
+    p.add_argument(
+        "--calibration",
+        type=int,
+        default=64,
+        help="images that calibrate --quantize: the first N of the dataset's train split, or of the run's own "
+        "images when there is no dataset (default 64)",
+    )
+    p.add_argument(
+        "--int8",
+        default="auto",
+        choices=INT8_MODES,
+        help="int8 kernels: fbgemm (torch.ao, CPU), emulate (exact emulation, any device); auto: fbgemm on the "
+        "CPU, emulate elsewhere",
+    )
+
+
+def _deploy(args, target, images, policy, device):
+    """The target's model in the format of --dtype / --quantize (formats.deploy), with its calibration record."""
+    from diehardlab.hardening.formats import deploy
+
+    calib, record = images.x[:1], None
+    if args.quantize:
+        from diehardlab.hardening.quantize import calibration_record
+
+        if args.calibration < 1:
+            raise ConfigError(f"--calibration must be >= 1, got {args.calibration}")
+        ds = None
+        if target.dataset and not args.image_dir:
+            from diehardlab.hardening.data import fixed_normalisation, load_dataset
+
+            try:
+                ds = load_dataset(target.dataset, "train", args.data_dir, fixed_normalisation(target.config))
+            except DataError as exc:
+                print(
+                    f"note: --quantize int8: no {target.dataset} train split to calibrate on ({exc})", file=sys.stderr
+                )
+        if ds is not None:
+            calib, ids = ds.x[: args.calibration], [str(i) for i in range(args.calibration)]
+            where = f"{target.dataset} train split"
+        else:
+            calib, ids = images.x[: args.calibration], images.ids[: args.calibration]
+            where = "the run's own images (no dataset with a train split)"
+            print(f"note: --quantize int8 calibrates on {where}", file=sys.stderr)
+        record = calibration_record(calib, ids[: calib.shape[0]], where)
+    return deploy(
+        target.model,
+        args.dtype,
+        args.quantize,
+        calib,
+        device,
+        args.int8,
+        "fp32" if policy.uniform == "fp32" else policy.spec(),
+        record,
+    )
+
+
+def _widths(dep, images) -> dict[str, int]:
+    """The format width of every stored tensor and layer output of the deployed model."""
+    from diehardlab.hardening.sfi.targets import output_shapes, stored_tensors
+
+    widths = {name: s.fmt.width for name, s in stored_tensors(dep.model).items()}
+    first = next(iter(dep.model.buffers()), None)
+    dev = first.device if first is not None else "cpu"
+    x = images.x[:1].to(dev, dep.input_dtype or images.x.dtype)
+    widths.update({f"{k}.output": v[0].width for k, v in output_shapes(dep.model, x).items()})
+    return widths
+
+
+def _scale_faults(args, dep):
+    """--target scales: a network-wise sample over every bit of every per-channel weight scale (float32)."""
+    from diehardlab.hardening.sfi.faultlist import draw_uniform
+    from diehardlab.hardening.sfi.plan import Layer
+    from diehardlab.hardening.sfi.targets import layer_kind, stored_tensors
+
+    from diehardlab.sampling import sample_size, t_value
+
+    if dep.name != "int8":
+        raise ConfigError("--target scales: the per-channel weight scales exist in an int8 model (add --quantize int8)")
+    if args.faults or args.plan:
+        raise ConfigError("--target scales draws its own sample; give --method network (or none), not --plan/--faults")
+    mods = dict(dep.model.named_modules())
+    scales = [s for n, s in stored_tensors(dep.model).items() if n.endswith("weight_scale")]
+    tensors = [(s.name, s.shape, s.fmt.width) for s in scales]
+    fault_model = args.fault_model or "stuck-at"
+    vals = 2 if fault_model == "stuck-at" else 1
+    t = t_value(args.confidence)
+    n = sample_size(sum(math.prod(s) * w * vals for _, s, w in tensors), args.error, t)
+    faults = draw_uniform(tensors, n, fault_model, args.seed)
+    layers = [
+        Layer(s.name.rsplit(".", 1)[0], layer_kind(mods[s.name.rsplit(".", 1)[0]]) or "conv", [s.name], [s.shape])
+        for s in scales
+    ]
+    return faults, layers, t, fault_model, args.confidence
 
 
 def _note_list(read, target) -> None:

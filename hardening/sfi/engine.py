@@ -2,8 +2,9 @@
 
 Outcomes (FORMATS.md section 6): 0 Masked (output bit-identical to the golden), 1 Non-critical (output differs,
 same top-1), 2 SDC-1 (top-1 changed, or a non-finite output). A weight fault is written into the live parameter
-in place and restored after each use (no model copies); an activation fault replaces the cached output of its
-layer for every image of the batch. The ``cached`` engine recomputes only what the fault reaches (graph.py);
+in place (where the model stores it, in its format: targets.py) and restored after each use (no model copies); an
+activation fault replaces the cached output of its layer for every image of the batch, in the format that output
+is stored in. The ``cached`` engine recomputes only what the fault reaches (graph.py);
 the ``naive`` engine runs the full forward pass with the same in-place fault and is the reference the cached
 engine must match bit for bit (and the fallback for models torch.fx cannot trace).
 """
@@ -16,8 +17,9 @@ from dataclasses import dataclass
 
 import torch
 from diehardlab.hardening.numerics import AppliedNumerics, NumericsPolicy, apply_numerics, layer_forward
-from diehardlab.hardening.sfi.bits import apply_model, bits_equal
+from diehardlab.hardening.sfi.bits import apply_model, bits_equal, same_bits_per_row
 from diehardlab.hardening.sfi.faultlist import Fault
+from diehardlab.hardening.sfi.targets import Stored, fault_activation, stored_tensors
 from torch import nn
 
 from diehardlab.errors import ConfigError
@@ -28,13 +30,13 @@ ENGINES = ("cached", "naive")
 
 
 def classify(out: torch.Tensor, golden: torch.Tensor) -> torch.Tensor:
-    """Outcome per image (int8, on the device) of a faulty output against the golden one."""
+    """Outcome per image (int8, on the device) of a faulty output against the golden one.
+
+    Masked compares the output's bits in the format the model outputs in (float32, or float16/bfloat16 under
+    autocast or a converted model): -0.0 differs from 0.0 and a NaN equals only the same NaN."""
     o = out.reshape(out.shape[0], -1)
     g = golden.reshape(golden.shape[0], -1)
-    if o.dtype == torch.float32 and g.dtype == torch.float32:
-        same = (o.view(torch.int32) == g.view(torch.int32)).all(dim=1)
-    else:
-        same = (o == g).all(dim=1)
+    same = same_bits_per_row(o, g) if o.dtype == g.dtype else (o == g).all(dim=1)
     critical = (o.argmax(dim=1) != g.argmax(dim=1)) | ~torch.isfinite(o).all(dim=1)
     codes = torch.where(critical, SDC1, NON_CRITICAL).to(torch.int8)
     return torch.where(same, torch.zeros_like(codes), codes)
@@ -50,23 +52,23 @@ def _element(t: torch.Tensor, fault: Fault, where: str) -> tuple:
 
 
 @contextmanager
-def weight_fault(params: dict[str, torch.Tensor], fault: Fault) -> Iterator[bool]:
-    """Write the fault into the parameter in place; yields whether the value changed; restores on exit."""
-    if fault.tensor not in params:
+def weight_fault(stored: dict[str, Stored], fault: Fault) -> Iterator[bool]:
+    """Write the fault into the stored tensor (in its format); yields whether the value changed; restores on exit."""
+    if fault.tensor not in stored:
         raise ConfigError(f"fault {fault.injection}: the model has no parameter {fault.tensor!r}")
-    p = params[fault.tensor]
-    idx = _element(p, fault, "parameter")
+    s = stored[fault.tensor]
+    idx = _element(s.read(), fault, "parameter")
     with torch.no_grad():
-        orig = p[idx].clone()
+        orig = s.element(idx)
         new = apply_model(orig, fault.model, fault.bit, fault.value)
         changed = not bits_equal(orig, new)
         if changed:
-            p[idx] = new
+            s.write(idx, new)
         try:
             yield changed
         finally:
             if changed:
-                p[idx] = orig
+                s.write(idx, orig)
 
 
 def _sliceable(mod: nn.Module) -> bool:
@@ -84,7 +86,7 @@ def _slice_forward(mod: nn.Module, x: torch.Tensor, k: int) -> torch.Tensor:
 
 @dataclass
 class Images:
-    x: torch.Tensor  # float32 NCHW (normalised as the model expects)
+    x: torch.Tensor  # float32 NCHW (normalised as the model expects; cast to the model's input dtype on use)
     y: torch.Tensor  # int64 labels (-1 when unknown)
     ids: list[str]  # dataset index or file name of each image
 
@@ -101,6 +103,7 @@ class Injector:
         device: str | torch.device = "cpu",
         cache_bytes: int = 2 << 30,
         numerics: NumericsPolicy | None = None,
+        input_dtype: torch.dtype | None = None,
     ):
         if engine not in ENGINES:
             raise ConfigError(f"--engine: unknown engine {engine!r}; choose one of {', '.join(ENGINES)} or ray")
@@ -113,10 +116,14 @@ class Injector:
         self.numerics: AppliedNumerics | None = (
             apply_numerics(self.model, numerics, self.device) if numerics is not None else None
         )
-        self.params = dict(self.model.named_parameters())
+        self.stored = stored_tensors(self.model)
         self.modules = dict(self.model.named_modules())
         self.engine = engine
-        self.batches = [images.x[i : i + batch_size].to(self.device) for i in range(0, images.x.shape[0], batch_size)]
+        # a model converted to float16/bfloat16 (--dtype) takes its input in that format
+        dtype = input_dtype or images.x.dtype
+        self.batches = [
+            images.x[i : i + batch_size].to(self.device, dtype) for i in range(0, images.x.shape[0], batch_size)
+        ]
         self.labels = [images.y[i : i + batch_size].to(self.device) for i in range(0, images.x.shape[0], batch_size)]
         self.cache_bytes = cache_bytes
         self._caches: dict[int, dict] = {}
@@ -172,10 +179,8 @@ class Injector:
         for n in nodes:
             if n.op != "call_module":
                 continue
-            value = cache[n].clone()
-            idx = (slice(None), *_element(value[0], fault, "output"))
-            value[idx] = apply_model(value[idx], fault.model, fault.bit, fault.value)
-            override[n] = value
+            idx = _element(cache[n][0], fault, "output")
+            override[n] = fault_activation(cache[n], idx, fault.model, fault.bit, fault.value)
         return override
 
     def _slice_verified(self, node, cache: dict) -> bool:
@@ -227,10 +232,7 @@ class Injector:
             raise ConfigError(f"fault {fault.injection}: the model has no layer {fault.module!r}")
 
         def hook(_m, _i, out):
-            out = out.clone()
-            idx = (slice(None), *_element(out[0], fault, "output"))
-            out[idx] = apply_model(out[idx], fault.model, fault.bit, fault.value)
-            return out
+            return fault_activation(out, _element(out[0], fault, "output"), fault.model, fault.bit, fault.value)
 
         h = mod.register_forward_hook(hook)
         try:
@@ -242,7 +244,7 @@ class Injector:
         """The faulty output of batch ``b``; None when it is bit-identical to the golden (all masked)."""
         if fault.is_activation:
             return self._run_cached(fault, b) if self.graph is not None else self._run_naive(fault, b)
-        with weight_fault(self.params, fault) as changed:
+        with weight_fault(self.stored, fault) as changed:
             if not changed:
                 return None
             return self._run_cached(fault, b) if self.graph is not None else self._run_naive(fault, b)

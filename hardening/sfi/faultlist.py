@@ -344,29 +344,81 @@ def check_against(
     One error: the first row that does not fit (its line, what it names, what the model has) and how many rows
     do not fit, which says whether it is a typo or a list for another model.
     """
-    params = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    from diehardlab.hardening.sfi.targets import stored_tensors
+
+    stored = stored_tensors(model)
+    params = {n: s.shape for n, s in stored.items()}
     layers = [n.rsplit(".", 1)[0] for n in params if n.endswith(".weight") and len(params[n]) >= 2]
     bad: list[tuple[int, str]] = []
     for k, f in enumerate(faults):
         if f.is_activation:
-            shape = (output_shapes or {}).get(f.module)
+            found = (output_shapes or {}).get(f.module)
             what = f"layer output {f.tensor}"
-            if shape is None:
+            if found is None:
                 bad.append((k, f"the model has no convolution or linear layer {f.module!r}"))
                 continue
+            # (format, shape) from targets.output_shapes, or a bare shape (float32)
+            fmt, shape = found if len(found) == 2 and isinstance(found[1], tuple) else (None, found)
         else:
             shape = params.get(f.tensor)
             what = f"parameter {f.tensor}"
             if shape is None:
                 bad.append((k, f"the model has no layer {layer_column(f)!r} ({f.tensor})"))
                 continue
+            fmt = stored[f.tensor].fmt
         idx = f.index
         if len(idx) != len(shape) or any(not 0 <= i < s for i, s in zip(idx, shape)):
             bad.append((k, f"index {idx} is outside {what} of shape {shape}"))
+        elif fmt is not None and f.model != "value" and not 0 <= f.bit < fmt.width:
+            bad.append((k, f"bit {f.bit} is outside {what}, stored in {fmt.name} (bits 0..{fmt.width - 1})"))
     if not bad:
         return
     k, why = bad[0]
     where = f"line {lines[k]}" if lines and k < len(lines) else f"fault {faults[k].injection}"
     has = ", ".join(f"{n} {tuple(params[n + '.weight'])}" for n in layers[:4]) + (" ..." if len(layers) > 4 else "")
-    hint = f"; {len(bad)} of {len(faults)} rows do not fit: a list for another model?" if len(bad) > 1 else ""
-    raise ConfigError(f"{source}: {where}: {why}; the model has {has}{hint}. Nothing was run")
+    other = "format" if "stored in" in why else "model"
+    hint = f"; {len(bad)} of {len(faults)} rows do not fit: a list for another {other}?" if len(bad) > 1 else ""
+    has = "" if other == "format" else f"; the model has {has}"
+    raise ConfigError(f"{source}: {where}: {why}{has}{hint}. Nothing was run")
+
+
+# ------------------------------------------------------------------------------------------ other formats
+
+
+def to_width(faults: list[Fault], width_of: dict[str, int], drawn_width: int = FLOAT_BITS) -> list[Fault]:
+    """The same fault sites with each bit scaled from ``drawn_width`` to its tensor's format width
+    (``bit * width // drawn_width``): the sign stays the sign, the exponent's top the exponent's top, and a bit
+    drawn uniformly stays uniform (each of a 16-bit format's bits takes two of float32's). Tensors missing from
+    ``width_of`` (and value faults) keep their bit."""
+    out = []
+    for f in faults:
+        w = width_of.get(f.tensor if not f.is_activation else f.module + ".output")
+        if w is None or w == drawn_width or f.model == "value":
+            out.append(f)
+        else:
+            out.append(Fault(f.injection, f.tensor, f.index, f.bit * w // drawn_width, f.model, f.value, f.stratum))
+    return out
+
+
+def draw_uniform(tensors: list[tuple[str, tuple[int, ...], int]], n: int, fault_model: str, seed: int) -> list[Fault]:
+    """``n`` faults drawn without replacement, uniformly over every (element, bit, value) of ``tensors``
+    (name, shape, format width): the network-wise sample of one population, e.g. an int8 model's per-channel
+    weight scales."""
+    vals = 2 if fault_model == "stuck-at" else 1
+    models = ("stuck-at-0", "stuck-at-1") if fault_model == "stuck-at" else ("bitflip",)
+    sizes = np.array([math.prod(s) * w * vals for _, s, w in tensors], dtype=np.int64)
+    total = int(sizes.sum())
+    if not 0 < n <= total:
+        raise ConfigError(f"cannot draw {n} faults from a population of {total}")
+    picks = np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
+    bounds = np.cumsum(sizes)
+    which = np.searchsorted(bounds, picks, side="right")
+    out: list[Fault] = []
+    for ti, (name, shape, width) in enumerate(tensors):
+        rest = picks[which == ti] - (bounds[ti - 1] if ti else 0)
+        elems, r = np.divmod(rest, width * vals)
+        bits, v = np.divmod(r, vals)
+        for e, b, m in zip(elems.tolist(), bits.tolist(), v.tolist()):
+            idx = tuple(int(i) for i in np.unravel_index(e, shape))
+            out.append(Fault(len(out), name, idx, int(b), models[m], None, "*/all"))
+    return out

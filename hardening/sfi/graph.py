@@ -31,6 +31,14 @@ _INPLACE_FUNCS: dict[Callable, Callable] = {
 }
 
 
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, keeping the emulated int8 layers and operations (``_diehard_leaf``) as leaves: the
+    engine caches their outputs and recomputes them whole, like torch's own layers."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return bool(getattr(m, "_diehard_leaf", False)) or super().is_leaf_module(m, module_qualified_name)
+
+
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         return bits_equal(a, b)
@@ -44,7 +52,8 @@ class CachedGraph:
 
     def __init__(self, model: nn.Module):
         try:
-            gm = fx.symbolic_trace(model)
+            tracer = _Tracer()
+            gm = fx.GraphModule(model, tracer.trace(model))
         except Exception as exc:  # fx raises many types for untraceable control flow
             raise ConfigError(
                 f"the model cannot be traced with torch.fx ({type(exc).__name__}: {exc}); "

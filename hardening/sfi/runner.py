@@ -107,7 +107,12 @@ def _read_run_json(path: Path) -> dict:
 
 @torch.no_grad()
 def golden_predictions(
-    model: torch.nn.Module, images: Images, policy: NumericsPolicy, device: str, batch_size: int
+    model: torch.nn.Module,
+    images: Images,
+    policy: NumericsPolicy,
+    device: str,
+    batch_size: int,
+    input_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Fault-free top-1 of every image in the run's arithmetic (for the golden accuracy of the tables)."""
     from diehardlab.hardening.numerics import numerics
@@ -115,7 +120,7 @@ def golden_predictions(
     model = model.to(device).eval()
     with numerics(model, policy, device):
         preds = [
-            model(images.x[i : i + batch_size].to(device)).argmax(1).cpu()
+            model(images.x[i : i + batch_size].to(device, input_dtype or images.x.dtype)).argmax(1).cpu()
             for i in range(0, len(images.ids), batch_size)
         ]
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
@@ -161,21 +166,28 @@ def run_campaign(
     numerics: NumericsPolicy | None = None,
     fault_lines: list[int] | None = None,
     unsampled: dict[str, int] | None = None,
+    input_dtype: torch.dtype | None = None,
+    number_format: dict[str, Any] | None = None,
 ) -> dict:
     """Run (or resume) the campaign in ``out``; returns the summary also written to ``summary.json``.
 
     Nothing is written before the fault list and the numerics map are checked against the model; run.json is
     written last, so a folder that has one has its progress files (and --resume rebuilds damaged ones).
+    ``number_format`` (formats.Deployment.record) says which stored format the model is in (``--dtype``,
+    ``--quantize``), ``input_dtype`` the dtype its input takes.
     """
     policy = numerics or parse_numerics("fp32")
     policy.check(model)
+    fmt = (number_format or {}).get("format", "float32")
+    if engine == "ray" and fmt != "float32":
+        raise ConfigError(f"--engine ray runs float32 models only; this model is in {fmt} (use cached or naive)")
     shapes = None
     if any(f.is_activation for f in faults) and len(images.ids):
-        from diehardlab.hardening.sfi.plan import activation_layers
+        from diehardlab.hardening.sfi.targets import output_shapes
 
-        shapes = {
-            x.module: x.shapes[0] for x in activation_layers(model, images.x[:1].to(next(model.parameters()).device))
-        }
+        first = next(iter(model.parameters()), None)
+        dev = first.device if first is not None else torch.device(device)
+        shapes = output_shapes(model, images.x[:1].to(dev, input_dtype or images.x.dtype))
     check_against(faults, model, shapes, source=str(meta.get("faults_file") or "the fault list"), lines=fault_lines)
     fingerprint = {
         "model_hash": model_hash,
@@ -185,6 +197,8 @@ def run_campaign(
         "images": len(images.ids),
         "numerics": policy.spec(),
     }
+    if fmt != "float32":  # float32 runs keep the fingerprint they had before formats existed (resume)
+        fingerprint["format"] = number_format
     run_json = out / "run.json"
     n_f, n_i = len(faults), len(images.ids)
     damaged: list[str] = []
@@ -222,6 +236,7 @@ def run_campaign(
             "fingerprint": fingerprint,
             "engine": engine,
             "numerics": numerics_record(policy, model, device),
+            "format": number_format or {"format": "float32", "dtype": "float32"},
             "versions": versions(),
             **meta,
         }
@@ -249,7 +264,15 @@ def run_campaign(
                 save(idx, block, right)
                 bar.update(len(idx))
         elif len(todo):
-            inj = Injector(model, images, batch_size=batch_size, engine=engine, device=device, numerics=policy)
+            inj = Injector(
+                model,
+                images,
+                batch_size=batch_size,
+                engine=engine,
+                device=device,
+                numerics=policy,
+                input_dtype=input_dtype,
+            )
             kernels = inj.numerics.kernels if inj.numerics else None
             for k, start in enumerate(range(0, len(todo), chunk)):
                 idx = todo[start : start + chunk]
@@ -265,7 +288,7 @@ def run_campaign(
     known = bool(len(labels)) and bool((labels >= 0).all())
     golden_acc = None
     if known:
-        pred = golden_predictions(model, images, policy, device, batch_size)
+        pred = golden_predictions(model, images, policy, device, batch_size, input_dtype)
         golden_acc = float((pred == labels).float().mean())
     summary = write_tables(out, faults, outcomes, layers, t, unsampled)
     summary["suite_table"] = suite_table(outcomes, correct if known else None, golden_acc)
@@ -277,6 +300,7 @@ def run_campaign(
         {
             "engine": engine,
             "numerics": policy.spec(),
+            "format": fmt,
             "seconds_this_call": round(elapsed, 3),
             "faults_per_s_this_call": round(len(todo) / elapsed, 2) if elapsed > 0 and len(todo) else None,
             "resumed_from": int(n_f - len(todo)),

@@ -140,3 +140,98 @@ def test_zoo_import_refuses_code_and_weights_that_do_not_fit(tmp_path, suite_dat
         names=["cifar10/resnet32", "60 missing: layer1.3.conv1.weight"],
         outputs=[out / "config.json", out / "model.pt"],
     )
+
+
+def test_sfi_run_refuses_bits_outside_the_stored_format(tmp_path, foolbox_images):
+    """A list written for float32 run on the int8 model: bit 20 of an 8-bit code is refused, by its row."""
+    faults = tmp_path / "list.csv"
+    faults.write_text(
+        LIST_HEAD + '0,stem.conv,"(3, 0, 2, 1)",5,20,20,0,0\n1,stem.conv,"(3, 0, 2, 1)",20,20,20,0,0\n'
+        '2,blocks.0.unit1.conv,"(1, 0, 0, 0)",30,20,20,0,0\n'
+    )
+    out = tmp_path / "out"
+    check_refused(
+        "sfi",
+        "run",
+        "--model",
+        "smallnet",
+        "--image-dir",
+        str(foolbox_images),
+        "--image-glob",
+        "cifar10_*.png",
+        "--images",
+        "2",
+        "--quantize",
+        "int8",
+        "--faults",
+        str(faults),
+        "--out",
+        str(out),
+        names=[str(faults), "line 3", "bit 20", "stored in int8 (bits 0..7)", "2 of 3 rows", "another format"],
+        outputs=[out / "run.json", out / "outcomes.npy"],
+    )
+
+
+FACTORIES = '''
+import torch
+from torch import nn
+
+
+class Spectral(nn.Module):
+    """A layer whose operation (the FFT) the CPU does not compute in 16 bits."""
+
+    def forward(self, x):
+        return torch.fft.rfft2(x).abs()
+
+
+class FFTNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.spec = Spectral()
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x):
+        return self.fc(self.spec(self.conv(x)).mean((2, 3)))
+
+
+class CircularNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular")
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean((2, 3)))
+'''
+
+
+@pytest.mark.parametrize(
+    "factory, option, names",
+    [
+        ("FFTNet", ["--dtype", "float16"], ["--dtype float16", "layer spec (Spectral)", "on cpu"]),
+        ("CircularNet", ["--quantize", "int8"], ["--quantize int8", "layer conv", "padding_mode='circular'"]),
+    ],
+)
+def test_sfi_run_refuses_a_format_a_layer_cannot_take(tmp_path, foolbox_images, factory, option, names):
+    (tmp_path / "nets.py").write_text(FACTORIES)
+    out = tmp_path / "out"
+    check_refused(
+        "sfi",
+        "run",
+        "--factory",
+        f"{tmp_path / 'nets.py'}:{factory}",
+        "--image-dir",
+        str(foolbox_images),
+        "--image-glob",
+        "cifar10_*.png",
+        "--images",
+        "2",
+        *option,
+        "--method",
+        "network",
+        "--out",
+        str(out),
+        names=names,
+        outputs=[out / "run.json"],
+    )

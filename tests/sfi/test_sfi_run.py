@@ -287,3 +287,49 @@ def test_a_bad_fault_list_leaves_no_run_behind(tiny_resnet, tiny_images, tmp_pat
         _campaign(tiny_resnet, x, y, tmp_path / "r", bad)
     assert not (tmp_path / "r" / "run.json").exists()
     assert _campaign(tiny_resnet, x, y, tmp_path / "r", good)["faults"] == len(good)
+
+
+def test_cli_run_in_other_number_formats(digits_ckpt, tmp_path, run_cli):
+    """--dtype, --quantize int8 (calibrated on the train split), --target scales: recorded, bits in the format."""
+    base = ("sfi", "run", str(digits_ckpt), "--images", "4", "--max-faults", "12")
+    r = run_cli(
+        *base,
+        "--dtype",
+        "bfloat16",
+        "--method",
+        "layer",
+        "--error",
+        "0.3",
+        "--target",
+        "activations",
+        "--out",
+        str(tmp_path / "bf16"),
+    )
+    assert r.returncode == 0, r.stderr
+    run = json.loads((tmp_path / "bf16" / "run.json").read_text())
+    assert run["format"]["format"] == "bfloat16" and run["fingerprint"]["format"]["dtype"] == "bfloat16"
+    assert all(int(x["Bit"]) < 16 for x in _rows(tmp_path / "bf16" / "faults.csv"))
+    r = run_cli(
+        *base,
+        "--quantize",
+        "int8",
+        "--calibration",
+        "32",
+        "--method",
+        "network",
+        "--error",
+        "0.2",
+        "--out",
+        str(tmp_path / "int8"),
+    )
+    assert r.returncode == 0, r.stderr
+    fmt = json.loads((tmp_path / "int8" / "run.json").read_text())["format"]
+    assert fmt["format"] == "int8" and fmt["calibration"]["source"] == "digits train split"
+    assert fmt["calibration"]["images"] == 32 and "stem.conv" in fmt["layers"]
+    assert all(int(x["Bit"]) < 8 for x in _rows(tmp_path / "int8" / "faults.csv"))
+    r = run_cli(*base, "--quantize", "int8", "--target", "scales", "--error", "0.2", "--out", str(tmp_path / "sc"))
+    assert r.returncode == 0, r.stderr
+    rows = _rows(tmp_path / "sc" / "faults.csv")
+    assert rows and all(x["Layer"].endswith(".weight_scale") for x in rows)
+    r = run_cli(*base, "--quantize", "int8", "--dtype", "float16", "--method", "network", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "does not combine with --dtype" in r.stderr
