@@ -86,6 +86,12 @@ def cmd_plan(argv: Sequence[str]) -> int:
     p.add_argument("--bits", action="store_true", help="print every (layer, bit) row, not only per layer")
     p.add_argument("--p-csv", type=Path, help="data-aware: write f0, f1, d01, d10, D_avg and p per (scope, bit) here")
     p.add_argument("--p-plot", type=Path, help="data-aware: plot f0/f1, D_avg and p per bit (the paper's Figs. 3-4)")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "float16", "bfloat16"),
+        help="plan the model as stored in this format: populations, strata and p(i) of its bits (default float32)",
+    )
     args = p.parse_args(argv)
     for opt, path in (("--csv", args.csv), ("--out", args.out), ("--p-csv", args.p_csv), ("--p-plot", args.p_plot)):
         if path is not None:
@@ -94,14 +100,21 @@ def cmd_plan(argv: Sequence[str]) -> int:
         raise ConfigError("--p-csv/--p-plot: only --method data-aware computes f0, f1, D_avg and p per bit")
     target = load_target(args)
     fault_model = args.fault_model or default_fault_model(args.method)
+    model, example = target.model, _example(args, target)
+    if args.dtype != "float32":
+        import torch
+
+        dtype = getattr(torch, args.dtype)
+        model = model.to(dtype)  # the planner reads each tensor's own width and bits
+        example = example.to(dtype) if example is not None else None
     plan = make_plan(
-        target.model,
+        model,
         args.method,
         args.error,
         args.confidence,
         fault_model,
         args.target,
-        _example(args, target),
+        example,
         args.p_scope,
     )
     widths = ", ".join(sorted({f"{x.dtype} ({x.width} bits)" for x in plan.layers}))
@@ -226,28 +239,34 @@ def cmd_run(argv: Sequence[str]) -> int:
         unsampled = {}
         _note_list(read, target)
     else:
-        if dep.name != "float32" and args.method in ("data-unaware", "data-aware"):
+        # A 16-bit model is planned as it is stored: populations, per-bit strata and data-aware p(i) of its own
+        # 16 bits. An int8 model's layers are torch.ao modules the planner does not read: it is planned in float32
+        # and each bit scaled to the code's width (network and layer methods only).
+        own = dep.name in ("float16", "bfloat16")
+        if dep.name == "int8" and args.method in ("data-unaware", "data-aware"):
             raise ConfigError(
-                f"--method {args.method}: its per-bit strata are float32's 32 bits; for a model in {dep.name} draw "
-                "with --method network or layer (their bits are scaled to the format's width) or give --faults"
+                f"--method {args.method}: its per-bit strata are read from float weights; for an int8 model draw "
+                "with --method network or layer (their bits are scaled to the code's width) or give --faults"
             )
         plan = (
             load_plan(args.plan)
             if args.plan
             else make_plan(
-                target.model,
+                dep.model if own else target.model,
                 args.method,
                 args.error,
                 args.confidence,
                 args.fault_model or default_fault_model(args.method),
                 args.target,
-                images.x[:1],
+                images.x[:1].to(dep.input_dtype) if own and dep.input_dtype is not None else images.x[:1],
                 args.p_scope,
             )
         )
         faults = faultlist.draw(plan, args.seed)
         if dep.name != "float32":
-            faults = faultlist.to_width(faults, _widths(dep, images))
+            widths = _widths(dep, images)
+            if any(x.width != widths.get(x.tensors[0], x.width) for x in plan.layers):  # a plan of another format
+                faults = faultlist.to_width(faults, widths, plan.layers[0].width)
         source = {"plan": plan.to_json() if not args.plan else str(args.plan), "seed": args.seed}
         plan_t, fault_model, conf = plan.t, plan.fault_model, plan.confidence
         unsampled = {f"{s.layer}/{s.bit if s.bit >= 0 else 'all'}": s.population for s in plan.strata if s.n <= 0}

@@ -309,6 +309,13 @@ def test_cli_run_in_other_number_formats(digits_ckpt, tmp_path, run_cli):
     run = json.loads((tmp_path / "bf16" / "run.json").read_text())
     assert run["format"]["format"] == "bfloat16" and run["fingerprint"]["format"]["dtype"] == "bfloat16"
     assert all(int(x["Bit"]) < 16 for x in _rows(tmp_path / "bf16" / "faults.csv"))
+    # a 16-bit model is planned in its own bits: data-aware strata are (layer, bit 0..15) with float16's p(i)
+    r = run_cli(*base, "--dtype", "float16", "--method", "data-aware", "--error", "0.3", "--out", str(tmp_path / "f16"))
+    assert r.returncode == 0, r.stderr
+    rows = _rows(tmp_path / "f16" / "faults.csv")
+    assert all(x["Stratum"] == f"{x['Layer'].removesuffix('.weight')}/{x['Bit']}" and int(x["Bit"]) < 16 for x in rows)
+    plan = json.loads((tmp_path / "f16" / "run.json").read_text())["plan"]
+    assert {x["width"] for x in plan["layers"]} == {16} and {len(v) for v in plan["p_table"].values()} == {16}
     r = run_cli(
         *base,
         "--quantize",
