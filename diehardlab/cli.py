@@ -13,7 +13,7 @@ import argparse
 import difflib
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 # Component package -> the extra that installs its dependencies (pyproject.toml). The demo composes the
@@ -121,6 +121,21 @@ def main(argv: Sequence[str] | None = None, component: str | None = None) -> int
 def component_main(component: str) -> None:
     """Body of each component's ``__main__``: ``python -m diehardlab.watchdog serve ...``."""
     raise SystemExit(main(component=component))
+
+
+def run_action(name: str, argv: Sequence[str], actions: dict[str, Callable[[list[str]], int]], usage: str) -> int:
+    """``diehard NAME ACTION ...`` for a command made of actions (sfi, zoo): help, an unknown action, dispatch."""
+    argv = list(argv)
+    names = list(actions)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: diehard {name} {{{','.join(names)}}} [options]   (diehard {name} <action> --help for each)\n")
+        print(usage)
+        return 0
+    if argv[0] not in actions:
+        choices = ", ".join(names[:-1]) + f" or {names[-1]}"
+        print(f"diehard {name}: unknown action {argv[0]!r}; use {choices}\n{usage}", file=sys.stderr)
+        return 2
+    return actions[argv[0]](argv[1:])
 
 
 def make_parser(name: str, description: str) -> argparse.ArgumentParser:

@@ -20,6 +20,8 @@ LAYER_DISTS = ("uniform", "size")
 
 
 def build_parser():
+    from diehardlab.hardening.numerics import add_numerics_arg
+
     p = make_parser(
         "evaluate",
         "Clean accuracy, and regret (clean - faulty accuracy) over K seeded fault-injection campaigns with one\n"
@@ -50,12 +52,7 @@ def build_parser():
         "--reproduce",
         help="take fault spec, seeds, split (or image files), limit and layer distribution from a JSON result",
     )
-    p.add_argument(
-        "--numerics",
-        default="fp32",
-        help="arithmetic of the conv/linear layers: fp32 (default), tf32, an inline map 'layer3.*=tf32,*=fp32' "
-        "or a TOML map file (see docs/sfi.md); recorded with the result. On CPU tf32 is emulated",
-    )
+    add_numerics_arg(p)
     return p
 
 

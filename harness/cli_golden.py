@@ -16,6 +16,8 @@ from diehardlab.outfiles import check_out_file
 
 
 def build_parser():
+    from diehardlab.hardening.numerics import add_numerics_arg
+
     p = make_parser("golden", "Make the golden outputs of a checkpoint on this device (run it on the DUT).")
     p.add_argument("ckpt_dir", help="checkpoint folder written by 'diehard train'")
     p.add_argument("--out", required=True, help="golden file to write (e.g. golden.pt)")
@@ -28,12 +30,7 @@ def build_parser():
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="absolute tolerance (default 1e-3)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
-    p.add_argument(
-        "--numerics",
-        default="fp32",
-        help="arithmetic of the conv/linear layers: fp32 (default), tf32, an inline map 'layer3.*=tf32,*=fp32' "
-        "or a TOML map file (see docs/sfi.md); recorded with the result. On CPU tf32 is emulated",
-    )
+    add_numerics_arg(p)
     return p
 
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from diehardlab.cli import make_parser
+from diehardlab.cli import make_parser, run_action
 from diehardlab.errors import ConfigError, DataError
 
 USAGE = """\
@@ -752,18 +752,9 @@ def cmd_validate(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str]) -> int:
-    argv = list(argv)
-    subs = {"plan": cmd_plan, "run": cmd_run, "compare": cmd_compare, "curve": cmd_curve, "validate": cmd_validate}
-    if not argv or argv[0] in ("-h", "--help"):
-        print(
-            "usage: diehard sfi {plan,run,compare,curve,validate} [options]   (diehard sfi <action> --help each)\n\n"
-            + USAGE
-        )
-        return 0
-    if argv[0] not in subs:
-        print(
-            f"diehard sfi: unknown action {argv[0]!r}; use plan, run, compare, curve or validate\n{USAGE}",
-            file=sys.stderr,
-        )
-        return 2
-    return subs[argv[0]](argv[1:])
+    return run_action(
+        "sfi",
+        argv,
+        {"plan": cmd_plan, "run": cmd_run, "compare": cmd_compare, "curve": cmd_curve, "validate": cmd_validate},
+        USAGE,
+    )

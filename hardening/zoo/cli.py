@@ -14,13 +14,12 @@ from __future__ import annotations
 import json
 import pickle
 import re
-import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from diehardlab.cli import make_parser
+from diehardlab.cli import make_parser, run_action
 from diehardlab.errors import ConfigError, DataError
 
 USAGE = """\
@@ -262,12 +261,4 @@ def cmd_import(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str]) -> int:
-    argv = list(argv)
-    subs = {"list": cmd_list, "import": cmd_import}
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: diehard zoo {list,import} [options]   (diehard zoo <action> --help for each)\n\n" + USAGE)
-        return 0
-    if argv[0] not in subs:
-        print(f"diehard zoo: unknown action {argv[0]!r}; use list or import\n{USAGE}", file=sys.stderr)
-        return 2
-    return subs[argv[0]](argv[1:])
+    return run_action("zoo", argv, {"list": cmd_list, "import": cmd_import}, USAGE)

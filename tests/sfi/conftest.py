@@ -68,3 +68,26 @@ def tiny_resnet() -> nn.Module:
 def tiny_images() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(2)
     return torch.randn(12, 3, 8, 8, generator=g), torch.randint(0, 10, (12,), generator=g)
+
+
+def trained_digits_smallnet(folder):
+    """A real checkpoint folder (digits smallnet, width 4: its first layer has 36 weights), trained for 60 steps
+    so outcomes are not trivial; returns (folder, model in eval mode)."""
+    from diehardlab.hardening.checkpoint import save_config, save_model
+    from diehardlab.hardening.data import load_dataset
+    from diehardlab.hardening.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    ds = load_dataset("digits", "train")
+    cfg = ModelConfig(arch="smallnet", width=4)
+    model = build_model(cfg, 1, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(60):
+        idx = torch.randint(0, len(ds), (64,))
+        loss = torch.nn.functional.cross_entropy(model(ds.x[idx]), ds.y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    save_config(folder, {"model": cfg.to_dict(), "dataset": "digits", "in_channels": 1, "num_classes": 10, "seed": 0})
+    save_model(folder, model.eval())
+    return folder, model.eval()

@@ -8,8 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from diehardlab.hardening.checkpoint import save_config, save_model
-from diehardlab.hardening.models import ModelConfig, build_model
 from diehardlab.hardening.sfi.engine import Images
 from diehardlab.hardening.sfi.faultlist import draw
 from diehardlab.hardening.sfi.plan import injectable_layers, make_plan
@@ -17,6 +15,7 @@ from diehardlab.hardening.sfi.runner import run_campaign
 
 from diehardlab.cli import main
 from diehardlab.errors import ConfigError
+from tests.sfi.conftest import trained_digits_smallnet
 
 
 class Result:
@@ -102,23 +101,7 @@ def test_tables_count_and_margin(tiny_resnet, tiny_images, tmp_path):
 @pytest.fixture(scope="module")
 def digits_ckpt(tmp_path_factory):
     """A real checkpoint folder (digits smallnet), trained for a few steps so outcomes are not trivial."""
-    from diehardlab.hardening.data import load_dataset
-
-    torch.manual_seed(0)
-    ds = load_dataset("digits", "train")
-    cfg = ModelConfig(arch="smallnet", width=4)
-    model = build_model(cfg, 1, 10)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    for _ in range(60):
-        idx = torch.randint(0, len(ds), (64,))
-        loss = torch.nn.functional.cross_entropy(model(ds.x[idx]), ds.y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    d = tmp_path_factory.mktemp("ckpt")
-    save_config(d, {"model": cfg.to_dict(), "dataset": "digits", "in_channels": 1, "num_classes": 10, "seed": 0})
-    save_model(d, model.eval())
-    return d
+    return trained_digits_smallnet(tmp_path_factory.mktemp("ckpt"))[0]
 
 
 def test_cli_run_select_curve_on_a_checkpoint(digits_ckpt, tmp_path, run_cli):

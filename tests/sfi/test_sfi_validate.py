@@ -8,36 +8,19 @@ import json
 import numpy as np
 import pytest
 import torch
-from diehardlab.hardening.checkpoint import save_config, save_model
-from diehardlab.hardening.models import ModelConfig, build_model
 from diehardlab.hardening.sfi.faultlist import draw
 from diehardlab.hardening.sfi.plan import injectable_layers, make_plan
 from diehardlab.hardening.sfi.validate import exhaustive_faults, layer_estimate, layer_plan
 
 from diehardlab.cli import main
 from tests.badinput.battery import check_refused
+from tests.sfi.conftest import trained_digits_smallnet
 
 
 @pytest.fixture(scope="module")
 def digits_model(tmp_path_factory):
     """A real checkpoint (digits smallnet, width 4: its first layer has 36 weights, 2,304 stuck-at faults)."""
-    from diehardlab.hardening.data import load_dataset
-
-    torch.manual_seed(0)
-    ds = load_dataset("digits", "train")
-    cfg = ModelConfig(arch="smallnet", width=4)
-    model = build_model(cfg, 1, 10)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    for _ in range(60):
-        idx = torch.randint(0, len(ds), (64,))
-        loss = torch.nn.functional.cross_entropy(model(ds.x[idx]), ds.y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    d = tmp_path_factory.mktemp("ckpt")
-    save_config(d, {"model": cfg.to_dict(), "dataset": "digits", "in_channels": 1, "num_classes": 10, "seed": 0})
-    save_model(d, model.eval())
-    return d, model.eval()
+    return trained_digits_smallnet(tmp_path_factory.mktemp("ckpt"))
 
 
 def test_exhaustive_list_is_the_layer_population(digits_model):
