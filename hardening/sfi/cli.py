@@ -239,15 +239,10 @@ def cmd_run(argv: Sequence[str]) -> int:
         unsampled = {}
         _note_list(read, target)
     else:
-        # A 16-bit model is planned as it is stored: populations, per-bit strata and data-aware p(i) of its own
-        # 16 bits. An int8 model's layers are torch.ao modules the planner does not read: it is planned in float32
-        # and each bit scaled to the code's width (network and layer methods only).
-        own = dep.name in ("float16", "bfloat16")
-        if dep.name == "int8" and args.method in ("data-unaware", "data-aware"):
-            raise ConfigError(
-                f"--method {args.method}: its per-bit strata are read from float weights; for an int8 model draw "
-                "with --method network or layer (their bits are scaled to the code's width) or give --faults"
-            )
+        # A model in another format is planned as it is stored: populations, per-bit strata and data-aware p(i) of
+        # its own 16 bits, or of an int8 layer's 8-bit weight codes (with their scales: p(i) weighs the change in
+        # the number a code stands for). Autocast keeps float32 storage, so its plan is float32's.
+        own = dep.name in ("float16", "bfloat16", "int8")
         plan = (
             load_plan(args.plan)
             if args.plan

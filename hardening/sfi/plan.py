@@ -160,10 +160,23 @@ class Plan:
 
 
 def injectable_layers(model: nn.Module) -> list[Layer]:
-    """Convolution and linear modules in registration order, with their weight and bias tensors."""
+    """Convolution and linear modules in registration order, with their weight and bias tensors.
+
+    An int8 layer (torch.ao or the exact emulation) is its weight codes: 8-bit populations and strata; its
+    float32 bias, stored apart, is not in a plan's population (a fault list may still name it)."""
+    from diehardlab.hardening.sfi.targets import is_quantized_layer, layer_kind, weight_tensors
+
     layers = []
     for name, mod in model.named_modules():
-        if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+        if is_quantized_layer(mod):
+            codes = weight_tensors(name, mod, "weights")
+            kind = layer_kind(mod) or "conv"
+            if codes:
+                fmt = codes[0].fmt
+                layers.append(
+                    Layer(name, kind, [c.name for c in codes], [tuple(c.shape) for c in codes], fmt.width, fmt.name)
+                )
+        elif isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
             tensors, shapes, dtypes = [], [], set()
             for pname, param in mod.named_parameters(recurse=False):
                 tensors.append(f"{name}.{pname}" if name else pname)
@@ -209,8 +222,24 @@ def activation_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
 
 def layer_values(model: nn.Module, layer: Layer) -> torch.Tensor:
     """All weights of a layer (weight and bias) as one flat CPU tensor in their stored format."""
+    return layer_stored_values(model, layer)[0]
+
+
+def layer_stored_values(model: nn.Module, layer: Layer) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(the layer's stored values as one flat CPU tensor, per element the scale that turns an int8 code into the
+    number it stands for, or None for float layers)."""
     params = dict(model.named_parameters())
-    return torch.cat([params[t].detach().reshape(-1).cpu() for t in layer.tensors])
+    if all(t in params for t in layer.tensors):
+        return torch.cat([params[t].detach().reshape(-1).cpu() for t in layer.tensors]), None
+    from diehardlab.hardening.sfi.targets import stored_tensors
+
+    stored = stored_tensors(model)
+    parts = [stored[t] for t in layer.tensors]
+    codes = torch.cat([s.read().reshape(-1).cpu() for s in parts])
+    scales = [s.value_scale() for s in parts]
+    if any(x is None for x in scales):
+        return codes, None
+    return codes, torch.cat([x.reshape(-1).cpu() for x in scales])
 
 
 def _bit_mask(bit: int, width: int) -> int:
@@ -218,22 +247,36 @@ def _bit_mask(bit: int, width: int) -> int:
     return -(1 << bit) if bit == width - 1 else 1 << bit
 
 
-def bit_stats(w: torch.Tensor) -> dict[str, np.ndarray]:
-    """Per bit i of the stored format of ``w`` (its width from the tensor: 32 for float32, 16 for float16):
+def bit_stats(w: torch.Tensor, scale: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    """Per bit i of the stored format of ``w`` (its width from the tensor: 32 for float32, 16 for float16, 8 for
+    int8 codes):
 
     f0(i), f1(i) the shares of weights whose bit i is 0 or 1, d01(i) and d10(i) the mean |w - flip_i(w)| over
-    the weights whose bit goes 0->1 and 1->0, and D_avg(i) = d01 f0 + d10 f1 (Ruospo et al., DATE 2023).
+    the weights whose bit goes 0->1 and 1->0, and D_avg(i) = d01 f0 + d10 f1 (Ruospo et al., DATE 2023). For
+    int8 codes the change is in the numbers they stand for: the code's change times its channel's ``scale``.
     """
     w = w.detach().reshape(-1).contiguous().cpu()
-    if w.dtype not in _INT_VIEW:
-        raise ConfigError(f"data-aware p(i): weights stored as {w.dtype} are not a float format this plan reads")
+    if w.dtype == torch.int8:
+        ints = w
+        s = scale.detach().reshape(-1).cpu().double() if scale is not None else torch.ones(len(w), dtype=torch.float64)
+
+        def value(i: torch.Tensor) -> torch.Tensor:
+            return i.double() * s
+
+    elif w.dtype in _INT_VIEW:
+        ints = w.view(_INT_VIEW[w.dtype])
+
+        def value(i: torch.Tensor) -> torch.Tensor:
+            return i.view(w.dtype).double()
+
+    else:
+        raise ConfigError(f"data-aware p(i): weights stored as {w.dtype} are not a format this plan reads")
     width = w.element_size() * 8
-    ints = w.view(_INT_VIEW[w.dtype])
-    w64 = w.double()
+    w64 = value(ints)
     stats = {k: np.zeros(width) for k in ("f0", "f1", "d01", "d10", "d_avg")}
     for bit in range(width):
         mask = _bit_mask(bit, width)
-        d = (w64 - (ints ^ mask).view(w.dtype).double()).abs()
+        d = (w64 - value(ints ^ mask)).abs()
         d[~torch.isfinite(d)] = math.inf  # a flip to inf/NaN is an unbounded change
         ones = (ints & mask) != 0
         f1 = ones.double().mean().item() if len(w) else 0.0
@@ -350,12 +393,19 @@ def data_aware_stats(model: nn.Module, layers: list[Layer], p_scope: str = "laye
                 "--p-scope network: the layers are stored in different formats "
                 f"({', '.join(f'{d} (first: {n})' for d, n in first_of_each(layers).items())}); use --p-scope layer"
             )
-        groups = {"*": torch.cat([layer_values(model, x) for x in layers])}
+        parts = [layer_stored_values(model, x) for x in layers]
+        scales = [sc for _, sc in parts]
+        groups = {
+            "*": (
+                torch.cat([w for w, _ in parts]),
+                None if any(sc is None for sc in scales) else torch.cat(scales),
+            )
+        }
     else:
-        groups = {x.name: layer_values(model, x) for x in layers}
+        groups = {x.name: layer_stored_values(model, x) for x in layers}
     out = {}
-    for name, w in groups.items():
-        st = bit_stats(w)
+    for name, (w, scale) in groups.items():
+        st = bit_stats(w, scale)
         st["p"] = data_aware_p(st["d_avg"])
         out[name] = {k: [float(v) for v in arr] for k, arr in st.items()}
     return out

@@ -241,3 +241,24 @@ def test_a_list_for_another_format_is_refused_by_row(digits):
     check_against([Fault(3, "stem.conv.output", (0, 1, 1), 15)], half, shapes)
     with pytest.raises(ConfigError, match=r"bit 16 is outside layer output stem\.conv\.output"):
         check_against([Fault(3, "stem.conv.output", (0, 1, 1), 16)], half, shapes)
+
+
+def test_an_int8_model_is_planned_in_its_codes(digits):
+    """Populations of 8 bits per weight code (the float32 bias apart), and data-aware p(i) from the change in the
+    number a flipped code stands for: the same in fbgemm's layers and in their emulation."""
+    from diehardlab.hardening.sfi.plan import bit_stats, make_plan
+
+    model, x = digits
+    ao = _int8(model, x)
+    emu = emulate_int8(copy.deepcopy(ao), x[:1])
+    plans = [make_plan(m, "data-aware") for m in (ao, emu)]
+    for plan in plans:
+        assert {layer.width for layer in plan.layers} == {8} and all(len(v) == 8 for v in plan.p_table.values())
+        assert all(t.endswith(".weight") for layer in plan.layers for t in layer.tensors)
+        assert {s.bit for s in plan.strata} == set(range(8))
+    assert plans[0].p_table == plans[1].p_table
+    # a code's bit i moves it by 2^i (bit 7, the sign, by 128): D_avg(i) is scale x 2^i, whatever the codes
+    codes = torch.tensor([-128, -1, 0, 5, 127], dtype=torch.int8)
+    d = bit_stats(codes, torch.full((5,), 0.5))["d_avg"]
+    assert list(d) == pytest.approx([0.5 * 2**i for i in range(7)] + [64.0])
+    assert sum(s.population for s in plans[0].strata if s.bit == 0) == 2 * sum(layer.numel for layer in plans[0].layers)
