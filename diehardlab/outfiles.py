@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from diehardlab.errors import ConfigError
 
@@ -99,6 +99,16 @@ def write_atomic(path: str | Path, write: Callable[[Path], object], option: str 
         _remove(tmp)
         raise
     return path
+
+
+def write_figure(path: str | Path, fig: Any, option: str = "", dpi: int = 120) -> Path:
+    """A matplotlib figure saved as PNG with :func:`write_atomic`, then closed (its memory freed) either way."""
+    import matplotlib.pyplot as plt
+
+    try:
+        return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"), option)
+    finally:
+        plt.close(fig)
 
 
 def write_text_atomic(path: str | Path, text: str, option: str = "", encoding: str = "utf-8") -> Path:

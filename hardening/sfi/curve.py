@@ -26,7 +26,7 @@ import numpy as np
 from diehardlab.hardening.sfi.engine import NON_CRITICAL, SDC1
 
 from diehardlab.errors import ConfigError, DataError
-from diehardlab.outfiles import check_out_file, write_atomic, write_text_atomic
+from diehardlab.outfiles import check_out_file, write_atomic, write_figure, write_text_atomic
 
 PLATEAU_THRESHOLD = 5e-5  # the paper's
 PLATEAU_SCALES = ("faults", "critical")
@@ -322,8 +322,4 @@ def _plot(ranked, mean, std, orders, selection, faults, model, cut, png_path: Pa
     axes[1].set_xlabel("images used")
     axes[0].set_title(f"fault detection curve: {faults} faults, {model}")
     fig.tight_layout()
-    try:
-        write_atomic(png_path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"), "--out")
-    finally:
-        plt.close(fig)
-    return png_path
+    return write_figure(png_path, fig, "--out")

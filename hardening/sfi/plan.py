@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from diehardlab.errors import ConfigError
-from diehardlab.outfiles import write_atomic, write_text_atomic
+from diehardlab.outfiles import write_atomic, write_figure, write_text_atomic
 from diehardlab.sampling import achieved_error, sample_size, t_value
 
 METHODS = ("network", "layer", "data-unaware", "data-aware", "suite")
@@ -505,11 +505,7 @@ def plot_bit_stats(plan: Plan, path: Path, scope: str | None = None) -> Path | N
     where = "all the network's weights" if scope == "*" else f"layer {scope}"
     axes[0].set_title(f"data-aware statistics over {where} ({plan.layers[0].dtype})")
     fig.tight_layout()
-    try:
-        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"), "--p-plot")
-    finally:
-        plt.close(fig)
-    return path
+    return write_figure(path, fig, "--p-plot")
 
 
 def save_plan(plan: Plan, path: Path) -> None:
