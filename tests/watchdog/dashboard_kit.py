@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.watchdog.conftest import DUT_APP, ServerThread, free_port
+from tests.watchdog.conftest import ServerThread, app_argv, local_campaign
 
 POWER_OFF_S = 3.0
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -35,52 +35,28 @@ CHROME_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-bac
                "--disable-component-update", "--no-first-run", "--disable-sync", "--window-size=1500,1000"]  # fmt: skip
 
 
+def _local_dut(name: str, bench: str, argv: str, settings: str) -> str:
+    """One local DUT: its own ``settings`` (TOML lines), and ``argv`` (a TOML list) its one benchmark ``bench``."""
+    lines = "".join(line.strip() + "\n" for line in settings.splitlines() if line.strip())
+    return f'[[dut]]\nname = "{name}"\ntransport = "local"\n{lines}[[dut.benchmark]]\nname = "{bench}"\n' + (
+        f"argv = {argv}\n\n"
+    )
+
+
 def live_campaign(tmp: Path, refresh_s: float = 1.0, stall_s: float = 3.0, max_clients: int = 32) -> Path:
-    port = free_port()
-    py = sys.executable
-    app = [py, str(DUT_APP), "--server", "{server_host}:{server_port}", "--log-dir", "{log_dir}", "--bench",
-           "{benchmark}", "--hostname", "{hostname}", "--dut", "{dut}", "--key-file", "{key_file}", "--period", "0.2",
-           "--sdc-at", "3"]  # fmt: skip
-    idle = [py, "-c", "import time; time.sleep(100000)"]
-
-    def argv(a: list[str]) -> str:
-        return "[" + ", ".join(f'"{x}"' for x in a) + "]"
-
-    text = textwrap.dedent(f"""
-        [campaign]
-        name = "dash-test"
-        description = "dashboard test campaign"
-
-        [server]
-        bind = "127.0.0.1"
-        udp_port = {port}
-        log_dir = "logs"
-        journal = "journal.jsonl"
-        poll_s = 0.1
-        status_interval_s = 0.5
-
-        [[switch]]
-        name = "sim"
-        model = "simulated"
-        outlets = 4
-
-        [[dut]]
-        name = "quiet"
-        transport = "local"
+    idle = "[" + ", ".join(f'"{a}"' for a in (sys.executable, "-c", "import time; time.sleep(100000)")) + "]"
+    signed = """
+        datagram = "extended"
+        datagram_key = "generate"
+        """
+    quiet = """
         datagram = "legacy"
         source_ip = "127.0.0.1"
         liveness_timeout_s = 600
         stop_grace_s = 0
         local_boot_s = 0.1
-        [[dut.benchmark]]
-        name = "idle"
-        argv = {argv(idle)}
-
-        [[dut]]
-        name = "silent"
-        transport = "local"
-        datagram = "extended"
-        datagram_key = "generate"
+        """
+    silent = f"""
         switch = "sim"
         outlet = 1
         liveness_timeout_s = 1.5
@@ -92,22 +68,21 @@ def live_campaign(tmp: Path, refresh_s: float = 1.0, stall_s: float = 3.0, max_c
         max_os_reboots = 0
         power_off_s = {POWER_OFF_S}
         max_power_cycles = 50
-        [[dut.benchmark]]
-        name = "idle"
-        argv = {argv(idle)}
-
-        [[dut]]
-        name = "streamer"
-        transport = "local"
-        datagram = "extended"
-        datagram_key = "generate"
+        """
+    streamer = """
         liveness_timeout_s = 30
         stop_grace_s = 0.5
         local_boot_s = 0.1
-        [[dut.benchmark]]
-        name = "app"
-        argv = {argv(app)}
+        """
+    body = _local_dut("quiet", "idle", idle, quiet) + _local_dut("silent", "idle", idle, signed + silent)
+    body += _local_dut("streamer", "app", app_argv("--period", "0.2", "--sdc-at", "3"), signed + streamer)
+    text = textwrap.dedent(f"""
+        [[switch]]
+        name = "sim"
+        model = "simulated"
+        outlets = 4
 
+        {{body}}
         [facility]
         kind = "lansce"
         flux_factor = 1.0e4
@@ -119,10 +94,8 @@ def live_campaign(tmp: Path, refresh_s: float = 1.0, stall_s: float = 3.0, max_c
         refresh_s = {refresh_s}
         facility_stall_s = {stall_s}
         max_clients = {max_clients}
-        """)
-    path = tmp / "campaign.toml"
-    path.write_text(text)
-    return path
+        """).replace("{body}", body)
+    return local_campaign(tmp, text)
 
 
 class FacilityWriter:
