@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -38,7 +37,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.bench.bench_watchdog_server import campaign, cpu_s, free_port, p99, stream, wait_keys  # noqa: E402
+from tests.bench.bench_watchdog_server import (  # noqa: E402
+    b00_events,
+    b00_run,
+    campaign,
+    cpu_s,
+    feed,
+    free_port,
+    p99,
+    silence_b00,
+    wait_keys,
+)
 
 # The pages: each fetches what a browser fetches, then reads its event stream and parses every event.
 PAGES = r"""
@@ -118,10 +127,6 @@ def children(pid: int, needle: str) -> list[int]:
     return out
 
 
-def journal_events(path: Path, name: str) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if f'"event":"{name}"' in x and '"dut":"b00"' in x]
-
-
 def browser_pages(url: str, n: int):
     from tests.watchdog.dashboard_kit import CHROME_ARGS, CHROMEDRIVER, CHROMIUM
 
@@ -152,14 +157,7 @@ def one(n: int, rate: float, trials: int, liveness: float, dashboard: bool, page
         readers = None
         page_log = tmp / "pages.jsonl"
         drv = None
-        stop = threading.Event()
-
-        def feeder():
-            while not stop.is_set():
-                stream(port, keys, rate, 2.0)
-
-        feed = threading.Thread(target=feeder, daemon=True)
-        feed.start()
+        feeder, stop = feed(port, keys, rate)
         time.sleep(2.0)
         if dashboard:
             if browser:
@@ -176,19 +174,10 @@ def one(n: int, rate: float, trials: int, liveness: float, dashboard: bool, page
         lat = []
         try:
             for _ in range(trials):
-                mine = journal_events(journal, "benchmark-start")
-                while not mine:
-                    time.sleep(0.05)
-                    mine = journal_events(journal, "benchmark-start")
+                mine = b00_run(journal)
                 time.sleep(0.8)
-                before = len(mine)
-                silent_at = time.monotonic()
-                os.kill(mine[-1]["pid"], signal.SIGSTOP)
-                deadline = time.monotonic() + liveness + 30
-                while time.monotonic() < deadline and len(journal_events(journal, "benchmark-start")) <= before:
-                    time.sleep(0.02)
-                mine = journal_events(journal, "benchmark-start")
-                hang = journal_events(journal, "hang-detected")[-1]
+                silent_at, mine = silence_b00(journal, mine, liveness)
+                hang = b00_events(journal, "hang-detected")[-1]
                 lat.append({"detect": hang["mono"] - silent_at - liveness, "restart": mine[-1]["mono"] - silent_at,
                             "hang_time": hang["time"]})  # fmt: skip
             wall = time.monotonic() - t0
@@ -197,7 +186,7 @@ def one(n: int, rate: float, trials: int, liveness: float, dashboard: bool, page
             worker_cpu = sum(cpu_s(p) for p in worker) - w0 if worker else 0.0
         finally:
             stop.set()
-            feed.join(timeout=5)
+            feeder.join(timeout=5)
             if readers is not None:
                 readers.terminate()
                 readers.wait(timeout=10)

@@ -224,6 +224,46 @@ def cpu_run(n: int, rate: float, seconds: float) -> tuple[float, float, int, flo
     return server_cpu, plain_cpu, sent, accepted / max(sent, 1), got / max(sent, 1)
 
 
+def feed(port: int, keys: dict[str, bytes], rate: float) -> tuple[threading.Thread, threading.Event]:
+    """Every keyed DUT streams ``rate`` lines/s from a thread until the returned event is set."""
+    stop = threading.Event()
+
+    def feeder():
+        while not stop.is_set():
+            stream(port, keys, rate, 2.0)
+
+    t = threading.Thread(target=feeder, daemon=True)
+    t.start()
+    return t, stop
+
+
+def b00_events(journal: Path, name: str) -> list[dict]:
+    """The journal's ``name`` events of DUT b00 (the one the latency trials silence)."""
+    return [json.loads(x) for x in journal.read_text().splitlines() if f'"event":"{name}"' in x and '"dut":"b00"' in x]
+
+
+def b00_run(journal: Path) -> list[dict]:
+    """Wait for b00's first benchmark start; its ``benchmark-start`` events."""
+    while not (mine := b00_events(journal, "benchmark-start")):
+        time.sleep(0.05)
+    return mine
+
+
+def silence_b00(journal: Path, mine: list[dict], liveness: float) -> tuple[float, list[dict]]:
+    """SIGSTOP b00's running benchmark and wait until the watchdog started the next one (or gave up): the
+    monotonic time of the silence and the ``benchmark-start`` events after it."""
+    n_before = len(mine)
+    silent_at = time.monotonic()
+    os.kill(mine[-1]["pid"], signal.SIGSTOP)
+    deadline = time.monotonic() + liveness + 30
+    while time.monotonic() < deadline:
+        mine = b00_events(journal, "benchmark-start")
+        if len(mine) > n_before:
+            break
+        time.sleep(0.02)
+    return silent_at, mine
+
+
 def latency_run(n: int, rate: float, trials: int, liveness: float) -> list[dict]:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -231,37 +271,15 @@ def latency_run(n: int, rate: float, trials: int, liveness: float) -> list[dict]
         srv = start_server(campaign(tmp, n, port, liveness), 3600)
         keys = wait_keys(tmp, n, first=1)
         journal = tmp / "journal.jsonl"
-
-        def events(name: str) -> list[dict]:
-            return [json.loads(x) for x in journal.read_text().splitlines() if f'"event":"{name}"' in x]
-
         out = []
-        stop = threading.Event()
-
-        def feeder():
-            while not stop.is_set():
-                stream(port, keys, rate, 2.0)
-
-        t = threading.Thread(target=feeder, daemon=True)
-        t.start()
+        t, stop = feed(port, keys, rate)
         try:
             for _ in range(trials):
-                mine = [s for s in events("benchmark-start") if s["dut"] == "b00"]
-                while not mine:
-                    time.sleep(0.05)
-                    mine = [s for s in events("benchmark-start") if s["dut"] == "b00"]
+                mine = b00_run(journal)
                 time.sleep(0.8)  # the benchmark runs and streams
-                n_before = len(mine)
-                silent_at = time.monotonic()
-                os.kill(mine[-1]["pid"], signal.SIGSTOP)
-                deadline = time.monotonic() + liveness + 30
-                while time.monotonic() < deadline:
-                    mine = [s for s in events("benchmark-start") if s["dut"] == "b00"]
-                    if len(mine) > n_before:
-                        break
-                    time.sleep(0.02)
-                hang = [r for r in events("hang-detected") if r["dut"] == "b00"][-1]
-                restart = [r for r in events("app-restart") if r["dut"] == "b00"][-1]
+                silent_at, mine = silence_b00(journal, mine, liveness)
+                hang = b00_events(journal, "hang-detected")[-1]
+                restart = b00_events(journal, "app-restart")[-1]
                 out.append(
                     {
                         "detect_beyond_timeout_s": hang["mono"] - silent_at - liveness,
@@ -327,44 +345,27 @@ def flood_run(
         def events(name: str) -> list[dict]:
             return [json.loads(x) for x in journal.read_text().splitlines() if f'"event":"{name}"' in x]
 
-        stop, on = threading.Event(), threading.Event()
+        on = threading.Event()
         sent = [0]
-
-        def feeder():
-            while not stop.is_set():
-                stream(port, keys, rate, 2.0)
-
-        threads = [
-            threading.Thread(target=feeder, daemon=True),
-            threading.Thread(target=flood, args=(port, targets, flood_rate, on, stop, sent), daemon=True),
-        ]  # fmt: skip
-        for t in threads:
-            t.start()
+        feeder, stop = feed(port, keys, rate)
+        flooder = threading.Thread(target=flood, args=(port, targets, flood_rate, on, stop, sent), daemon=True)
+        flooder.start()
+        threads = [feeder, flooder]
         out: list[dict] = []
         try:
             for k in range(trials):
                 flooding = k % 2 == 1
                 (on.set if flooding else on.clear)()
-                mine = [s for s in events("benchmark-start") if s["dut"] == "b00"]
-                while not mine:
-                    time.sleep(0.05)
-                    mine = [s for s in events("benchmark-start") if s["dut"] == "b00"]
+                mine = b00_run(journal)
                 # the new run streams (its own log grows: a slow start on a loaded machine is no hang), and the
                 # flood, when on, is under way
                 streaming(tmp / "local-duts" / "b00")
                 time.sleep(0.3)
                 c0, w0 = cpu_s(srv.pid), time.monotonic()
                 n_before = len(mine)
-                silent_at = time.monotonic()
-                os.kill(mine[-1]["pid"], signal.SIGSTOP)
-                deadline = time.monotonic() + liveness + 30
-                while time.monotonic() < deadline:
-                    mine = [s for s in events("benchmark-start") if s["dut"] == "b00"]
-                    if len(mine) > n_before:
-                        break
-                    time.sleep(0.02)
+                silent_at, mine = silence_b00(journal, mine, liveness)
                 c1, w1 = cpu_s(srv.pid), time.monotonic()
-                hangs = [r for r in events("hang-detected") if r["dut"] == "b00" and r["mono"] >= silent_at]
+                hangs = [r for r in b00_events(journal, "hang-detected") if r["mono"] >= silent_at]
                 out.append(
                     {
                         "flood": flooding,
