@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from diehardlab.watchdog.cli_serve import check_duration
+
 from diehardlab.cli import make_parser
 
 
@@ -32,8 +34,7 @@ def main(argv: Sequence[str]) -> int:
                    help="facility count log (repeatable; default: the campaign's [facility] flux_logs)")  # fmt: skip
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: until SIGINT)")
     a = p.parse_args(list(argv))
-    if a.duration is not None and a.duration <= 0:
-        p.error("--duration must be > 0")
+    check_duration(p, a.duration)
     from diehardlab.watchdog.dashboard.service import serve_dashboard
     from diehardlab.watchdog.server import log_folders, status_path
 

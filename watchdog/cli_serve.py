@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
+import math
 from collections.abc import Sequence
 
 from diehardlab.cli import make_parser
+
+
+def check_duration(p: argparse.ArgumentParser, duration: float | None) -> None:
+    """``--duration`` of the commands that serve until SIGINT: a finite number of seconds > 0 (a NaN would never
+    end the wait, nor start it)."""
+    if duration is not None and not (math.isfinite(duration) and duration > 0):
+        p.error(f"--duration must be a finite number of seconds > 0 (got {duration!r}); omit it to serve until SIGINT")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -34,6 +43,5 @@ def main(argv: Sequence[str]) -> int:
             print(f"  to fix before serving: {msg}")
         print("the file is valid" + (f"; {len(found)} thing(s) to fix on this machine" if found else ""))
         return 0
-    if a.duration is not None and a.duration <= 0:
-        p.error("--duration must be > 0")
+    check_duration(p, a.duration)
     return serve(a.campaign, a.duration, a.reset, a.dashboard)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 
+import pytest
+
 from tests.badinput.battery import check_refused
 from tests.watchdog.dashboard_kit import live_campaign
 
@@ -34,3 +36,12 @@ def test_a_port_already_taken_stops_the_server_before_it_starts_anything(tmp_pat
         r = check_refused("serve", str(path), "--dashboard", f"127.0.0.1:{port}", names=[f"127.0.0.1:{port}"])
     assert "in use" in r.result.stderr
     assert not (tmp_path / "local-duts").exists()  # no benchmark was started, no key written
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_a_duration_that_is_not_a_finite_positive_number(tmp_path, value):
+    """NaN passed the old '<= 0' check: the page then served until killed, or stopped at once."""
+    path = live_campaign(tmp_path)
+    check_refused("dashboard", str(path), "--duration", value, names=["--duration", "finite"])
+    check_refused("serve", str(path), "--duration", value, names=["--duration", "finite"],
+                  outputs=[tmp_path / "journal.jsonl"])  # fmt: skip
