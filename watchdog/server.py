@@ -35,7 +35,7 @@ from diehardlab.watchdog.switches import make_switch
 
 from diehardlab.campaign import CampaignFile, Dut, Escalation, load_campaign
 from diehardlab.config import read_secrets
-from diehardlab.errors import ConfigError
+from diehardlab.errors import ConfigError, DataError
 from diehardlab.formats.datagram import DatagramVerifier, decode_key
 
 RESTART_PAUSE_S = 5.0
@@ -260,6 +260,13 @@ class Server:
         """Read the journal (a damaged one stops the start), then open the log folder and the journal."""
         c = self.c
         self._records = read_journal(c.server.journal)
+        for name, snap in last_snapshots(self._records).items():  # what each DUT resumes from must be whole
+            why = Snap.problem(snap)
+            if why is not None:
+                raise DataError(
+                    f"{c.server.journal}: the last snapshot of DUT {name!r} is damaged ({why}); fix or move that "
+                    "journal line away"
+                )
         folders = (("[server] log_dir", c.server.log_dir), ("[server] journal's folder", c.server.journal.parent))
         for what, path in folders:
             try:

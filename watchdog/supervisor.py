@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
 import sys
 import time
@@ -63,7 +64,23 @@ class Snap:
     copy: str = ""  # the server copy open now (file name in log_dir): a restarted server closes what a dead one left
 
     @classmethod
+    def problem(cls, d: dict[str, Any]) -> str | None:
+        """Why ``d`` (a journal's or status file's snapshot) is not one: the first field of the wrong type."""
+        for k, f in cls.__dataclass_fields__.items():
+            if k not in d:
+                continue
+            v, kind = d[k], type(f.default)
+            ok = isinstance(v, kind) if kind is not float else isinstance(v, int | float) and math.isfinite(v)
+            if not ok or (kind is int and isinstance(v, bool)):
+                return f"{k} = {str(v)[:40]!r} is not {'a number' if kind is float else kind.__name__}"
+        return None
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Snap:
+        """The snapshot in ``d`` (unknown keys ignored); ValueError naming the first mistyped field."""
+        why = cls.problem(d)
+        if why is not None:
+            raise ValueError(why)
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 

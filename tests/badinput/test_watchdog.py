@@ -225,3 +225,11 @@ def test_serve_refuses_a_log_dir_it_cannot_make(campaign):
     blocker.write_text("a file where the log folder should be\n")
     check_refused("serve", str(campaign), "--duration", "1", names=(str(blocker),))
     assert not (campaign.parent / "journal.jsonl").exists()
+
+
+def test_a_journal_snapshot_with_mistyped_counters(campaign):
+    """A DUT resumed from ``"sdc": "many"`` made its supervisor raise at its first SDC, again and again."""
+    journal = campaign.parent / "journal.jsonl"
+    journal.write_text('{"time":"2026-12-01T10:00:00Z","event":"progress","dut":"d2","snap":{"sdc":"many"}}\n')
+    check_refused("serve", str(campaign), "--duration", "1", names=(str(journal), "d2", "sdc"), outputs=[journal])
+    assert not (campaign.parent / "local-duts").exists()

@@ -237,6 +237,37 @@ def test_the_files_source_says_when_the_server_stopped_writing(tmp_path):
     assert "may have stopped" in warnings[0]
 
 
+def test_mistyped_numbers_in_the_status_file_or_the_journal_are_named_and_the_page_goes_on(tmp_path):
+    """A status file or a journal snapshot whose counters are not numbers once stopped the page's DUT rows for
+    good (and 'diehard dashboard' with a traceback): now the status file is 'unreadable' (the last good one is
+    kept) and the journal line is one of the lines the timeline could not read."""
+    import os
+
+    path = live_campaign(tmp_path)
+    c = load_campaign(path)
+    status = tmp_path / "journal.status.json"
+    tail = JournalTail(c.server.journal)
+    src = FileSource(c, status, tail)
+    good = {"time": "2026-01-01T00:00:00Z", "duts": {"streamer": {"state": "running", "sdc": 2, "last_iteration": 9,
+                                                                 "heartbeat_age_s": 0.5, "datagrams": 7}}}  # fmt: skip
+    status.write_text(json.dumps(good))
+    assert {r["name"]: r for r in src.duts()[0]}["streamer"]["sdc"] == 2
+    for field, value in (("sdc", "lots"), ("last_iteration", 1.5), ("heartbeat_age_s", "soon")):
+        bad = json.loads(json.dumps(good))
+        bad["duts"]["streamer"][field] = value
+        status.write_text(json.dumps(bad))
+        t = time.time() + len(field)  # a new modification time: the file is read again
+        os.utime(status, (t, t))
+        rows, warnings = src.duts()
+        assert {r["name"]: r for r in rows}["streamer"]["sdc"] == 2  # the last good status stays
+        assert any(str(status) in w and "unreadable" in w and field in w for w in warnings), warnings
+    line = {"time": "2026-01-01T00:00:01Z", "event": "hang-detected", "dut": "quiet", "snap": {"due": "many"}}
+    c.server.journal.write_text(json.dumps(line) + "\n")
+    assert len(tail.poll()) == 1 and tail.unreadable_total == 1 and "due" in tail.unreadable[0]["text"]
+    rows, _ = src.duts()
+    assert {r["name"]: r for r in rows}["quiet"]["due"] == 0
+
+
 def test_the_dashboard_command_needs_neither_torch_nor_the_analysis_packages(tmp_path):
     from tests.conftest import run_diehard
 

@@ -12,6 +12,7 @@ lines it could not read (named by line number, never fatal).
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections import deque
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from diehardlab.watchdog.supervisor import Snap
 
 from diehardlab.campaign import CampaignFile, Escalation
 
@@ -184,9 +187,15 @@ class FileSource:
         if st.st_mtime == self._mtime:
             return
         try:
-            doc = json.loads(self.status_path.read_text())
+            doc = json.loads(self.status_path.read_bytes())
             if not isinstance(doc, dict) or not isinstance(doc.get("duts"), dict):
                 raise ValueError("no 'duts' table")
+            for name, s in doc["duts"].items():
+                why = Snap.problem(s) if isinstance(s, dict) else "not a table"
+                if why is None and not all(_number(s.get(k)) for k in ("heartbeat_age_s", "datagrams")):
+                    why = "heartbeat_age_s or datagrams is not a number"
+                if why is not None:
+                    raise ValueError(f"DUT {name}: {why}")
         except (OSError, ValueError) as exc:  # being replaced, or damaged: keep the last good one and say so
             self._error = f"{self.status_path}: unreadable ({exc})"
             return
@@ -266,6 +275,11 @@ class FileSource:
             "status": "files",
             "status_time": doc.get("time"),
         }
+
+
+def _number(v: Any) -> bool:
+    """None (unknown) or a finite number, as the status file holds them."""
+    return v is None or (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v))
 
 
 def _utc(t: float) -> str:
@@ -361,7 +375,12 @@ class JournalTail:
             dut = rec.get("dut")
             if isinstance(dut, str):
                 self.timeline.setdefault(dut, deque(maxlen=self.per_dut)).append(entry)
-                if isinstance(rec.get("snap"), dict):
+                why = Snap.problem(rec["snap"]) if isinstance(rec.get("snap"), dict) else None
+                if why is not None:  # a damaged snapshot: its numbers are unknown, the page says so
+                    self.unreadable_total += 1
+                    if len(self.unreadable) < 5:
+                        self.unreadable.append({"line": self.lineno, "text": f"snap: {why}"})
+                elif isinstance(rec.get("snap"), dict):
                     snap = dict(rec["snap"])
                     if rec.get("benchmark"):
                         snap["benchmark"] = rec["benchmark"]
