@@ -32,25 +32,35 @@ LEASE_MS = 1000
 
 
 class ReplayFloors:
-    def __init__(self, path: Path, storage: Storage):
+    def __init__(self, path: Path, storage: Storage, window_s: float = 30.0):
         self.path = path
         self.storage = storage
+        self.window_s = window_s  # the verifier's freshness window: no accepted datagram was sent later than that
         self.loaded: dict[str, int] = {}
         self.leases: dict[str, int] = {}
         self.note = ""  # what load() found, for the journal
 
     def load(self, duts: list[str]) -> dict[str, int]:
         """The floors a previous server left (for the DUTs of this campaign)."""
+        now = int(time.time() * 1000)
+        latest = now + self.window_s * 1000 + LEASE_MS  # the newest floor an earlier server can have written
         try:
             doc = json.loads(self.path.read_bytes())
             floors = doc["floors_ms"]
-            self.loaded = {d: int(floors[d]) for d in duts if isinstance(floors.get(d), int | float)}
+            self.loaded = {}
+            for d in duts:
+                v = floors.get(d)
+                if v is None:
+                    continue
+                # NaN, infinity or a time far ahead would refuse the DUT's datagrams forever: the file is damaged
+                if isinstance(v, bool) or not isinstance(v, int | float) or not -1 <= v <= latest:
+                    raise ValueError(f"the floor of {d} is {str(v)[:30]}, not a time this server can have accepted")
+                self.loaded[d] = int(v)
         except FileNotFoundError:
             self.loaded = {}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             # Unreadable: fence every DUT at the server's clock now (DUT clocks that run late lose a few seconds).
-            now = int(time.time() * 1000) + LEASE_MS
-            self.loaded = dict.fromkeys(duts, now)
+            self.loaded = dict.fromkeys(duts, now + LEASE_MS)
             self.note = f"{self.path}: unreadable ({exc}); every DUT fenced at the server's clock"
         self.leases = dict(self.loaded)
         return dict(self.loaded)

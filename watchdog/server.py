@@ -207,7 +207,7 @@ class Server:
             self.dashboard = Dashboard(campaign, source, dashboard, log_folders(campaign), server=self)
         self.keys = datagram_keys(campaign)
         self.verifier = DatagramVerifier(dict(self.keys), window_s=campaign.server.datagram_window_s)
-        self.floors = ReplayFloors(replay_path(campaign), self.storage)
+        self.floors = ReplayFloors(replay_path(campaign), self.storage, campaign.server.datagram_window_s)
         self.supervisors: dict[str, Supervisor] = {}
         self.tasks: dict[str, asyncio.Task] = {}
         self.receiver: Receiver | None = None

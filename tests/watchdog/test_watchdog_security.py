@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from diehardlab.formats.datagram import encode_extended, encode_legacy
 from diehardlab.formats.parser import ServerEnd, parse_file
 from tests.badinput.battery import check_refused
@@ -157,6 +159,25 @@ def test_replays_stay_rejected_across_a_server_killed_and_restarted(tmp_path):
         s.close()
         assert rx.rejected["replay"] == 3
         assert srv2.server.supervisors["d1"].datagrams == 1
+
+
+@pytest.mark.parametrize("floor", ["Infinity", "NaN", "1e300", '"soon"', "true", "[]"])
+def test_a_damaged_replay_floor_file_fences_at_the_server_clock(tmp_path, floor):
+    """Infinity once raised OverflowError at start (a traceback); a floor far ahead, or one that is not a number,
+    was taken (or skipped) silently: the DUT's datagrams were then refused as replays for ever, or not fenced."""
+    from diehardlab.watchdog.receiver import LEASE_MS, ReplayFloors
+    from diehardlab.watchdog.storage import Storage
+
+    path = tmp_path / "journal.replay.json"
+    path.write_text(f'{{"floors_ms": {{"d1": 5, "d2": {floor}}}}}')
+    before = int(time.time() * 1000)
+    floors = ReplayFloors(path, Storage(), window_s=30.0).load(["d1", "d2"])
+    after = int(time.time() * 1000)
+    assert set(floors) == {"d1", "d2"}
+    assert all(before + LEASE_MS <= v <= after + LEASE_MS for v in floors.values()), floors
+    path.write_text(f'{{"floors_ms": {{"d1": 5, "d2": {before + 2000}}}}}')  # a DUT clock a little ahead: kept
+    rf = ReplayFloors(path, Storage(), window_s=30.0)
+    assert rf.load(["d1", "d2"]) == {"d1": 5, "d2": before + 2000} and not rf.note
 
 
 def test_a_server_killed_with_sigkill_leaves_no_invented_due(tmp_path):
