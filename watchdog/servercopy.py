@@ -62,6 +62,17 @@ def copy_owner(path: Path) -> str | None:
     return owner if isinstance(owner, str) else None
 
 
+def benchmark_ended(path: Path) -> bool:
+    """Whether a copy holds the benchmark's own #END or #ABORT near its end (its run ended by itself)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - 4096))
+            tail = f.read().decode("ascii", "replace")
+    except OSError:
+        return False
+    return any(ln[_PREFIX:].startswith(("#END", "#ABORT")) for ln in tail.splitlines())
+
+
 def free_name(log_dir: Path, name: str, dut: str) -> str:
     """``name``, or when another DUT (or anything else) holds that file, the same name one second later..."""
     path = log_dir / name

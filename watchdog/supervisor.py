@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from diehardlab.watchdog.journal import Journal
-from diehardlab.watchdog.servercopy import ServerCopy
+from diehardlab.watchdog.servercopy import ServerCopy, benchmark_ended
 from diehardlab.watchdog.storage import Storage
 from diehardlab.watchdog.switches.base import Driver, SwitchError
 
@@ -345,24 +345,13 @@ class Supervisor:
         if name:
             copy = ServerCopy.reopen(self.ctx.log_dir / Path(name).name, self.ctx.storage)
             if copy is not None:
-                ended = bool(running) or self._copy_ended(copy.path)
+                ended = bool(running) or benchmark_ended(copy.path)
                 what = {True: "was still running and was stopped", False: "had exited", None: "could not be asked"}
                 copy.close_leftover(f"server-restart (the previous server died; the benchmark {what[running]})", ended)
             self.log("leftover-closed", copy=name, benchmark_running=running)
         self.snap.copy = ""
         self._set_state("off")
         await self._pull()
-
-    @staticmethod
-    def _copy_ended(path: Path) -> bool:
-        """Whether a copy holds the benchmark's own #END or #ABORT (its run ended by itself)."""
-        try:
-            with open(path, "rb") as f:
-                f.seek(max(0, path.stat().st_size - 4096))
-                tail = f.read().decode("ascii", "replace")
-        except OSError:
-            return False
-        return any(ln[24:].startswith(("#END", "#ABORT")) for ln in tail.splitlines())
 
     async def _start(self) -> None:
         argv = substitute(self.bench.argv, self.argv_values())
