@@ -36,11 +36,11 @@ def app_argv(*extra: str, extended: bool = True, prefix: tuple[str, ...] = ()) -
     return "[" + ", ".join(f'"{a}"' for a in argv) + "]"
 
 
-def local_campaign(tmp: Path, body: str, port: int | None = None, escalation: str = "") -> Path:
+def local_campaign(tmp: Path, body: str, port: int | None = None, escalation: str = "", name: str = "test") -> Path:
     port = port or free_port()
     text = textwrap.dedent(f"""
         [campaign]
-        name = "test"
+        name = "{name}"
 
         [server]
         bind = "127.0.0.1"

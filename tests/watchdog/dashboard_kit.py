@@ -95,7 +95,7 @@ def live_campaign(tmp: Path, refresh_s: float = 1.0, stall_s: float = 3.0, max_c
         facility_stall_s = {stall_s}
         max_clients = {max_clients}
         """).replace("{body}", body)
-    return local_campaign(tmp, text)
+    return local_campaign(tmp, text, name="dash-test")
 
 
 class FacilityWriter:
