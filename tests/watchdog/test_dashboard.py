@@ -268,6 +268,32 @@ def test_mistyped_numbers_in_the_status_file_or_the_journal_are_named_and_the_pa
     assert {r["name"]: r for r in rows}["quiet"]["due"] == 0
 
 
+def test_the_files_source_names_the_newest_copy_of_each_running_dut(tmp_path):
+    import os
+    from datetime import datetime
+
+    from diehardlab.formats.filename import format_log_name
+
+    path = live_campaign(tmp_path)
+    c = load_campaign(path)
+    c.server.log_dir.mkdir()
+    src = FileSource(c, tmp_path / "journal.status.json", JournalTail(c.server.journal))
+    names = {}
+    for k, (dut, age) in enumerate((("streamer", 5.0), ("streamer", 1.0), ("silent", 1.0), ("quiet", 3600.0))):
+        host = c.dut(dut).hostname
+        names[k] = format_log_name(datetime(2026, 1, 1, 10, 0, k), "app", False, host)
+        p = c.server.log_dir / names[k]
+        p.write_text("#SERVER_HEADER {}\n")
+        os.utime(p, (time.time() - age, time.time() - age))
+    (c.server.log_dir / "notes.log").write_text("not a run\n")
+    assert src.in_progress() == []  # no DUT is said to be running
+    doc = {"time": "2026-01-01T00:00:00Z", "duts": {d: {"state": "running"} for d in ("streamer", "quiet")}}
+    (tmp_path / "journal.status.json").write_text(json.dumps(doc))
+    src.duts()
+    # streamer: its newer copy; silent: not running; quiet: its copy is older than its liveness window
+    assert src.in_progress() == [names[1]]
+
+
 def test_the_dashboard_command_needs_neither_torch_nor_the_analysis_packages(tmp_path):
     from tests.conftest import run_diehard
 

@@ -11,6 +11,7 @@ lines it could not read (named by line number, never fatal).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -248,9 +249,14 @@ class FileSource:
         interval, is taken as the run in progress)."""
         from diehardlab.formats.filename import parse_log_name
 
-        log_dir = self.c.server.log_dir
+        # One pass over the folder (it holds every run of the campaign): the newest copy of each host.
+        newest: dict[str, tuple[float, str]] = {}
         try:
-            files = [(p, p.stat().st_mtime) for p in log_dir.glob("*.log")]
+            for p in self.c.server.log_dir.glob("*.log"):
+                n = parse_log_name(p)
+                if n is not None:
+                    with contextlib.suppress(OSError):
+                        newest[n.hostname] = max(newest.get(n.hostname, (-1.0, "")), (p.stat().st_mtime, p.name))
         except OSError:
             return []
         now = time.time()
@@ -258,13 +264,11 @@ class FileSource:
         for d in self.c.duts:
             snap, _ = self.journal.last_snap(d.name)
             state = ((self._doc or {}).get("duts", {}).get(d.name) or {}).get("state") or (snap or {}).get("state")
-            if state != "running":
+            if state != "running" or d.hostname not in newest:
                 continue
-            mine = [(p, t) for p, t in files if (n := parse_log_name(p)) is not None and n.hostname == d.hostname]
-            if mine:
-                p, t = max(mine, key=lambda x: x[1])
-                if now - t <= d.liveness_timeout_s + 3 * self.c.server.status_interval_s + 5:
-                    out.append(p.name)
+            t, name = newest[d.hostname]
+            if now - t <= d.liveness_timeout_s + 3 * self.c.server.status_interval_s + 5:
+                out.append(name)
         return out
 
     def server_info(self) -> dict[str, Any]:
