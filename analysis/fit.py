@@ -407,7 +407,9 @@ def _explain_dues(runs: list[Run], campaign: CampaignFile, consoles: Sequence[Pa
     if journal.is_file():
         try:
             episodes = dues.read_journal_episodes(journal)
-        except Exception as exc:  # the journal is supporting evidence: an unreadable one is said, not fatal
+        except Exception as exc:  # the campaign's journal is supporting evidence: an unreadable one is said, not fatal
+            if opts.journal:  # but a journal named on the command line is one the user meant to be read
+                raise DataError(f"--journal: {exc}") from None
             notes.append(f"{journal}: journal not read ({exc}); DUE recovery levels from the server copies only")
     host_to_board = {d.hostname: d.name for d in campaign.duts}
     boards = {d.name for d in campaign.duts} | set(host_to_board)

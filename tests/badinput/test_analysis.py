@@ -98,6 +98,9 @@ STATS_HERE = [  # more of the same options, and their neighbours
     (["sample-size", "--weights", "100", "--values", "0"], ["--values"]),
     (["sample-size", "1000", "--error", "nan"], ["--error"]),
     (["sample-size", "-1000"], ["POPULATION"]),
+    (["target", "nan"], ["target relative width"]),
+    (["target", "0.2", "--events", "2", "--beam-on", "nan"], ["--beam-on"]),
+    (["target", "0.2", "--events", "2", "--beam-on", "inf"], ["--beam-on"]),
 ]
 
 
@@ -138,6 +141,14 @@ def test_fit_refuses_a_bad_dut_timezone(small):
 )
 def test_fit_refuses_bad_options(small, capsys, extra, names):
     refused_here(capsys, *_fit(small, *extra), names=names, outputs=[small["tmp"] / "fit-new"])
+
+
+def test_fit_refuses_a_garbage_journal(small, tmp_path, capsys):
+    # before: a journal named by --journal that is not one was a note on stderr, and fit wrote its results
+    journal = tmp_path / "journal.jsonl"
+    journal.write_bytes(b"x" + os.urandom(2000).replace(b"\n", b" ") + b"\n")
+    refused_here(capsys, *_fit(small, "--journal", str(journal), out=tmp_path / "out"),
+                 names=["--journal", str(journal), ":1:"], outputs=[tmp_path / "out"])  # fmt: skip
 
 
 CAMPAIGN = """[campaign]
