@@ -288,6 +288,7 @@ def fit(
             run.due_marker = dues.marker_level(server.due_reason, None) or ""
         runs.append(run)
     _unique_run_names(runs, notes)
+    _unused_ecc_rules(runs, campaign, notes)
     _explain_dues(runs, campaign, consoles_paths, opts, notes)
     for run in runs:
         dut = next((d for d in campaign.duts if run.board == d.name), None)
@@ -345,6 +346,19 @@ def fit(
         "notes": notes,
     }
     return result
+
+
+def _unused_ecc_rules(runs: list[Run], campaign: CampaignFile, notes: list[str]) -> None:
+    """A [[analysis.ecc]] rule that gave no run its ECC is said: a misspelt board or folder must not leave the
+    runs it meant without ECC (pooled with the other mode) in silence."""
+    used = {r.ecc_source for r in runs}
+    for i, rule in enumerate(campaign.analysis.ecc, 1):
+        if f"campaign [[analysis.ecc]] rule {i}" not in used:
+            where = ", ".join(f"{k}={v!r}" for k, v in rule.model_dump(exclude_none=True).items() if k != "value")
+            notes.append(
+                f"campaign [[analysis.ecc]] rule {i} ({where}) sets the ECC of no log: check its board, folder "
+                "and dates against the log names and folders"
+            )
 
 
 def _simulated_facility(truths: dict[str, dict], notes: list[str]) -> Facility:
