@@ -44,13 +44,14 @@ from diehardlab.analysis.runs import (
 )
 from diehardlab.analysis.truth import compare, load_truths
 
-from diehardlab.campaign import CampaignFile, Facility, load_campaign
+from diehardlab.campaign import Analysis, CampaignFile, Facility, load_campaign
 from diehardlab.cli import make_parser
 from diehardlab.errors import ConfigError, DataError
 from diehardlab.outfiles import replace_folder
 from diehardlab.timezones import get_zone
 
 HOURS_PER_BILLION = 1e9
+FIG7_REFERENCE = Analysis.model_fields["fig7_reference"].default  # the campaign's default
 HOURS_PER_YEAR = 8766.0
 ERROR_CLASSES = ("sdc", "sdc_critical", "sdc_tolerable", "due", "due_crash", "due_hang", "due_other")
 GROUP_KEYS = ("board", "host", "benchmark", "model", "ecc", "config")
@@ -84,7 +85,7 @@ class FitOptions:
     journal: str | None = None  # the campaign journal (default: the campaign's [server] journal, when it exists)
     header_ignore: list[str] = field(default_factory=list)
     fig7_per: list[str] = field(default_factory=lambda: ["board"])
-    fig7_reference: str = "model=diehardnet"
+    fig7_reference: str = FIG7_REFERENCE
     jobs: int = 0
 
     @property
@@ -135,7 +136,8 @@ def _options(campaign: CampaignFile, overrides: dict[str, Any]) -> FitOptions:
         if not hasattr(opts, k):
             raise ConfigError(f"fit: unknown option {k!r} (have: {', '.join(asdict(opts))})")
         setattr(opts, k, v)
-    for what, keys in (("group_by", opts.group_by), ("fig7_per", opts.fig7_per)):
+    ref_keys = [part.split("=", 1)[0].strip() for part in opts.fig7_reference.split(",") if "=" in part]
+    for what, keys in (("group_by", opts.group_by), ("fig7_per", opts.fig7_per), ("fig7_reference", ref_keys)):
         bad = [k for k in keys if k not in GROUP_KEYS and not (k.startswith("header.") and len(k) > 7)]
         if bad:
             raise ConfigError(
@@ -770,6 +772,8 @@ def fig7(df: pd.DataFrame, opts: FitOptions, notes: list[str]) -> pd.DataFrame:
     tolerable SDC, critical SDC and DUE rates of every group over the critical-SDC rate of the panel's reference
     group (``fig7_reference``, e.g. ``model=diehardnet``), with the exact interval of that ratio."""
     if df.empty or not _matching(df, opts.fig7_reference):
+        if not df.empty and opts.fig7_reference != FIG7_REFERENCE:  # the default may not apply; a chosen one must
+            notes.append(f"fig7_reference {opts.fig7_reference!r} matches no group: no Fig. 7 normalisation")
         return df  # no reference group anywhere: Fig. 7 does not apply, no empty columns
     df = df.copy()
     for col in ("fig7_reference", "fig7_norm", "fig7_norm_lo", "fig7_norm_hi"):

@@ -233,6 +233,10 @@ def test_ecc_from_the_campaign_and_same_named_logs(tmp_path, beam_logs, facility
     sdc = res.groups[res.groups["error_class"] == "sdc"].set_index("group")["events"]
     assert dict(sdc) == {"carol-k402/OFF": 2, "carol-k402/ON": 2}
     assert any("2 logs with this name whose contents differ" in n for n in res.notes)
+    assert not any("fig7_reference" in n for n in res.notes)  # the default reference may match nothing
+    flux = [facility_logs / "countlog-2016-11-24.txt"]
+    other = fit(c, [kepler / "ECCON"], flux, fig7_reference="model=diehardnet,ecc=on")  # a chosen one must match
+    assert "fig7_reference 'model=diehardnet,ecc=on' matches no group: no Fig. 7 normalisation" in other.notes
     unused = [n for n in res.notes if "[[analysis.ecc]] rule" in n]
     assert unused == [
         "campaign [[analysis.ecc]] rule 3 (board='carol-k40') sets the ECC of no log: check its board, folder and "

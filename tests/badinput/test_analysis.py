@@ -188,6 +188,15 @@ def test_fit_refuses_bad_campaign_numbers(small, tmp_path, capsys, facility, ana
         refused_here(capsys, *args, names=[str(bad), *names], outputs=[tmp_path / "out"])
 
 
+def test_fit_refuses_an_unknown_fig7_reference_key(small, tmp_path, capsys):
+    # before: fig7_reference = "colour=red" matched no group and fit wrote its results without a word
+    bad = tmp_path / "campaign.toml"
+    bad.write_text(CAMPAIGN.format(facility="flux_factor = 1e5", analysis='[analysis]\nfig7_reference = "colour=red"'))
+    args = _fit(small, out=tmp_path / "out")
+    args[2] = str(bad)
+    refused_here(capsys, *args, names=["fig7_reference", "colour"], outputs=[tmp_path / "out"])
+
+
 def test_fit_refuses_garbage_flux_and_a_foreign_out_folder(small, tmp_path):
     (tmp_path / "flux.bin").write_bytes(os.urandom(4000))
     args = _fit(small, out=tmp_path / "out")
