@@ -384,6 +384,12 @@ def _is_log(s, notes: list[str]) -> bool:
     if s.benchmark is None and not (s.it_lines or s.sdc or s.begin or s.server_begin or s.header or s.err_lines):
         notes.append(f"{s.path}: skipped: not a libLogHelper log (no log-name fields and no #BEGIN/#IT/#SDC)")
         return False
+    if s.lines and s.unparsed == s.lines:
+        # A log-like name on binary garbage (or another format): no record at all, so no run, and above all no
+        # "no #END" DUE. An empty log (a run that died before its first line) is still read as one.
+        notes.append(f"{s.path}: skipped: none of its {s.lines} lines is a libLogHelper record (binary or another "
+                     "format?); move it out of the log folders")  # fmt: skip
+        return False
     return True
 
 

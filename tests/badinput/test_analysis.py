@@ -208,6 +208,19 @@ def test_fit_refuses_garbage_flux_and_a_foreign_out_folder(small, tmp_path):
                   outputs=[tmp_path / "mine" / "thesis.tex"])  # fmt: skip
 
 
+def test_fit_skips_binary_garbage_under_a_log_name(small, tmp_path):
+    # before: the garbage became a run with a "no #END" DUE (0 fluence: events_beam_off) and 9 notes of its bytes
+    from diehardlab.analysis.fit import fit
+
+    logs = shutil.copytree(small["logs"], tmp_path / "logs")
+    junk = logs / "2026_03_01_10_00_00_cudaDarknet_dut1.log"
+    junk.write_bytes(b"x" + os.urandom(5000))
+    res = fit(small["campaign"], [logs], [small["flux"]])
+    assert len(res.runs) == 1 and int(res.runs["due"].sum()) == 0 and int(res.runs["sdc"].sum()) == 1
+    mine = [n for n in res.notes if str(junk) in n]
+    assert len(mine) == 1 and "skipped: none of its" in mine[0] and "libLogHelper record" in mine[0], mine
+
+
 def test_fit_on_a_full_disk_keeps_the_earlier_results(small, tmp_path):
     out = tmp_path / "fit"
     shutil.copytree(small["fit"], out)
