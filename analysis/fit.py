@@ -44,13 +44,14 @@ from diehardlab.analysis.runs import (
 )
 from diehardlab.analysis.truth import compare, load_truths
 
-from diehardlab.campaign import CampaignFile, Facility, load_campaign
+from diehardlab.campaign import Analysis, CampaignFile, Facility, load_campaign
 from diehardlab.cli import make_parser
 from diehardlab.errors import ConfigError, DataError
 from diehardlab.outfiles import replace_folder
 from diehardlab.timezones import get_zone
 
 HOURS_PER_BILLION = 1e9
+FIG7_REFERENCE = Analysis.model_fields["fig7_reference"].default  # the campaign's default
 HOURS_PER_YEAR = 8766.0
 ERROR_CLASSES = ("sdc", "sdc_critical", "sdc_tolerable", "due", "due_crash", "due_hang", "due_other")
 GROUP_KEYS = ("board", "host", "benchmark", "model", "ecc", "config")
@@ -84,7 +85,7 @@ class FitOptions:
     journal: str | None = None  # the campaign journal (default: the campaign's [server] journal, when it exists)
     header_ignore: list[str] = field(default_factory=list)
     fig7_per: list[str] = field(default_factory=lambda: ["board"])
-    fig7_reference: str = "model=diehardnet"
+    fig7_reference: str = FIG7_REFERENCE
     jobs: int = 0
 
     @property
@@ -135,7 +136,8 @@ def _options(campaign: CampaignFile, overrides: dict[str, Any]) -> FitOptions:
         if not hasattr(opts, k):
             raise ConfigError(f"fit: unknown option {k!r} (have: {', '.join(asdict(opts))})")
         setattr(opts, k, v)
-    for what, keys in (("group_by", opts.group_by), ("fig7_per", opts.fig7_per)):
+    ref_keys = [part.split("=", 1)[0].strip() for part in opts.fig7_reference.split(",") if "=" in part]
+    for what, keys in (("group_by", opts.group_by), ("fig7_per", opts.fig7_per), ("fig7_reference", ref_keys)):
         bad = [k for k in keys if k not in GROUP_KEYS and not (k.startswith("header.") and len(k) > 7)]
         if bad:
             raise ConfigError(
@@ -288,6 +290,7 @@ def fit(
             run.due_marker = dues.marker_level(server.due_reason, None) or ""
         runs.append(run)
     _unique_run_names(runs, notes)
+    _unused_ecc_rules(runs, campaign, notes)
     _explain_dues(runs, campaign, consoles_paths, opts, notes)
     for run in runs:
         dut = next((d for d in campaign.duts if run.board == d.name), None)
@@ -347,6 +350,19 @@ def fit(
     return result
 
 
+def _unused_ecc_rules(runs: list[Run], campaign: CampaignFile, notes: list[str]) -> None:
+    """A [[analysis.ecc]] rule that gave no run its ECC is said: a misspelt board or folder must not leave the
+    runs it meant without ECC (pooled with the other mode) in silence."""
+    used = {r.ecc_source for r in runs}
+    for i, rule in enumerate(campaign.analysis.ecc, 1):
+        if f"campaign [[analysis.ecc]] rule {i}" not in used:
+            where = ", ".join(f"{k}={v!r}" for k, v in rule.model_dump(exclude_none=True).items() if k != "value")
+            notes.append(
+                f"campaign [[analysis.ecc]] rule {i} ({where}) sets the ECC of no log: check its board, folder "
+                "and dates against the log names and folders"
+            )
+
+
 def _simulated_facility(truths: dict[str, dict], notes: list[str]) -> Facility:
     """A campaign file without [facility] whose logs come from the beam simulator: its truth files say the
     counts-to-flux factor of the facility logs it wrote."""
@@ -367,6 +383,12 @@ def _is_log(s, notes: list[str]) -> bool:
     name is skipped, with a note."""
     if s.benchmark is None and not (s.it_lines or s.sdc or s.begin or s.server_begin or s.header or s.err_lines):
         notes.append(f"{s.path}: skipped: not a libLogHelper log (no log-name fields and no #BEGIN/#IT/#SDC)")
+        return False
+    if s.lines and s.unparsed == s.lines:
+        # A log-like name on binary garbage (or another format): no record at all, so no run, and above all no
+        # "no #END" DUE. An empty log (a run that died before its first line) is still read as one.
+        notes.append(f"{s.path}: skipped: none of its {s.lines} lines is a libLogHelper record (binary or another "
+                     "format?); move it out of the log folders")  # fmt: skip
         return False
     return True
 
@@ -407,7 +429,9 @@ def _explain_dues(runs: list[Run], campaign: CampaignFile, consoles: Sequence[Pa
     if journal.is_file():
         try:
             episodes = dues.read_journal_episodes(journal)
-        except Exception as exc:  # the journal is supporting evidence: an unreadable one is said, not fatal
+        except Exception as exc:  # the campaign's journal is supporting evidence: an unreadable one is said, not fatal
+            if opts.journal:  # but a journal named on the command line is one the user meant to be read
+                raise DataError(f"--journal: {exc}") from None
             notes.append(f"{journal}: journal not read ({exc}); DUE recovery levels from the server copies only")
     host_to_board = {d.hostname: d.name for d in campaign.duts}
     boards = {d.name for d in campaign.duts} | set(host_to_board)
@@ -754,6 +778,8 @@ def fig7(df: pd.DataFrame, opts: FitOptions, notes: list[str]) -> pd.DataFrame:
     tolerable SDC, critical SDC and DUE rates of every group over the critical-SDC rate of the panel's reference
     group (``fig7_reference``, e.g. ``model=diehardnet``), with the exact interval of that ratio."""
     if df.empty or not _matching(df, opts.fig7_reference):
+        if not df.empty and opts.fig7_reference != FIG7_REFERENCE:  # the default may not apply; a chosen one must
+            notes.append(f"fig7_reference {opts.fig7_reference!r} matches no group: no Fig. 7 normalisation")
         return df  # no reference group anywhere: Fig. 7 does not apply, no empty columns
     df = df.copy()
     for col in ("fig7_reference", "fig7_norm", "fig7_norm_lo", "fig7_norm_hi"):

@@ -10,16 +10,20 @@ import csv
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from datetime import tzinfo
 from pathlib import Path
+from typing import TypeVar
 
 from diehardlab.cli import make_parser
 from diehardlab.errors import ConfigError, DataError
 from diehardlab.formats.parser import LogSummary, summarize
 from diehardlab.outfiles import write_text_stream
 from diehardlab.timezones import get_zone, to_utc
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 COLUMNS = [
     "path", "benchmark", "host", "ecc", "start_written", "start_source", "start_utc", "iterations",
@@ -98,15 +102,20 @@ def _work(args: tuple[str, str, tzinfo | None]) -> tuple[dict[str, object] | Non
     return row_of(s, Path(root), zone), notes
 
 
+def map_logs(fn: Callable[[T], R], items: Sequence[T], jobs: int = 0, pool_from: int = 16) -> list[R]:
+    """``fn`` over ``items`` in order, in a pool of ``jobs`` processes (0: one per core) when there are at least
+    ``pool_from`` items (fewer are read faster than a pool starts). Never more processes than items: a large
+    --jobs must not fork hundreds of idle interpreters."""
+    jobs = min(jobs or (os.cpu_count() or 1), len(items))
+    if jobs > 1 and len(items) >= pool_from:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            return list(pool.map(fn, items, chunksize=max(1, len(items) // (jobs * 8))))
+    return [fn(x) for x in items]
+
+
 def inventory(root: Path, zone: tzinfo | None = None, jobs: int = 0) -> tuple[list[dict[str, object]], list[str]]:
     paths = find_logs(root)
-    tasks = [(str(p), str(root), zone) for p in paths]
-    jobs = jobs or (os.cpu_count() or 1)
-    if jobs > 1 and len(tasks) >= 32:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            results = list(pool.map(_work, tasks, chunksize=max(1, len(tasks) // (jobs * 8))))
-    else:
-        results = [_work(t) for t in tasks]
+    results = map_logs(_work, [(str(p), str(root), zone) for p in paths], jobs, pool_from=32)
     rows = [r for r, _ in results if r is not None]
     notes = [n for _, ns in results for n in ns]
     return rows, notes

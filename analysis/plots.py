@@ -54,25 +54,25 @@ def fit_plot(groups: pd.DataFrame, simulated: bool, classes: list[str], title: s
     return _png(fig, simulated)
 
 
-def fig7_plot(groups: pd.DataFrame, simulated: bool, classes: list[str]) -> bytes:
-    """Fig. 7 of the DieHardNet paper: each class's FIT over the panel reference's critical-SDC FIT."""
+def _ratio_plot(groups: pd.DataFrame, simulated: bool, classes: list[str], col: str, ylabel: str, title: str) -> bytes:
     fig, ax = plt.subplots(figsize=(8, 4))
-    _bars(ax, groups, "fig7_norm", "fig7_norm_lo", "fig7_norm_hi", classes)
+    _bars(ax, groups, col, f"{col}_lo", f"{col}_hi", classes)
     ax.set_yscale("log")
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-    ax.set_ylabel("FIT / DieHardNet critical-SDC FIT")
-    ax.set_title("Normalised to the DieHardNet critical-SDC FIT (exact ratio intervals)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     return _png(fig, simulated)
+
+
+def fig7_plot(groups: pd.DataFrame, simulated: bool, classes: list[str]) -> bytes:
+    """Fig. 7 of the DieHardNet paper: each class's FIT over the panel reference's critical-SDC FIT."""
+    return _ratio_plot(groups, simulated, classes, "fig7_norm", "FIT / DieHardNet critical-SDC FIT",
+                       "Normalised to the DieHardNet critical-SDC FIT (exact ratio intervals)")  # fmt: skip
 
 
 def normalised_plot(groups: pd.DataFrame, simulated: bool, classes: list[str]) -> bytes:
-    fig, ax = plt.subplots(figsize=(8, 4))
-    _bars(ax, groups, "norm", "norm_lo", "norm_hi", classes)
-    ax.set_yscale("log")
-    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-    ax.set_ylabel("cross section / reference (a.u.)")
-    ax.set_title("Normalised cross sections (exact rate-ratio intervals)")
-    return _png(fig, simulated)
+    return _ratio_plot(groups, simulated, classes, "norm", "cross section / reference (a.u.)",
+                       "Normalised cross sections (exact rate-ratio intervals)")  # fmt: skip
 
 
 def cumulative_plot(events: pd.DataFrame, simulated: bool) -> bytes:

@@ -17,13 +17,12 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path, PurePath
 
 from diehardlab.analysis.flux import FluxLog, exposure
-from diehardlab.analysis.inventory import find_files
+from diehardlab.analysis.inventory import find_files, map_logs
 
 from diehardlab.formats.parser import LogSummary, summarize
 from diehardlab.timezones import to_utc
@@ -108,12 +107,7 @@ class Run:
 
 def scan_all(paths: Sequence[Path], jobs: int = 0) -> list[LogSummary]:
     """Summaries of many logs, in a pool of processes when there are many."""
-    jobs = jobs or (os.cpu_count() or 1)
-    names = [str(p) for p in paths]
-    if jobs > 1 and len(names) >= 16:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            return list(pool.map(summarize, names, chunksize=max(1, len(names) // (jobs * 8))))
-    return [summarize(p) for p in names]
+    return map_logs(summarize, [str(p) for p in paths], jobs)
 
 
 def find_logs(dirs: Sequence[Path]) -> list[Path]:

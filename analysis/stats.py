@@ -73,7 +73,8 @@ def _target(args: argparse.Namespace) -> int:
     side = "one-sided upper limit" if args.one_sided else "Garwood interval"
     print(f"{side} within +-{100 * args.width:g} % at {args.confidence:.4g}: {need} events")
     if args.events is not None:
-        if args.beam_on is None or args.beam_on <= 0 or args.events < 0 or args.boards < 1:
+        beam_on = args.beam_on
+        if beam_on is None or not (math.isfinite(beam_on) and beam_on > 0) or args.events < 0 or args.boards < 1:
             raise ConfigError("--events needs --beam-on S > 0 (beam-on seconds of those events), --boards >= 1")
         width = planning.relative_half_width(args.events, args.confidence, args.one_sided)
         secs = planning.beam_time_needed(args.events, need, args.beam_on, args.boards)

@@ -73,3 +73,31 @@ def campaign_file(tmp: Path, **kw) -> Path:
     p = tmp / "campaign.toml"
     p.write_text(CAMPAIGN.format(**vals))
     return p
+
+
+CHIPIR_2016 = """
+[campaign]
+name = "chipir-2016-11"
+[facility]
+kind = "chipir"
+flux_factor = 5.0e5
+timezone = "Europe/London"
+{facility}
+[analysis]
+{analysis}
+[[dut]]
+name = "carol-k402"
+transport = "local"
+timezone = "{zone}"
+[[dut.benchmark]]
+name = "cudaDarknet"
+argv = ["darknet"]
+"""
+
+
+def chipir_2016(folder: Path, zone: str = "Europe/London", facility: str = "", analysis: str = "") -> Path:
+    """The campaign file of the real ChipIR Nov 2016 samples (carol-k402, cudaDarknet), with the DUT's clock
+    zone and extra [facility] / [analysis] lines."""
+    p = folder / "campaign.toml"
+    p.write_text(CHIPIR_2016.format(zone=zone, facility=facility, analysis=analysis))
+    return p

@@ -19,32 +19,10 @@ import pytest
 from diehardlab.analysis.fit import fit, write_result
 from diehardlab.analysis.report import build_report
 
+from tests.analysis.conftest import chipir_2016 as campaign
+
 D24 = "2016_11_24_01_26_02_cudaDarknet_carol-k402.log"
 D27 = "2016_11_27_01_09_38_cudaDarknet_carol-k402.log"
-CAMPAIGN = """
-[campaign]
-name = "chipir-2016-11"
-[facility]
-kind = "chipir"
-flux_factor = 5.0e5
-timezone = "Europe/London"
-{facility}
-[analysis]
-{analysis}
-[[dut]]
-name = "carol-k402"
-transport = "local"
-timezone = "{zone}"
-[[dut.benchmark]]
-name = "cudaDarknet"
-argv = ["darknet"]
-"""
-
-
-def campaign(folder: Path, zone: str = "Europe/London", facility: str = "", analysis: str = "") -> Path:
-    p = folder / "campaign.toml"
-    p.write_text(CAMPAIGN.format(zone=zone, facility=facility, analysis=analysis))
-    return p
 
 
 def rows_of(path: Path) -> list[str]:
@@ -243,6 +221,7 @@ def test_ecc_from_the_campaign_and_same_named_logs(tmp_path, beam_logs, facility
     rules = (
         '[[analysis.ecc]]\nfolder = "Kepler/ECCON"\nvalue = "ON"\n'
         '[[analysis.ecc]]\nfolder = "Kepler/ECCOFF"\nvalue = "off"\n'
+        '[[analysis.ecc]]\nboard = "carol-k40"\nvalue = "ON"\n'  # misspelt: it applies to nothing, and is said
     )
     c = campaign(tmp_path, "America/Sao_Paulo", analysis=rules)
     res = fit(c, [kepler], [facility_logs / f"countlog-2016-11-{d}.txt" for d in (24, 27)], group_by=["board", "ecc"])
@@ -254,3 +233,12 @@ def test_ecc_from_the_campaign_and_same_named_logs(tmp_path, beam_logs, facility
     sdc = res.groups[res.groups["error_class"] == "sdc"].set_index("group")["events"]
     assert dict(sdc) == {"carol-k402/OFF": 2, "carol-k402/ON": 2}
     assert any("2 logs with this name whose contents differ" in n for n in res.notes)
+    assert not any("fig7_reference" in n for n in res.notes)  # the default reference may match nothing
+    flux = [facility_logs / "countlog-2016-11-24.txt"]
+    other = fit(c, [kepler / "ECCON"], flux, fig7_reference="model=diehardnet,ecc=on")  # a chosen one must match
+    assert "fig7_reference 'model=diehardnet,ecc=on' matches no group: no Fig. 7 normalisation" in other.notes
+    unused = [n for n in res.notes if "[[analysis.ecc]] rule" in n]
+    assert unused == [
+        "campaign [[analysis.ecc]] rule 3 (board='carol-k40') sets the ECC of no log: check its board, folder and "
+        "dates against the log names and folders"
+    ]

@@ -12,25 +12,10 @@ from diehardlab.analysis.fit import fit, write_result
 from scipy.stats import chi2
 
 from diehardlab.errors import ConfigError
-from tests.analysis.conftest import T0, campaign_file, chipir_rows, write
+from tests.analysis.conftest import T0, campaign_file, chipir_2016, chipir_rows, write
 from tests.analysis.logs import dut_log
 
 DARKNET = "2016_11_24_01_26_02_cudaDarknet_carol-k402.log"
-CHIPIR_2016 = """
-[campaign]
-name = "chipir-2016-11"
-[facility]
-kind = "chipir"
-flux_factor = 5.0e5
-timezone = "Europe/London"
-[[dut]]
-name = "carol-k402"
-transport = "local"
-timezone = "{zone}"
-[[dut.benchmark]]
-name = "cudaDarknet"
-argv = ["darknet"]
-"""
 
 
 def row(df: pd.DataFrame, cls: str, group: str | None = None) -> pd.Series:
@@ -176,11 +161,11 @@ def test_real_chipir_and_darknet_brazil_clock(tmp_path, beam_logs, facility_logs
     79.492019 s of kernel time). Fission counter rows around it:
       03:25:59.475 1736845   03:26:02.478 1736875   ...   03:27:20.542 1737656   03:27:23.543 1737686
     Counts = 30 x 0.478/3.003 + (1737656 - 1736875) + 30 x 0.950019/3.001; no stall: beam-off 0 s."""
-    (tmp_path / "c.toml").write_text(CHIPIR_2016.format(zone="America/Sao_Paulo"))
+    c = chipir_2016(tmp_path, "America/Sao_Paulo")
     logs = tmp_path / "logs"
     logs.mkdir()
     (logs / DARKNET).write_bytes((beam_logs / DARKNET).read_bytes())
-    res = fit(tmp_path / "c.toml", [logs], [facility_logs / "countlog-2016-11-24.txt"])
+    res = fit(c, [logs], [facility_logs / "countlog-2016-11-24.txt"])
     r = res.runs.iloc[0]
     assert r["start_utc"] == "2016-11-24T03:26:02+00:00"
     counts = 30 * 0.478 / 3.003 + (1737656 - 1736875) + 30 * 0.950019 / 3.001
@@ -195,8 +180,8 @@ def test_real_chipir_and_darknet_london_clock(tmp_path, beam_logs, facility_logs
     """The same run read on UK time: 01:26:02 .. 01:27:21.492 UTC lies inside the stall of the fission
     counter (1671178 from 01:25:54.460 to 01:27:27.532), so all 79.492 s are beam-off, the fluence is 0 and
     the analysis warns that 2 SDC without fluence point to a wrong clock zone."""
-    (tmp_path / "c.toml").write_text(CHIPIR_2016.format(zone="Europe/London"))
-    res = fit(tmp_path / "c.toml", [beam_logs / DARKNET], [facility_logs / "countlog-2016-11-24.txt"])
+    c = chipir_2016(tmp_path, "Europe/London")
+    res = fit(c, [beam_logs / DARKNET], [facility_logs / "countlog-2016-11-24.txt"])
     r = res.runs.iloc[0]
     assert r["fluence_n_cm2"] == 0.0 and r["beam_off_s"] == pytest.approx(79.492019, abs=1e-4)
     assert any("zero fluence" in n and "time zone" in n for n in res.notes)
@@ -204,13 +189,13 @@ def test_real_chipir_and_darknet_london_clock(tmp_path, beam_logs, facility_logs
 
 
 def test_unknown_host_is_excluded_visibly(tmp_path, beam_logs, facility_logs):
-    (tmp_path / "c.toml").write_text(CHIPIR_2016.format(zone="UTC"))
-    res = fit(tmp_path / "c.toml", [beam_logs], [facility_logs / "countlog-2016-11-24.txt"])
+    c = chipir_2016(tmp_path, "UTC")
+    res = fit(c, [beam_logs], [facility_logs / "countlog-2016-11-24.txt"])
     ex = res.runs[res.runs["excluded"]]
     assert len(ex) == 8 and len(res.runs) == 9
     assert all(("clock zone is unknown" in s) or ("no flux log" in s) for s in ex["exclude_reason"])
     # with a default zone for unlisted hosts, runs outside the flux log are excluded for that reason
-    res = fit(tmp_path / "c.toml", [beam_logs], [facility_logs / "countlog-2016-11-24.txt"], dut_timezone="UTC")
+    res = fit(c, [beam_logs], [facility_logs / "countlog-2016-11-24.txt"], dut_timezone="UTC")
     assert res.runs["exclude_reason"].str.contains("no flux log covers").sum() == 8
 
 

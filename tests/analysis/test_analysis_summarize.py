@@ -97,3 +97,20 @@ def test_summarize_dnn_detail_flag(tmp_path):
     # prefixed detail lines (a server copy) take the record path and still count
     assert summarize(dut_log(tmp_path / "b", T0, sdc_at={1: False}, iso=True)).dnn_details
     assert not summarize(dut_log(tmp_path / "c", T0, iters=5)).dnn_details
+
+
+def _pid_of(x: int) -> tuple[int, int]:
+    import os
+
+    return x, os.getpid()
+
+
+def test_map_logs_never_starts_more_processes_than_logs():
+    """``--jobs 100000`` (fit, logs) on 20 logs: a pool of at most 20 processes, results in the logs' order (before:
+    ProcessPoolExecutor(max_workers=100000) forked until the machine ran out of processes)."""
+    from diehardlab.analysis.inventory import map_logs
+
+    out = map_logs(_pid_of, list(range(20)), jobs=100000)
+    assert [x for x, _ in out] == list(range(20))
+    assert 1 <= len({pid for _, pid in out}) <= 20
+    assert map_logs(_pid_of, [1, 2], jobs=100000) == [(1, _pid_of(0)[1]), (2, _pid_of(0)[1])]  # few: no pool

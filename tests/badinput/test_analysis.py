@@ -98,6 +98,9 @@ STATS_HERE = [  # more of the same options, and their neighbours
     (["sample-size", "--weights", "100", "--values", "0"], ["--values"]),
     (["sample-size", "1000", "--error", "nan"], ["--error"]),
     (["sample-size", "-1000"], ["POPULATION"]),
+    (["target", "nan"], ["target relative width"]),
+    (["target", "0.2", "--events", "2", "--beam-on", "nan"], ["--beam-on"]),
+    (["target", "0.2", "--events", "2", "--beam-on", "inf"], ["--beam-on"]),
 ]
 
 
@@ -140,6 +143,14 @@ def test_fit_refuses_bad_options(small, capsys, extra, names):
     refused_here(capsys, *_fit(small, *extra), names=names, outputs=[small["tmp"] / "fit-new"])
 
 
+def test_fit_refuses_a_garbage_journal(small, tmp_path, capsys):
+    # before: a journal named by --journal that is not one was a note on stderr, and fit wrote its results
+    journal = tmp_path / "journal.jsonl"
+    journal.write_bytes(b"x" + os.urandom(2000).replace(b"\n", b" ") + b"\n")
+    refused_here(capsys, *_fit(small, "--journal", str(journal), out=tmp_path / "out"),
+                 names=["--journal", str(journal), ":1:"], outputs=[tmp_path / "out"])  # fmt: skip
+
+
 CAMPAIGN = """[campaign]
 name = "t"
 [facility]
@@ -177,6 +188,15 @@ def test_fit_refuses_bad_campaign_numbers(small, tmp_path, capsys, facility, ana
         refused_here(capsys, *args, names=[str(bad), *names], outputs=[tmp_path / "out"])
 
 
+def test_fit_refuses_an_unknown_fig7_reference_key(small, tmp_path, capsys):
+    # before: fig7_reference = "colour=red" matched no group and fit wrote its results without a word
+    bad = tmp_path / "campaign.toml"
+    bad.write_text(CAMPAIGN.format(facility="flux_factor = 1e5", analysis='[analysis]\nfig7_reference = "colour=red"'))
+    args = _fit(small, out=tmp_path / "out")
+    args[2] = str(bad)
+    refused_here(capsys, *args, names=["fig7_reference", "colour"], outputs=[tmp_path / "out"])
+
+
 def test_fit_refuses_garbage_flux_and_a_foreign_out_folder(small, tmp_path):
     (tmp_path / "flux.bin").write_bytes(os.urandom(4000))
     args = _fit(small, out=tmp_path / "out")
@@ -186,6 +206,19 @@ def test_fit_refuses_garbage_flux_and_a_foreign_out_folder(small, tmp_path):
     (tmp_path / "mine" / "thesis.tex").write_text("keep me")
     check_refused(*_fit(small, out=tmp_path / "mine"), names=["thesis.tex", "not outputs of diehard fit"],
                   outputs=[tmp_path / "mine" / "thesis.tex"])  # fmt: skip
+
+
+def test_fit_skips_binary_garbage_under_a_log_name(small, tmp_path):
+    # before: the garbage became a run with a "no #END" DUE (0 fluence: events_beam_off) and 9 notes of its bytes
+    from diehardlab.analysis.fit import fit
+
+    logs = shutil.copytree(small["logs"], tmp_path / "logs")
+    junk = logs / "2026_03_01_10_00_00_cudaDarknet_dut1.log"
+    junk.write_bytes(b"x" + os.urandom(5000))
+    res = fit(small["campaign"], [logs], [small["flux"]])
+    assert len(res.runs) == 1 and int(res.runs["due"].sum()) == 0 and int(res.runs["sdc"].sum()) == 1
+    mine = [n for n in res.notes if str(junk) in n]
+    assert len(mine) == 1 and "skipped: none of its" in mine[0] and "libLogHelper record" in mine[0], mine
 
 
 def test_fit_on_a_full_disk_keeps_the_earlier_results(small, tmp_path):
