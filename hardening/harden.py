@@ -30,6 +30,7 @@ from diehardlab.hardening.rewrite import Hardened, calibrate, harden, load_recip
 from diehardlab.hardening.train import TrainConfig, pick_device, predict, recalibrate_bn, top1
 
 from diehardlab.errors import ConfigError, DataError
+from diehardlab.outfiles import cannot_write, check_out_dir
 
 REPORT = "hardening.txt"
 
@@ -154,6 +155,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--fine-tune trains on the checkpoint's dataset; leave out --image-dir")
     if args.budget < 0 or not math.isfinite(args.budget):
         raise ConfigError(f"--accuracy-budget must be a number of points >= 0 (got {args.budget})")
+    # --out's folder (where the temporary and the over-budget folders go too), before the calibration and the
+    # fine-tuning rather than after them.
+    check_out_dir(out, "--out")
     dev = pick_device(args.device)
     loaded = ckpt.load_model(args.ckpt, dev)
     if loaded.config.get("hardening"):
@@ -181,9 +185,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _write(args, recipe_file, loaded, h, imgs, before, stats, dev)
     except OSError as exc:
-        raise ConfigError(
-            f"--out {out}: cannot write the checkpoint there ({exc.strerror or exc}); nothing was written to {out}"
-        ) from exc
+        shutil.rmtree(_tmp(out), ignore_errors=True)  # a half-written checkpoint folder must not stay behind
+        raise cannot_write("--out", out, exc) from None
+
+
+def _tmp(out: Path) -> Path:
+    return out.with_name(out.name + ".tmp-harden")
 
 
 def _write(
@@ -198,7 +205,7 @@ def _write(
 ) -> int:
     """Fine-tune if asked, write under a temporary name, load back, check the accuracy budget, rename."""
     recipe, out = h.recipe, Path(args.out)
-    tmp = out.with_name(out.name + ".tmp-harden")
+    tmp = _tmp(out)
     if tmp.exists():
         shutil.rmtree(tmp)
     record = h.record()
@@ -304,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
     args = p.parse_args(argv)
+    if args.threads < 0:
+        raise ConfigError(f"--threads must be >= 0 (got {args.threads}; 0: torch's default)")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     return run(args)
