@@ -151,6 +151,11 @@ def run(args: argparse.Namespace) -> int:
             f"recipe {recipe.name} {what}, which changes what the trained weights compute: it is offered only "
             "together with fine-tuning. Add --fine-tune EPOCHS (fault-aware, e.g. 2), or use --recipe bounds-only"
         )
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise ConfigError(f"--lr must be a positive number (got {args.lr})")
+    for option, value in (("--lr", args.lr), ("--config", args.config)):
+        if value is not None and not args.fine_tune:
+            raise ConfigError(f"{option} sets the fine-tuning: add --fine-tune EPOCHS, or leave {option} out")
     if args.fine_tune and args.image_dir:
         raise ConfigError("--fine-tune trains on the checkpoint's dataset; leave out --image-dir")
     if args.budget < 0 or not math.isfinite(args.budget):

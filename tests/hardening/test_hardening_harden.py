@@ -210,6 +210,18 @@ def test_a_read_only_or_full_out_is_refused_before_the_checkpoint_is_read(tmp_pa
             assert sorted(p.name for p in where.iterdir() if p.name != "filler") == []
 
 
-def test_harden_refuses_negative_threads(baseline, tmp_path) -> None:
-    with pytest.raises(ConfigError, match=r"--threads must be >= 0"):
-        harden_main([str(baseline), "--recipe", "bounds-only", "--out", str(tmp_path / "h"), "--threads", "-2"])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--threads", "-2"], r"--threads must be >= 0"),
+        (["--fine-tune", "1", "--lr", "nan"], r"--lr must be a positive number \(got nan\)"),
+        (["--fine-tune", "1", "--lr", "-0.1"], r"--lr must be a positive number"),
+        (["--lr", "0.01"], r"--lr sets the fine-tuning: add --fine-tune"),  # was ignored without a word
+        (["--config", "x.toml"], r"--config sets the fine-tuning: add --fine-tune"),
+    ],
+)
+def test_harden_refuses_bad_options_before_the_work(baseline, tmp_path, capsys, extra, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        harden_main([str(baseline), "--recipe", "bounds-only", "--out", str(tmp_path / "h"), *extra])
+    assert "harden " not in capsys.readouterr().out  # refused before the rewrite, not after it
+    assert not (tmp_path / "h").exists()
