@@ -127,7 +127,6 @@ def test_a_checkpoint_save_on_a_full_disk_leaves_the_previous_one(ckpt, tmp_path
 EVALUATE_OPTIONS = [
     (("--batch-size", "0"), "--batch-size"),
     (("--limit", "-1"), "--limit"),
-    (("--magnitude", "1", "inf"), "magnitude"),
 ]
 
 
