@@ -296,13 +296,21 @@ def calibration_key(model: nn.Module, batches: Sequence[torch.Tensor], threshold
     return h.hexdigest()
 
 
+def _probability(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and 0.0 <= v <= 1.0  # NaN fails
+
+
 def cached_calibration(folder: Path, key: str) -> dict[str, Any] | None:
+    """The calibration saved by an earlier run with the same ``key``; None (measure again) when there is none
+    or the file is damaged or foreign: its probabilities go into the truth file's cross sections."""
     path = folder / f".strike-calibration-{key[:24]}.json"
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
         return None
-    return doc if isinstance(doc, dict) and doc.get("key") == key else None
+    if not (isinstance(doc, dict) and doc.get("key") == key):
+        return None
+    return doc if _probability(doc.get("p_sdc")) and _probability(doc.get("p_critical")) else None
 
 
 def save_calibration(folder: Path, doc: dict[str, Any]) -> None:
