@@ -51,7 +51,8 @@ def _images(args: argparse.Namespace, loaded: ckpt.LoadedModel) -> Images:
     if args.image_dir:
         from diehardlab.hardening.sfi.sources import image_dir_images
 
-        imgs = image_dir_images(args.image_dir, args.image_glob, args.mean, args.std, loaded.dataset, loaded.config)
+        glob = args.image_glob or "*.png"
+        imgs = image_dir_images(args.image_dir, glob, args.mean, args.std, loaded.dataset, loaded.config)
         if len(imgs.y) <= n:
             raise ConfigError(
                 f"--image-dir {args.image_dir}: {len(imgs.y)} images; --calibration-images {n} leaves none to "
@@ -156,6 +157,9 @@ def run(args: argparse.Namespace) -> int:
     for option, value in (("--lr", args.lr), ("--config", args.config)):
         if value is not None and not args.fine_tune:
             raise ConfigError(f"{option} sets the fine-tuning: add --fine-tune EPOCHS, or leave {option} out")
+    given = [o for o, v in (("--image-glob", args.image_glob), ("--mean", args.mean), ("--std", args.std)) if v]
+    if given and not args.image_dir:  # they were ignored without a word
+        raise ConfigError(f"{', '.join(given)}: only with --image-dir FOLDER")
     if args.fine_tune and args.image_dir:
         raise ConfigError("--fine-tune trains on the checkpoint's dataset; leave out --image-dir")
     if args.budget < 0 or not math.isfinite(args.budget):
@@ -302,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibration-split", choices=("train", "val"), default="train", help="default train")
     p.add_argument("--data-dir", help="dataset folder (default: the checkpoint's)")
     p.add_argument("--image-dir", type=Path, help="image files instead of the dataset: the first N calibrate")
-    p.add_argument("--image-glob", default="*.png", help="files of --image-dir (default *.png)")
+    p.add_argument("--image-glob", help="files of --image-dir (default *.png)")
     p.add_argument("--mean", help="per-channel mean for --image-dir, comma-separated")
     p.add_argument("--std", help="per-channel std for --image-dir, comma-separated")
     p.add_argument("--accuracy-budget", dest="budget", type=float, default=1.0,

@@ -218,6 +218,7 @@ def test_a_read_only_or_full_out_is_refused_before_the_checkpoint_is_read(tmp_pa
         (["--fine-tune", "1", "--lr", "-0.1"], r"--lr must be a positive number"),
         (["--lr", "0.01"], r"--lr sets the fine-tuning: add --fine-tune"),  # was ignored without a word
         (["--config", "x.toml"], r"--config sets the fine-tuning: add --fine-tune"),
+        (["--mean", "0.5", "--image-glob", "*.jpg"], r"--image-glob, --mean: only with --image-dir"),
     ],
 )
 def test_harden_refuses_bad_options_before_the_work(baseline, tmp_path, capsys, extra, message) -> None:
@@ -225,3 +226,10 @@ def test_harden_refuses_bad_options_before_the_work(baseline, tmp_path, capsys, 
         harden_main([str(baseline), "--recipe", "bounds-only", "--out", str(tmp_path / "h"), *extra])
     assert "harden " not in capsys.readouterr().out  # refused before the rewrite, not after it
     assert not (tmp_path / "h").exists()
+
+
+def test_evaluate_refuses_image_options_without_image_dir(baseline, capsys) -> None:
+    from diehardlab.hardening.cli_evaluate import main as evaluate_main
+
+    with pytest.raises(ConfigError, match=r"^--std: only with --image-dir"):
+        evaluate_main([str(baseline), "--std", "0.2", "--campaigns", "1"])
