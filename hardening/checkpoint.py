@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from diehardlab.errors import DataError
-from diehardlab.outfiles import write_atomic
+from diehardlab.outfiles import write_atomic, write_text_atomic, write_text_stream
 
 CONFIG = "config.json"
 MODEL = "model.pt"
@@ -51,10 +51,6 @@ class LoadedModel:
     path: Path
 
 
-def _atomic(path: Path, write) -> None:
-    write_atomic(path, write, "--out")
-
-
 def save_tensors(obj: Any, path: str | Path, option: str = "--out") -> Path:
     """``torch.save`` then rename. Serialised in memory first: torch's own file writer reports a full disk as
     a RuntimeError from C++, which could not be told apart from a real bug."""
@@ -66,7 +62,7 @@ def save_tensors(obj: Any, path: str | Path, option: str = "--out") -> Path:
 def save_config(ckpt_dir: str | Path, config: dict[str, Any]) -> None:
     d = Path(ckpt_dir)
     d.mkdir(parents=True, exist_ok=True)
-    _atomic(d / CONFIG, lambda p: p.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n"))
+    write_text_atomic(d / CONFIG, json.dumps(config, indent=2, sort_keys=True) + "\n", "--out")
 
 
 def read_config(ckpt_dir: str | Path) -> dict[str, Any]:
@@ -168,13 +164,12 @@ def save_last(ckpt_dir: str | Path, state: dict[str, Any]) -> None:
 def save_metrics(ckpt_dir: str | Path, rows: list[dict[str, Any]], fieldnames: list[str]) -> None:
     """``metrics.csv``: one row per epoch, rewritten whole (it is small) so it always matches ``last.pt``."""
 
-    def write(p: Path) -> None:
-        with open(p, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fieldnames)
-            w.writeheader()
-            w.writerows(rows)
+    def write(f) -> None:
+        w = csv.DictWriter(f, fieldnames=fieldnames)
+        w.writeheader()
+        w.writerows(rows)
 
-    _atomic(Path(ckpt_dir) / METRICS, write)
+    write_text_stream(Path(ckpt_dir) / METRICS, write, "--out", newline="")
 
 
 def load_last(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:

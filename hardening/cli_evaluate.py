@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
             base[key] = val
     if args.layer_dist is not None:
         base["layer_distribution"] = args.layer_dist
+    given = [o for o, v in (("--image-glob", args.image_glob), ("--mean", args.mean), ("--std", args.std)) if v]
+    if given and not (args.image_dir or base.get("image_dir")):  # they were ignored without a word
+        raise ConfigError(f"{', '.join(given)}: only with --image-dir FOLDER (or --reproduce of an --image-dir run)")
     if args.image_dir and (args.split or args.data_dir):
         raise ConfigError("--image-dir replaces the dataset: leave out --split and --data-dir")
     if args.image_dir or (base.get("image_dir") and not (args.split or args.data_dir)):

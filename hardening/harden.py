@@ -30,6 +30,7 @@ from diehardlab.hardening.rewrite import Hardened, calibrate, harden, load_recip
 from diehardlab.hardening.train import TrainConfig, pick_device, predict, recalibrate_bn, top1
 
 from diehardlab.errors import ConfigError, DataError
+from diehardlab.outfiles import cannot_write, check_out_dir
 
 REPORT = "hardening.txt"
 
@@ -50,7 +51,8 @@ def _images(args: argparse.Namespace, loaded: ckpt.LoadedModel) -> Images:
     if args.image_dir:
         from diehardlab.hardening.sfi.sources import image_dir_images
 
-        imgs = image_dir_images(args.image_dir, args.image_glob, args.mean, args.std, loaded.dataset, loaded.config)
+        glob = args.image_glob or "*.png"
+        imgs = image_dir_images(args.image_dir, glob, args.mean, args.std, loaded.dataset, loaded.config)
         if len(imgs.y) <= n:
             raise ConfigError(
                 f"--image-dir {args.image_dir}: {len(imgs.y)} images; --calibration-images {n} leaves none to "
@@ -150,10 +152,21 @@ def run(args: argparse.Namespace) -> int:
             f"recipe {recipe.name} {what}, which changes what the trained weights compute: it is offered only "
             "together with fine-tuning. Add --fine-tune EPOCHS (fault-aware, e.g. 2), or use --recipe bounds-only"
         )
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise ConfigError(f"--lr must be a positive number (got {args.lr})")
+    for option, value in (("--lr", args.lr), ("--config", args.config)):
+        if value is not None and not args.fine_tune:
+            raise ConfigError(f"{option} sets the fine-tuning: add --fine-tune EPOCHS, or leave {option} out")
+    given = [o for o, v in (("--image-glob", args.image_glob), ("--mean", args.mean), ("--std", args.std)) if v]
+    if given and not args.image_dir:  # they were ignored without a word
+        raise ConfigError(f"{', '.join(given)}: only with --image-dir FOLDER")
     if args.fine_tune and args.image_dir:
         raise ConfigError("--fine-tune trains on the checkpoint's dataset; leave out --image-dir")
     if args.budget < 0 or not math.isfinite(args.budget):
         raise ConfigError(f"--accuracy-budget must be a number of points >= 0 (got {args.budget})")
+    # --out's folder (where the temporary and the over-budget folders go too), before the calibration and the
+    # fine-tuning rather than after them.
+    check_out_dir(out, "--out")
     dev = pick_device(args.device)
     loaded = ckpt.load_model(args.ckpt, dev)
     if loaded.config.get("hardening"):
@@ -181,9 +194,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _write(args, recipe_file, loaded, h, imgs, before, stats, dev)
     except OSError as exc:
-        raise ConfigError(
-            f"--out {out}: cannot write the checkpoint there ({exc.strerror or exc}); nothing was written to {out}"
-        ) from exc
+        shutil.rmtree(_tmp(out), ignore_errors=True)  # a half-written checkpoint folder must not stay behind
+        raise cannot_write("--out", out, exc) from None
+
+
+def _tmp(out: Path) -> Path:
+    return out.with_name(out.name + ".tmp-harden")
 
 
 def _write(
@@ -198,7 +214,7 @@ def _write(
 ) -> int:
     """Fine-tune if asked, write under a temporary name, load back, check the accuracy budget, rename."""
     recipe, out = h.recipe, Path(args.out)
-    tmp = out.with_name(out.name + ".tmp-harden")
+    tmp = _tmp(out)
     if tmp.exists():
         shutil.rmtree(tmp)
     record = h.record()
@@ -290,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibration-split", choices=("train", "val"), default="train", help="default train")
     p.add_argument("--data-dir", help="dataset folder (default: the checkpoint's)")
     p.add_argument("--image-dir", type=Path, help="image files instead of the dataset: the first N calibrate")
-    p.add_argument("--image-glob", default="*.png", help="files of --image-dir (default *.png)")
+    p.add_argument("--image-glob", help="files of --image-dir (default *.png)")
     p.add_argument("--mean", help="per-channel mean for --image-dir, comma-separated")
     p.add_argument("--std", help="per-channel std for --image-dir, comma-separated")
     p.add_argument("--accuracy-budget", dest="budget", type=float, default=1.0,
@@ -304,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
     args = p.parse_args(argv)
+    if args.threads < 0:
+        raise ConfigError(f"--threads must be >= 0 (got {args.threads}; 0: torch's default)")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     return run(args)

@@ -67,6 +67,14 @@ class Outcome:
     images: int = 0  # images whose output differs
 
 
+def verdicts(o: torch.Tensor, g: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image of one batch: (output differs beyond the threshold, and is critical). NaN differs."""
+    o, g = o.detach().float(), g.detach().float()
+    bad = (~(torch.abs(o - g) <= threshold)).any(dim=1)
+    crit = bad & ((o.argmax(dim=1) != g.argmax(dim=1)) | ~torch.isfinite(o).all(dim=1))
+    return bad, crit
+
+
 def judge(outs: Sequence[torch.Tensor], golden: Sequence[torch.Tensor], threshold: float, rows=None) -> Outcome:
     """The runner's comparison (``diehardlab.harness.compare``) applied to ``rows`` ({batch: image indices or
     None for all}); None: every image of every batch."""
@@ -75,12 +83,10 @@ def judge(outs: Sequence[torch.Tensor], golden: Sequence[torch.Tensor], threshol
     for b, (o, g) in enumerate(zip(outs, golden)):
         if rows is not None and b not in rows:
             continue
-        o, g = o.detach().float(), g.detach().float()
         sel = rows.get(b) if rows is not None else None
         if sel is not None:
             o, g = o[sel], g[sel]
-        bad = (~(torch.abs(o - g) <= threshold)).any(dim=1)
-        crit = bad & ((o.argmax(dim=1) != g.argmax(dim=1)) | ~torch.isfinite(o).all(dim=1))
+        bad, crit = verdicts(o, g, threshold)
         images += int(bad.sum())
         differs |= bool(bad.any())
         critical |= bool(crit.any())
@@ -129,6 +135,8 @@ class NetworkStrikes:
             weights = {"weight_bit": weights["weight_bit"]} if "weight_bit" in weights else {}
         if "weight_bit" in weights and not self.params:
             raise ConfigError("beam spec [strike]: weight_bit > 0 but the model has no float32 conv/linear weight")
+        self._param_of = dict(self.params)  # name -> tensor, for apply (once per strike, in the run loop)
+        self._conv_of = dict(self.convs)
         self.targets = list(weights)
         self.target_w = torch.tensor([weights[t] for t in self.targets], dtype=torch.float64)
         self.weights = weights
@@ -188,8 +196,7 @@ class NetworkStrikes:
     ) -> list[torch.Tensor]:
         """The iteration's outputs with these strikes: the batches they reach are run again with the faults."""
         outs = list(outs)
-        params = dict(self.params)
-        modules = dict(self.convs)
+        params, modules = self._param_of, self._conv_of
         bits = [s for s in strikes if s.target == "weight_bit"]
         feats = [s for s in strikes if s.target != "weight_bit"]
         hooks = []
@@ -268,9 +275,7 @@ class NetworkStrikes:
                     with FaultInjector(model, self.specs[t], self.gen, self.convs):
                         outs = [model(x) for x in batches]
                     for o, g in zip(outs, golden):
-                        o, g = o.float(), g.float()
-                        bad = (~(torch.abs(o - g) <= threshold)).any(dim=1)
-                        crit = bad & ((o.argmax(dim=1) != g.argmax(dim=1)) | ~torch.isfinite(o).all(dim=1))
+                        bad, crit = verdicts(o, g, threshold)
                         c["n"] += len(o)
                         c["sdc"] += int(bad.sum())
                         c["critical"] += int(crit.sum())
@@ -291,13 +296,21 @@ def calibration_key(model: nn.Module, batches: Sequence[torch.Tensor], threshold
     return h.hexdigest()
 
 
+def _probability(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and 0.0 <= v <= 1.0  # NaN fails
+
+
 def cached_calibration(folder: Path, key: str) -> dict[str, Any] | None:
+    """The calibration saved by an earlier run with the same ``key``; None (measure again) when there is none
+    or the file is damaged or foreign: its probabilities go into the truth file's cross sections."""
     path = folder / f".strike-calibration-{key[:24]}.json"
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
         return None
-    return doc if isinstance(doc, dict) and doc.get("key") == key else None
+    if not (isinstance(doc, dict) and doc.get("key") == key):
+        return None
+    return doc if _probability(doc.get("p_sdc")) and _probability(doc.get("p_critical")) else None
 
 
 def save_calibration(folder: Path, doc: dict[str, Any]) -> None:

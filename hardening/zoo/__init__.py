@@ -104,21 +104,22 @@ _ALIASES = {"mobilenet_v2": "mobilenetv2", "vgg11": "vgg11_bn", "vgg13": "vgg13_
 
 
 def _builder(e: ZooEntry) -> Callable:
+    """The function ``(num_classes, Hardening) -> nn.Module`` of ``e``, from its family's module. The suite's
+    CIFAR-10 VGG, DenseNet-121 and GoogLeNet are torchvision's; its CIFAR-100/GTSRB ones are other codebases'."""
     from diehardlab.hardening.zoo import densenet, googlenet, mobilenet, resnet, vgg
 
-    if e.arch.startswith("resnet") and e.arch != "resnet18":
-        return resnet.cifar_resnet(int(e.arch[6:]))
-    return {
-        "resnet18": resnet.resnet18,
-        "mobilenetv2": mobilenet.mobilenetv2,
-        "vgg11_bn": vgg.vgg("vgg11_bn", adaptive_pool=e.dataset == "cifar10"),
-        "vgg13_bn": vgg.vgg("vgg13_bn", adaptive_pool=e.dataset == "cifar10"),
-        "densenet121": densenet.densenet_tv(32, (6, 12, 24, 16), 64)
-        if e.dataset == "cifar10"
-        else densenet.densenet_bc(32, (6, 12, 24, 16)),
-        "densenet161": densenet.densenet_tv(48, (6, 12, 36, 24), 96),
-        "googlenet": googlenet.googlenet_tv if e.dataset == "cifar10" else googlenet.googlenet_c100,
-    }[e.arch]
+    tv = e.dataset == "cifar10"
+    if e.family == "resnet":
+        return resnet.resnet18 if e.arch == "resnet18" else resnet.cifar_resnet(int(e.arch.removeprefix("resnet")))
+    if e.family == "vgg":
+        return vgg.vgg(e.arch, adaptive_pool=tv)
+    if e.family == "densenet":
+        if e.arch == "densenet161":
+            return densenet.densenet_tv(48, (6, 12, 36, 24), 96)
+        return densenet.densenet_tv(32, (6, 12, 24, 16), 64) if tv else densenet.densenet_bc(32, (6, 12, 24, 16))
+    if e.family == "googlenet":
+        return googlenet.googlenet_tv if tv else googlenet.googlenet_c100
+    return mobilenet.mobilenetv2
 
 
 def names() -> list[str]:

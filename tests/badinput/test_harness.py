@@ -24,14 +24,22 @@ import pytest
 import torch
 from diehardlab.hardening.checkpoint import load_model
 from diehardlab.harness.beam import load_spec
-from diehardlab.harness.golden import load_golden, make_golden, save_golden
+from diehardlab.harness.golden import load_golden
 from diehardlab.harness.options import RunOptions, check_options
 
 from diehardlab.errors import ConfigError, DataError
 from diehardlab.formats.parser import read_lines, summarize
 from tests.badinput.battery import check_refused
 from tests.badinput.disks import full_folder, readonly_folder
-from tests.harness.conftest import kill_group, make_checkpoint, only_log, start_diehard, wait_for, write_spec
+from tests.harness.conftest import (
+    kill_group,
+    make_checkpoint,
+    make_golden_file,
+    only_log,
+    start_diehard,
+    wait_for,
+    write_spec,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -43,9 +51,7 @@ def ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def golden(ckpt, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("bad-golden") / "golden.pt"
-    save_golden(make_golden(ckpt, samples=16, batch_size=8), out)
-    return out
+    return make_golden_file(ckpt, tmp_path_factory.mktemp("bad-golden") / "golden.pt")
 
 
 def run_args(ckpt: Path, golden: Path, log_dir: Path, *extra: str) -> tuple[str, ...]:

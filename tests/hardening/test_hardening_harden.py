@@ -23,6 +23,7 @@ from torch import fx
 
 from diehardlab.errors import ConfigError
 from tests.badinput.battery import check_refused
+from tests.badinput.disks import full_folder, readonly_folder
 
 QUIET = ["--threads", "1", "--calibration-images", "256", "--device", "cpu"]
 
@@ -194,6 +195,41 @@ def test_an_untraceable_checkpoint_model_is_refused_naming_the_construct(tmp_pat
 def test_an_unwritable_out_is_one_line_naming_it(baseline, tmp_path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder\n")
-    with pytest.raises(ConfigError, match=r"--out .*a-file/h: cannot write the checkpoint there"):
+    with pytest.raises(ConfigError, match=r"--out .*a-file/h: cannot write \(Not a directory\)"):
         harden_main([str(baseline), "--recipe", "bounds-only", "--out", str(blocker / "h"), *QUIET])
     assert blocker.read_text() == "not a folder\n"
+
+
+def test_a_read_only_or_full_out_is_refused_before_the_checkpoint_is_read(tmp_path) -> None:
+    # No checkpoint at all: the --out check comes first, so calibration and fine-tuning are not wasted on it.
+    for folder in (readonly_folder, full_folder):
+        with folder(tmp_path / folder.__name__) as where:
+            with pytest.raises(ConfigError, match=r"^--out .*/h: cannot write \("):
+                harden_main([str(tmp_path / "no-such-ckpt"), "--recipe", "bounds-only", "--out", str(where / "h"),
+                             *QUIET])  # fmt: skip
+            assert sorted(p.name for p in where.iterdir() if p.name != "filler") == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--threads", "-2"], r"--threads must be >= 0"),
+        (["--fine-tune", "1", "--lr", "nan"], r"--lr must be a positive number \(got nan\)"),
+        (["--fine-tune", "1", "--lr", "-0.1"], r"--lr must be a positive number"),
+        (["--lr", "0.01"], r"--lr sets the fine-tuning: add --fine-tune"),  # was ignored without a word
+        (["--config", "x.toml"], r"--config sets the fine-tuning: add --fine-tune"),
+        (["--mean", "0.5", "--image-glob", "*.jpg"], r"--image-glob, --mean: only with --image-dir"),
+    ],
+)
+def test_harden_refuses_bad_options_before_the_work(baseline, tmp_path, capsys, extra, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        harden_main([str(baseline), "--recipe", "bounds-only", "--out", str(tmp_path / "h"), *extra])
+    assert "harden " not in capsys.readouterr().out  # refused before the rewrite, not after it
+    assert not (tmp_path / "h").exists()
+
+
+def test_evaluate_refuses_image_options_without_image_dir(baseline, capsys) -> None:
+    from diehardlab.hardening.cli_evaluate import main as evaluate_main
+
+    with pytest.raises(ConfigError, match=r"^--std: only with --image-dir"):
+        evaluate_main([str(baseline), "--std", "0.2", "--campaigns", "1"])

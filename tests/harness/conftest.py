@@ -37,11 +37,15 @@ def ckpt(tmp_path_factory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "digits-small")
 
 
-@pytest.fixture(scope="session")
-def golden(ckpt, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("golden") / "golden.pt"
+def make_golden_file(ckpt: Path, out: Path) -> Path:
+    """The golden file of ``ckpt`` as 'diehard golden' writes it: 16 digits images in batches of 8."""
     save_golden(make_golden(ckpt, samples=16, batch_size=8), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def golden(ckpt, tmp_path_factory) -> Path:
+    return make_golden_file(ckpt, tmp_path_factory.mktemp("golden") / "golden.pt")
 
 
 def write_spec(path: Path, cross_sections: dict[str, float], **beam) -> Path:

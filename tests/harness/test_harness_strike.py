@@ -7,6 +7,7 @@ runner measures the same iteration independently (its #SDC records, critical or 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import torch
 from diehardlab.hardening.checkpoint import load_model
 from diehardlab.hardening.models import ModelConfig, build_model
 from diehardlab.harness.beam import StrikeModel
-from diehardlab.harness.strike import NetworkStrikes, judge
+from diehardlab.harness.strike import NetworkStrikes, cached_calibration, judge, save_calibration
 
 from diehardlab.formats.parser import summarize
 from tests.harness.conftest import only_log, start_diehard
@@ -105,3 +106,19 @@ def test_the_runner_and_the_truth_agree_on_every_strike(ckpt, golden, tmp_path: 
             hit[e["sdc_ite"]] = hit.get(e["sdc_ite"], False) or e["critical"]
     assert set(sdc) == set(hit)  # the runner saw an SDC exactly in the iterations the truth says changed
     assert {i: r.critical for i, r in sdc.items()} == hit  # and called it critical exactly when top-1 changed
+
+
+def test_a_cached_calibration_is_reused_only_when_whole(tmp_path: Path) -> None:
+    key = "ab" * 32
+    doc = {"p_sdc": 0.25, "p_critical": 0.125, "counts": {}, "weights": {}, "key": key, "seconds": 1.0}
+    save_calibration(tmp_path, doc)
+    assert cached_calibration(tmp_path, key) == doc
+    assert cached_calibration(tmp_path, "cd" * 32) is None  # another model or spec
+    path = next(tmp_path.glob(".strike-calibration-*.json"))
+    # Damaged or foreign files are measured again, never a traceback or a NaN cross section in the truth file.
+    for text in (json.dumps({"key": key}), json.dumps({**doc, "p_sdc": "nan"}), json.dumps({**doc, "p_sdc": math.nan}),
+                 json.dumps({**doc, "p_critical": 2.0}), "[1, 2]", "{trunc"):  # fmt: skip
+        path.write_text(text)
+        assert cached_calibration(tmp_path, key) is None, text
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    assert cached_calibration(tmp_path, key) is None
