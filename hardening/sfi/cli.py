@@ -51,6 +51,14 @@ def _plan_args(p: argparse.ArgumentParser, required: bool, extra_targets: tuple[
     )
 
 
+def _check_margin(args) -> None:
+    """--error and --confidence before any model is loaded (NaN fails both comparisons, so it is refused too)."""
+    if not 0 < args.error < 1:
+        raise ConfigError(f"--error: the error margin must be in (0, 1), got {args.error}")
+    if not 0 < args.confidence < 1:
+        raise ConfigError(f"--confidence: must be in (0, 1), got {args.confidence}")
+
+
 def _example(args, target):
     """One input of the right shape, for activation plans (layer output sizes)."""
     import torch
@@ -93,6 +101,7 @@ def cmd_plan(argv: Sequence[str]) -> int:
         help="plan the model as stored in this format: populations, strata and p(i) of its bits (default float32)",
     )
     args = p.parse_args(argv)
+    _check_margin(args)
     for opt, path in (("--csv", args.csv), ("--out", args.out), ("--p-csv", args.p_csv), ("--p-plot", args.p_plot)):
         if path is not None:
             check_out_file(path, opt)
@@ -211,6 +220,9 @@ def cmd_run(argv: Sequence[str]) -> int:
     p.add_argument("--threads", type=int, help="CPU threads of torch (default: torch's choice)")
     add_numerics_arg(p)
     args = p.parse_args(argv)
+    _check_margin(args)
+    if args.max_faults is not None and args.max_faults < 1:
+        raise ConfigError(f"--max-faults must be >= 1, got {args.max_faults}")
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {args.threads}")
@@ -269,8 +281,6 @@ def cmd_run(argv: Sequence[str]) -> int:
             layers = plan.layers
     if any(f.is_activation for f in faults):
         layers = layers + activation_layers(float_model, images.x[:1].to(device))
-    if args.max_faults is not None and args.max_faults < 1:
-        raise ConfigError(f"--max-faults must be >= 1, got {args.max_faults}")
     if args.max_faults is not None and args.max_faults < len(faults):
         keep = np.sort(np.random.default_rng(args.seed).choice(len(faults), args.max_faults, replace=False))
         faults = [faults[i] for i in keep]
@@ -655,7 +665,7 @@ def cmd_validate(argv: Sequence[str]) -> int:
     from diehardlab.hardening.numerics import add_numerics_arg, parse_numerics
     from diehardlab.hardening.sfi.plan import P_SCOPES, injectable_layers
     from diehardlab.hardening.sfi.sources import add_image_args, add_model_args, device_name, load_images, load_target
-    from diehardlab.hardening.sfi.validate import VALIDATE_METHODS, pick_layer, validate
+    from diehardlab.hardening.sfi.validate import VALIDATE_METHODS, SampleSpec, pick_layer, validate
 
     p = make_parser(
         "sfi validate",
@@ -686,10 +696,7 @@ def cmd_validate(argv: Sequence[str]) -> int:
     bad = [m for m in methods if m not in VALIDATE_METHODS]
     if bad or not methods:
         raise ConfigError(f"--methods: {', '.join(bad) or 'none given'}; choose from {', '.join(VALIDATE_METHODS)}")
-    if not 0 < args.error < 1:
-        raise ConfigError(f"--error: the error margin must be in (0, 1), got {args.error}")
-    if not 0 < args.confidence < 1:
-        raise ConfigError(f"--confidence: must be in (0, 1), got {args.confidence}")
+    _check_margin(args)
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {args.threads}")
@@ -708,12 +715,7 @@ def cmd_validate(argv: Sequence[str]) -> int:
         images,
         layer,
         args.out,
-        methods=methods,
-        samples=args.samples,
-        seed=args.seed,
-        error=args.error,
-        confidence=args.confidence,
-        p_scope=args.p_scope,
+        SampleSpec(methods, args.samples, args.seed, args.error, args.confidence, args.p_scope),
         policy=policy,
         device=device,
         engine=args.engine,
