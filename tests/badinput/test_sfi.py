@@ -235,3 +235,45 @@ def test_sfi_run_refuses_a_format_a_layer_cannot_take(tmp_path, foolbox_images, 
         names=names,
         outputs=[out / "run.json"],
     )
+
+
+@pytest.mark.parametrize(
+    "action, extra",
+    [
+        ("plan", ["--method", "network"]),
+        ("run", ["--method", "network", "--out", "OUT"]),
+        ("run", ["--faults", "LIST", "--out", "OUT"]),  # no plan: t is computed from --confidence here
+        ("run", ["--quantize", "int8", "--target", "scales", "--out", "OUT"]),  # its own sample
+        ("validate", ["--out", "OUT"]),
+    ],
+)
+@pytest.mark.parametrize("opt, value", [("--error", "nan"), ("--error", "-0.01"), ("--confidence", "inf"),
+                                        ("--confidence", "1.5"), ("--confidence", "nan")])  # fmt: skip
+def test_sfi_refuses_a_margin_or_confidence_out_of_range(tmp_path, action, extra, opt, value):
+    """Checked before any model is loaded, by every action that sizes or scores a sample (in-process: cheap)."""
+    from diehardlab.hardening.sfi.cli import main
+
+    from diehardlab.errors import ConfigError
+
+    lst = tmp_path / "list.csv"
+    lst.write_text(LIST_HEAD + '0,conv1,"(3, 0, 2, 1)",15,10,10,0,0\n')
+    out = tmp_path / "out"
+    args = [str(out) if a == "OUT" else str(lst) if a == "LIST" else a for a in extra]
+    with pytest.raises(ConfigError, match=f"^{opt}: .*got {value}"):
+        main([action, "--model", "smallnet", *args, f"{opt}={value}"])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("opt", ["--batch-size", "--chunk", "--shards"])
+def test_sfi_run_refuses_a_batch_or_chunk_below_one(tmp_path, foolbox_images, opt):
+    """Checked in run_campaign, which 'sfi run' and 'sfi validate' share (0 was a traceback from range())."""
+    from diehardlab.hardening.sfi.cli import main
+
+    from diehardlab.errors import ConfigError
+
+    out = tmp_path / "out"
+    argv = ["run", "--model", "smallnet", "--image-dir", str(foolbox_images), "--image-glob", "cifar10_*.png"]
+    argv += ["--images", "2", "--method", "network"]
+    with pytest.raises(ConfigError, match=f"{opt} must be >= 1, got 0"):
+        main([*argv, "--error", "0.2", opt, "0", "--out", str(out)])
+    assert not (out / "run.json").exists()
