@@ -504,5 +504,5 @@ def load_plan(path: Path) -> Plan:
         return Plan.from_json(d)
     except FileNotFoundError as exc:
         raise ConfigError(f"--plan: {path} does not exist; write one with 'diehard sfi plan ... --out {path}'") from exc
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ConfigError(f"--plan: {path} is not a plan written by 'diehard sfi plan' ({exc})") from exc
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # ValueError: not UTF-8, not JSON
+        raise ConfigError(f"--plan: {path} is not a plan written by 'diehard sfi plan' ({exc})") from None

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
+from diehardlab.errors import ConfigError, DataError
 from tests.badinput.battery import check_refused
 
 LIST_HEAD = "Injection,Layer,TensorIndex,Bit,n_injections,masked,non_critical,critical\n"
@@ -277,3 +280,27 @@ def test_sfi_run_refuses_a_batch_or_chunk_below_one(tmp_path, foolbox_images, op
     with pytest.raises(ConfigError, match=f"{opt} must be >= 1, got 0"):
         main([*argv, "--error", "0.2", opt, "0", "--out", str(out)])
     assert not (out / "run.json").exists()
+
+
+@pytest.mark.parametrize(
+    "opt, content, error, words",
+    [
+        ("--plan", b"\x89PNG\r\n\x1a\n\x00\xa3\xff", ConfigError, "not a plan written by 'diehard sfi plan'"),
+        ("--plan", b'{"method": "network", "layers": 3}', ConfigError, "not a plan written by 'diehard sfi plan'"),
+        ("--selection", b"\x89PNG\r\n\x1a\n\x00\xa3\xff", DataError, "not a ranking CSV of 'diehard select'"),
+        ("--selection", b"image,rank\nimg0.png\n", DataError, "column rank"),  # a row shorter than the header
+    ],
+)
+def test_sfi_run_refuses_a_garbage_plan_or_selection(tmp_path, foolbox_images, opt, content, error, words):
+    """Binary garbage or a damaged file given as --plan or --selection: one line naming the option and file (both
+    were a traceback: UnicodeDecodeError, AttributeError, TypeError)."""
+    from diehardlab.hardening.sfi.cli import main
+
+    bad = tmp_path / "bad.file"
+    bad.write_bytes(content)
+    out = tmp_path / "out"
+    argv = ["run", "--model", "smallnet", "--image-dir", str(foolbox_images), "--image-glob", "cifar10_*.png"]
+    argv += ["--images", "2", *(["--method", "network"] if opt == "--selection" else [])]
+    with pytest.raises(error, match=f"^{opt}: {re.escape(str(bad))}.*{re.escape(words)}"):
+        main([*argv, opt, str(bad), "--out", str(out)])
+    assert not out.exists()
