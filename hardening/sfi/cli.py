@@ -474,6 +474,8 @@ def cmd_compare(argv: Sequence[str]) -> int:
     import numpy as np
     from diehardlab.hardening.sfi.compare import compare, infer_numerics, load_side, result_table
 
+    from diehardlab.outfiles import check_out_file, write_text_atomic
+
     p = make_parser(
         "sfi compare",
         "Our outcomes against the published ones, fault by fault; the suite's result table for both; and the\n"
@@ -496,6 +498,9 @@ def cmd_compare(argv: Sequence[str]) -> int:
         raise ConfigError(f"--low-bits: {args.low_bits!r} must lie within the mantissa, bits 0-22")
     if args.show < 0:
         raise ConfigError(f"--show must be >= 0, got {args.show}")
+    for opt, path in (("--map-out", args.map_out), ("--json", args.json)):
+        if path is not None:
+            check_out_file(path, opt)  # before the comparison, not after it
     published = load_side(args.published, "PUBLISHED")
     ours = load_side(args.ours, "OURS")
     cmp = compare(ours, published)
@@ -552,13 +557,9 @@ def cmd_compare(argv: Sequence[str]) -> int:
         print(f"  {ev.layer:<28} {pub}  {ev.arithmetic or '?':<5}  ours {mine}")
     print(f"inferred map: --numerics '{policy.spec()}'")
     if args.map_out:
-        from diehardlab.outfiles import write_atomic as atomic_write
-
-        atomic_write(args.map_out, lambda tmp: tmp.write_text(policy.to_toml()))
+        write_text_atomic(args.map_out, policy.to_toml(), "--map-out")
         print(f"wrote {args.map_out}")
     if args.json:
-        from diehardlab.outfiles import write_atomic as atomic_write
-
         doc = {
             "ours": ours.source,
             "published": published.source,
@@ -581,7 +582,7 @@ def cmd_compare(argv: Sequence[str]) -> int:
                 {"layer": e.layer, "low_bit_faults": e.low_bit_faults, "all_masked": e.all_masked} for e in evidence
             ],
         }
-        atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(doc, indent=1)))
+        write_text_atomic(args.json, json.dumps(doc, indent=1), "--json")
         print(f"wrote {args.json}")
     return 0
 

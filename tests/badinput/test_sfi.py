@@ -304,3 +304,14 @@ def test_sfi_run_refuses_a_garbage_plan_or_selection(tmp_path, foolbox_images, o
     with pytest.raises(error, match=f"^{opt}: {re.escape(str(bad))}.*{re.escape(words)}"):
         main([*argv, opt, str(bad), "--out", str(out)])
     assert not out.exists()
+
+
+@pytest.mark.parametrize("opt", ["--map-out", "--json"])
+def test_sfi_compare_checks_its_outputs_before_comparing(tmp_path, opt):
+    """An output path it cannot write is refused first, naming the option (it was found after the comparison)."""
+    from diehardlab.hardening.sfi.cli import main
+
+    lst = tmp_path / "list.csv"
+    lst.write_text(LIST_HEAD + '0,conv1,"(3, 0, 2, 1)",15,10,10,0,0\n')
+    with pytest.raises(ConfigError, match=f"^{opt} {re.escape(str(lst))}/x: cannot write"):
+        main(["compare", str(lst), str(lst), opt, str(lst / "x")])
