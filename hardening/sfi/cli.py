@@ -51,6 +51,14 @@ def _plan_args(p: argparse.ArgumentParser, required: bool, extra_targets: tuple[
     )
 
 
+def _check_margin(args) -> None:
+    """--error and --confidence before any model is loaded (NaN fails both comparisons, so it is refused too)."""
+    if not 0 < args.error < 1:
+        raise ConfigError(f"--error: the error margin must be in (0, 1), got {args.error}")
+    if not 0 < args.confidence < 1:
+        raise ConfigError(f"--confidence: must be in (0, 1), got {args.confidence}")
+
+
 def _example(args, target):
     """One input of the right shape, for activation plans (layer output sizes)."""
     import torch
@@ -93,6 +101,7 @@ def cmd_plan(argv: Sequence[str]) -> int:
         help="plan the model as stored in this format: populations, strata and p(i) of its bits (default float32)",
     )
     args = p.parse_args(argv)
+    _check_margin(args)
     for opt, path in (("--csv", args.csv), ("--out", args.out), ("--p-csv", args.p_csv), ("--p-plot", args.p_plot)):
         if path is not None:
             check_out_file(path, opt)
@@ -211,6 +220,9 @@ def cmd_run(argv: Sequence[str]) -> int:
     p.add_argument("--threads", type=int, help="CPU threads of torch (default: torch's choice)")
     add_numerics_arg(p)
     args = p.parse_args(argv)
+    _check_margin(args)
+    if args.max_faults is not None and args.max_faults < 1:
+        raise ConfigError(f"--max-faults must be >= 1, got {args.max_faults}")
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {args.threads}")
@@ -269,8 +281,6 @@ def cmd_run(argv: Sequence[str]) -> int:
             layers = plan.layers
     if any(f.is_activation for f in faults):
         layers = layers + activation_layers(float_model, images.x[:1].to(device))
-    if args.max_faults is not None and args.max_faults < 1:
-        raise ConfigError(f"--max-faults must be >= 1, got {args.max_faults}")
     if args.max_faults is not None and args.max_faults < len(faults):
         keep = np.sort(np.random.default_rng(args.seed).choice(len(faults), args.max_faults, replace=False))
         faults = [faults[i] for i in keep]
@@ -464,6 +474,8 @@ def cmd_compare(argv: Sequence[str]) -> int:
     import numpy as np
     from diehardlab.hardening.sfi.compare import compare, infer_numerics, load_side, result_table
 
+    from diehardlab.outfiles import check_out_file, write_text_atomic
+
     p = make_parser(
         "sfi compare",
         "Our outcomes against the published ones, fault by fault; the suite's result table for both; and the\n"
@@ -486,6 +498,9 @@ def cmd_compare(argv: Sequence[str]) -> int:
         raise ConfigError(f"--low-bits: {args.low_bits!r} must lie within the mantissa, bits 0-22")
     if args.show < 0:
         raise ConfigError(f"--show must be >= 0, got {args.show}")
+    for opt, path in (("--map-out", args.map_out), ("--json", args.json)):
+        if path is not None:
+            check_out_file(path, opt)  # before the comparison, not after it
     published = load_side(args.published, "PUBLISHED")
     ours = load_side(args.ours, "OURS")
     cmp = compare(ours, published)
@@ -542,13 +557,9 @@ def cmd_compare(argv: Sequence[str]) -> int:
         print(f"  {ev.layer:<28} {pub}  {ev.arithmetic or '?':<5}  ours {mine}")
     print(f"inferred map: --numerics '{policy.spec()}'")
     if args.map_out:
-        from diehardlab.outfiles import write_atomic as atomic_write
-
-        atomic_write(args.map_out, lambda tmp: tmp.write_text(policy.to_toml()))
+        write_text_atomic(args.map_out, policy.to_toml(), "--map-out")
         print(f"wrote {args.map_out}")
     if args.json:
-        from diehardlab.outfiles import write_atomic as atomic_write
-
         doc = {
             "ours": ours.source,
             "published": published.source,
@@ -571,7 +582,7 @@ def cmd_compare(argv: Sequence[str]) -> int:
                 {"layer": e.layer, "low_bit_faults": e.low_bit_faults, "all_masked": e.all_masked} for e in evidence
             ],
         }
-        atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(doc, indent=1)))
+        write_text_atomic(args.json, json.dumps(doc, indent=1), "--json")
         print(f"wrote {args.json}")
     return 0
 
@@ -655,7 +666,7 @@ def cmd_validate(argv: Sequence[str]) -> int:
     from diehardlab.hardening.numerics import add_numerics_arg, parse_numerics
     from diehardlab.hardening.sfi.plan import P_SCOPES, injectable_layers
     from diehardlab.hardening.sfi.sources import add_image_args, add_model_args, device_name, load_images, load_target
-    from diehardlab.hardening.sfi.validate import VALIDATE_METHODS, pick_layer, validate
+    from diehardlab.hardening.sfi.validate import VALIDATE_METHODS, SampleSpec, pick_layer, validate
 
     p = make_parser(
         "sfi validate",
@@ -686,10 +697,7 @@ def cmd_validate(argv: Sequence[str]) -> int:
     bad = [m for m in methods if m not in VALIDATE_METHODS]
     if bad or not methods:
         raise ConfigError(f"--methods: {', '.join(bad) or 'none given'}; choose from {', '.join(VALIDATE_METHODS)}")
-    if not 0 < args.error < 1:
-        raise ConfigError(f"--error: the error margin must be in (0, 1), got {args.error}")
-    if not 0 < args.confidence < 1:
-        raise ConfigError(f"--confidence: must be in (0, 1), got {args.confidence}")
+    _check_margin(args)
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {args.threads}")
@@ -708,12 +716,7 @@ def cmd_validate(argv: Sequence[str]) -> int:
         images,
         layer,
         args.out,
-        methods=methods,
-        samples=args.samples,
-        seed=args.seed,
-        error=args.error,
-        confidence=args.confidence,
-        p_scope=args.p_scope,
+        SampleSpec(methods, args.samples, args.seed, args.error, args.confidence, args.p_scope),
         policy=policy,
         device=device,
         engine=args.engine,

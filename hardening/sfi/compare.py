@@ -44,34 +44,43 @@ def _key(f: Fault) -> tuple:
     return (f.tensor, tuple(f.index), f.bit, f.model)
 
 
+def read_run_folder(path: Path, what: str) -> tuple[dict, np.ndarray, dict]:
+    """A finished ``diehard sfi run`` folder: its run.json, outcomes (faults x images) and summary.json ({} when
+    absent or damaged: it is derived). Anything missing, damaged or unfinished is one DataError naming ``what``."""
+    run_json, outcomes = path / "run.json", path / "outcomes.npy"
+    if not run_json.is_file() or not outcomes.is_file():
+        raise DataError(f"{what}: {path} is not a 'diehard sfi run' output folder (no run.json / outcomes.npy)")
+    try:
+        run = json.loads(run_json.read_text())
+        out = np.load(outcomes, allow_pickle=False)
+        done = np.load(path / "done.npy", allow_pickle=False)
+    except (OSError, ValueError, UnicodeDecodeError, EOFError) as exc:
+        raise DataError(f"{what}: {path}: unreadable run files ({exc})") from None
+    if not isinstance(run, dict) or out.ndim != 2 or done.shape != (out.shape[0],):
+        raise DataError(f"{what}: {path}: run.json, outcomes.npy and done.npy disagree; the run folder is damaged")
+    if not done.all():
+        raise DataError(
+            f"{what}: {path}: the run is not finished ({int(done.sum())} of {len(done)} faults); "
+            "finish it with 'diehard sfi run ... --resume' first"
+        )
+    summary = {}
+    if (path / "summary.json").is_file():
+        try:
+            summary = json.loads((path / "summary.json").read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            summary = {}
+    return run, out, summary
+
+
 def load_side(path: Path, what: str) -> Side:
     """A ``diehard sfi run`` folder or a results CSV in the suite's 8-column form."""
     path = Path(path)
     if path.is_dir():
-        run_json, outcomes = path / "run.json", path / "outcomes.npy"
-        if not run_json.is_file() or not outcomes.is_file():
-            raise DataError(f"{what}: {path} is not a 'diehard sfi run' output folder (no run.json / outcomes.npy)")
-        try:
-            run = json.loads(run_json.read_text())
-            out = np.load(outcomes, allow_pickle=False)
-            done = np.load(path / "done.npy", allow_pickle=False)
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
-            raise DataError(f"{what}: {path}: unreadable run files ({exc})") from None
+        run, out, summary = read_run_folder(path, what)
         fl = read_list(path / "faults.csv")
-        if out.shape[0] != len(fl.faults) or done.shape != (len(fl.faults),):
+        if out.shape[0] != len(fl.faults):
             raise DataError(f"{what}: {path}: outcomes and fault list disagree; the run folder is damaged")
-        if not done.all():
-            raise DataError(
-                f"{what}: {path}: the run is not finished ({int(done.sum())} of {len(done)} faults); "
-                "finish it with 'diehard sfi run ... --resume' first"
-            )
         counts = np.stack([(out == k).sum(axis=1) for k in range(3)], axis=1)
-        summary = {}
-        if (path / "summary.json").is_file():
-            try:
-                summary = json.loads((path / "summary.json").read_text())
-            except (OSError, ValueError, UnicodeDecodeError):
-                summary = {}
         return Side(fl.faults, counts, int(out.shape[1]), str(path), run, summary)
     fl = read_list(path)
     if fl.counts is None:

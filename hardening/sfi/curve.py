@@ -170,15 +170,9 @@ def curve_from_run(
     if orders < 1:
         raise ConfigError(f"--orders {orders}: must be 1 or more random orders")
     csv_path, png_path, json_path = (out.with_suffix(s) for s in (".csv", ".png", ".json"))
-    path = run_dir / "outcomes.npy"
-    if not path.is_file():
-        raise DataError(f"--run: {run_dir} has no outcomes.npy; run 'diehard sfi run ... --out {run_dir}' first")
-    done = np.load(run_dir / "done.npy") if (run_dir / "done.npy").is_file() else None
-    if done is not None and not done.all():
-        raise DataError(f"--run: {run_dir} is unfinished ({int(done.sum())}/{done.size} faults); resume it first")
-    outcomes = np.load(path)
-    meta = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
-    run_summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    from diehardlab.hardening.sfi.compare import read_run_folder
+
+    meta, outcomes, run_summary = read_run_folder(Path(run_dir), "--run")
     n_f, n = outcomes.shape
     if window >= n:
         raise ConfigError(f"--plateau-window {window}: the run has {n} images; the window must be below that")

@@ -196,26 +196,12 @@ def injectable_layers(model: nn.Module) -> list[Layer]:
 
 def activation_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
     """The same layers with their output (one image) as the fault target; shapes from one forward pass."""
-    layers = injectable_layers(model)
-    shapes: dict[str, tuple[int, ...]] = {}
-    modules = dict(model.named_modules())
+    from diehardlab.hardening.sfi.targets import output_shapes
 
-    def recorder(name: str):
-        def hook(_m, _i, out) -> None:
-            shapes.setdefault(name, tuple(out.shape[1:]))
-
-        return hook
-
-    hooks = [modules[layer.module].register_forward_hook(recorder(layer.module)) for layer in layers]
-    try:
-        with torch.no_grad():
-            model(example[:1])
-    finally:
-        for h in hooks:
-            h.remove()
+    shapes = {name: shape for name, (_fmt, shape) in output_shapes(model, example).items()}
     return [
         Layer(x.module, x.kind, [f"{x.module}.output"], [shapes[x.module]], x.width, x.dtype)
-        for x in layers
+        for x in injectable_layers(model)
         if x.module in shapes
     ]
 
@@ -518,5 +504,5 @@ def load_plan(path: Path) -> Plan:
         return Plan.from_json(d)
     except FileNotFoundError as exc:
         raise ConfigError(f"--plan: {path} does not exist; write one with 'diehard sfi plan ... --out {path}'") from exc
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ConfigError(f"--plan: {path} is not a plan written by 'diehard sfi plan' ({exc})") from exc
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # ValueError: not UTF-8, not JSON
+        raise ConfigError(f"--plan: {path} is not a plan written by 'diehard sfi plan' ({exc})") from None

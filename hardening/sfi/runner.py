@@ -176,6 +176,9 @@ def run_campaign(
     ``number_format`` (formats.Deployment.record) says which stored format the model is in (``--dtype``,
     ``--quantize``), ``input_dtype`` the dtype its input takes.
     """
+    for opt, value in (("--batch-size", batch_size), ("--chunk", chunk), ("--shards", shards)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{opt} must be >= 1, got {value}")
     policy = numerics or parse_numerics("fp32")
     policy.check(model)
     fmt = (number_format or {}).get("format", "float32")

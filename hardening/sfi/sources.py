@@ -178,14 +178,17 @@ def read_selection(path: Path) -> list[str]:
     """Image ids of a 'diehard select' ranking, best first."""
     if not path.is_file():
         raise DataError(f"--selection: {path} does not exist; write it with 'diehard select'")
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"--selection: {path} is not a ranking CSV of 'diehard select' ({exc})") from None
     if not rows or "image" not in rows[0] or "rank" not in rows[0]:
         raise DataError(f"--selection: {path}: line 1 must have the columns rank and image (from 'diehard select')")
     try:
         rows.sort(key=lambda r: int(r["rank"]))
-    except ValueError as exc:
-        raise DataError(f"--selection: {path}: column rank: {exc}") from exc
+    except (TypeError, ValueError) as exc:  # TypeError: a row shorter than the header has no rank
+        raise DataError(f"--selection: {path}: column rank: {exc}") from None
     return [r["image"] for r in rows]
 
 

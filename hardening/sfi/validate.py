@@ -71,6 +71,19 @@ def layer_plan(plan: Plan, layer: Layer) -> Plan:
     return replace(plan, strata=[s for s in plan.strata if s.layer == layer.name])
 
 
+@dataclass(frozen=True)
+class SampleSpec:
+    """What to draw per method: ``samples`` independent samples (seeds ``seed + k``) of plans sized for ``error`` at
+    ``confidence``; ``p_scope`` is the data-aware plan's."""
+
+    methods: tuple[str, ...] = VALIDATE_METHODS
+    samples: int = 10
+    seed: int = 0
+    error: float = 0.01
+    confidence: float = 0.99
+    p_scope: str = "layer"
+
+
 @dataclass
 class Sample:
     method: str
@@ -92,35 +105,30 @@ def draw_samples(
     layer: Layer,
     exhaustive: list[Fault],
     critical: np.ndarray,
-    methods: tuple[str, ...] = VALIDATE_METHODS,
-    samples: int = 10,
-    seed: int = 0,
-    error: float = 0.01,
-    confidence: float = 0.99,
-    p_scope: str = "layer",
+    spec: SampleSpec = SampleSpec(),
 ) -> tuple[list[Sample], dict[str, Plan]]:
-    """``samples`` independent samples per method, each scored against the exhaustive outcomes."""
+    """``spec.samples`` independent samples per method, each scored against the exhaustive outcomes."""
     where = {(f.tensor, f.index, f.bit, f.model): i for i, f in enumerate(exhaustive)}
     out: list[Sample] = []
     plans: dict[str, Plan] = {}
-    for method in methods:
+    for method in spec.methods:
         plan = make_plan(
             model,
             method,
-            error,
-            confidence,
+            spec.error,
+            spec.confidence,
             "stuck-at",
             "weights",
-            p_scope=p_scope if method == "data-aware" else "layer",
+            p_scope=spec.p_scope if method == "data-aware" else "layer",
         )
         plans[method] = plan
         restricted = layer_plan(plan, layer)
-        for k in range(samples):
-            faults = [f for f in draw(restricted, seed + k) if f.tensor in layer.tensors]
+        for k in range(spec.samples):
+            faults = [f for f in draw(restricted, spec.seed + k) if f.tensor in layer.tensors]
             rows = np.array([where[(f.tensor, f.index, f.bit, f.model)] for f in faults], dtype=np.int64)
             hit = critical[rows] if len(rows) else np.zeros(0, dtype=bool)
             est = layer_estimate(restricted, layer, faults, hit)
-            out.append(Sample(method, k, seed + k, rows, int(hit.sum()), *est))
+            out.append(Sample(method, k, spec.seed + k, rows, int(hit.sum()), *est))
     return out, plans
 
 
@@ -189,12 +197,7 @@ def validate(
     images,
     layer: Layer,
     out: Path,
-    methods: tuple[str, ...] = VALIDATE_METHODS,
-    samples: int = 10,
-    seed: int = 0,
-    error: float = 0.01,
-    confidence: float = 0.99,
-    p_scope: str = "layer",
+    spec: SampleSpec = SampleSpec(),
     policy=None,
     device: str = "cpu",
     engine: str = "cached",
@@ -216,14 +219,14 @@ def validate(
 
     check_out_dir(out, "--out")
     faults = exhaustive_faults(layer)
-    t = t_value(confidence)
+    t = t_value(spec.confidence)
     meta = {
         "model": target.name,
         "model_config": target.config,
         "dataset": target.dataset,
         "image_ids": images.ids,
         "fault_model": "stuck-at",
-        "confidence": confidence,
+        "confidence": spec.confidence,
         "t": t,
         "batch_size": batch_size,
         "device": device,
@@ -236,9 +239,7 @@ def validate(
     outcomes = np.load(out / "exhaustive" / "outcomes.npy", allow_pickle=False)
     critical = worst(outcomes) == 2
     rate = float(critical.mean())
-    drawn, plans = draw_samples(
-        target.model, layer, faults, critical, methods, samples, seed, error, confidence, p_scope
-    )
+    drawn, plans = draw_samples(target.model, layer, faults, critical, spec)
     rows = [
         {
             "method": s.method,
@@ -301,13 +302,13 @@ def validate(
             "model_hash": target.model_hash,
             "image_ids": images.ids,
             "numerics": policy.spec() if policy is not None else "fp32",
-            "error": error,
-            "confidence": confidence,
+            "error": spec.error,
+            "confidence": spec.confidence,
             "t": t,
-            "samples": samples,
-            "seed": seed,
-            "seeds": {m: [seed + k for k in range(samples)] for m in methods},
-            "p_scope": p_scope,
+            "samples": spec.samples,
+            "seed": spec.seed,
+            "seeds": {m: [spec.seed + k for k in range(spec.samples)] for m in spec.methods},
+            "p_scope": spec.p_scope,
             "critical": "SDC-1 on at least one image",
             "options": {k: str(v) if isinstance(v, Path) else v for k, v in (options or {}).items()},
         },

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +134,22 @@ def test_curve_on_a_full_disk_keeps_the_previous_files(run, tmp_path):
                 f.write(b"\0" * 4096)
         check_refused("sfi", "curve", "--run", str(run), "--plateau-window", "2", "--out", str(prefix),
                       names=["--out", "No space left"], outputs=list(before))  # fmt: skip
+
+
+@pytest.mark.parametrize("damage", ["outcomes-garbage", "run-json-garbage", "done-missing", "done-other-shape"])
+def test_curve_refuses_a_damaged_run_folder(run, tmp_path, damage):
+    """The run folder is read as 'sfi compare' reads it: a damaged file is one line naming --run, not a traceback."""
+    from diehardlab.hardening.sfi.cli import main
+
+    if damage == "outcomes-garbage":
+        (run / "outcomes.npy").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff" * 8)
+    elif damage == "run-json-garbage":
+        (run / "run.json").write_bytes(b"\xff\xfe{not json")
+    elif damage == "done-missing":
+        (run / "done.npy").unlink()
+    else:
+        np.save(run / "done.npy", np.ones(7, dtype=bool))
+    prefix = tmp_path / "curve"
+    with pytest.raises(DataError, match=f"--run: {re.escape(str(run))}"):
+        main(["curve", "--run", str(run), "--out", str(prefix)])
+    assert not any(p.exists() for p in _outs(prefix))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
+from diehardlab.errors import ConfigError, DataError
 from tests.badinput.battery import check_refused
 
 LIST_HEAD = "Injection,Layer,TensorIndex,Bit,n_injections,masked,non_critical,critical\n"
@@ -235,3 +238,80 @@ def test_sfi_run_refuses_a_format_a_layer_cannot_take(tmp_path, foolbox_images, 
         names=names,
         outputs=[out / "run.json"],
     )
+
+
+@pytest.mark.parametrize(
+    "action, extra",
+    [
+        ("plan", ["--method", "network"]),
+        ("run", ["--method", "network", "--out", "OUT"]),
+        ("run", ["--faults", "LIST", "--out", "OUT"]),  # no plan: t is computed from --confidence here
+        ("run", ["--quantize", "int8", "--target", "scales", "--out", "OUT"]),  # its own sample
+        ("validate", ["--out", "OUT"]),
+    ],
+)
+@pytest.mark.parametrize("opt, value", [("--error", "nan"), ("--error", "-0.01"), ("--confidence", "inf"),
+                                        ("--confidence", "1.5"), ("--confidence", "nan")])  # fmt: skip
+def test_sfi_refuses_a_margin_or_confidence_out_of_range(tmp_path, action, extra, opt, value):
+    """Checked before any model is loaded, by every action that sizes or scores a sample (in-process: cheap)."""
+    from diehardlab.hardening.sfi.cli import main
+
+    from diehardlab.errors import ConfigError
+
+    lst = tmp_path / "list.csv"
+    lst.write_text(LIST_HEAD + '0,conv1,"(3, 0, 2, 1)",15,10,10,0,0\n')
+    out = tmp_path / "out"
+    args = [str(out) if a == "OUT" else str(lst) if a == "LIST" else a for a in extra]
+    with pytest.raises(ConfigError, match=f"^{opt}: .*got {value}"):
+        main([action, "--model", "smallnet", *args, f"{opt}={value}"])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("opt", ["--batch-size", "--chunk", "--shards"])
+def test_sfi_run_refuses_a_batch_or_chunk_below_one(tmp_path, foolbox_images, opt):
+    """Checked in run_campaign, which 'sfi run' and 'sfi validate' share (0 was a traceback from range())."""
+    from diehardlab.hardening.sfi.cli import main
+
+    from diehardlab.errors import ConfigError
+
+    out = tmp_path / "out"
+    argv = ["run", "--model", "smallnet", "--image-dir", str(foolbox_images), "--image-glob", "cifar10_*.png"]
+    argv += ["--images", "2", "--method", "network"]
+    with pytest.raises(ConfigError, match=f"{opt} must be >= 1, got 0"):
+        main([*argv, "--error", "0.2", opt, "0", "--out", str(out)])
+    assert not (out / "run.json").exists()
+
+
+@pytest.mark.parametrize(
+    "opt, content, error, words",
+    [
+        ("--plan", b"\x89PNG\r\n\x1a\n\x00\xa3\xff", ConfigError, "not a plan written by 'diehard sfi plan'"),
+        ("--plan", b'{"method": "network", "layers": 3}', ConfigError, "not a plan written by 'diehard sfi plan'"),
+        ("--selection", b"\x89PNG\r\n\x1a\n\x00\xa3\xff", DataError, "not a ranking CSV of 'diehard select'"),
+        ("--selection", b"image,rank\nimg0.png\n", DataError, "column rank"),  # a row shorter than the header
+    ],
+)
+def test_sfi_run_refuses_a_garbage_plan_or_selection(tmp_path, foolbox_images, opt, content, error, words):
+    """Binary garbage or a damaged file given as --plan or --selection: one line naming the option and file (both
+    were a traceback: UnicodeDecodeError, AttributeError, TypeError)."""
+    from diehardlab.hardening.sfi.cli import main
+
+    bad = tmp_path / "bad.file"
+    bad.write_bytes(content)
+    out = tmp_path / "out"
+    argv = ["run", "--model", "smallnet", "--image-dir", str(foolbox_images), "--image-glob", "cifar10_*.png"]
+    argv += ["--images", "2", *(["--method", "network"] if opt == "--selection" else [])]
+    with pytest.raises(error, match=f"^{opt}: {re.escape(str(bad))}.*{re.escape(words)}"):
+        main([*argv, opt, str(bad), "--out", str(out)])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("opt", ["--map-out", "--json"])
+def test_sfi_compare_checks_its_outputs_before_comparing(tmp_path, opt):
+    """An output path it cannot write is refused first, naming the option (it was found after the comparison)."""
+    from diehardlab.hardening.sfi.cli import main
+
+    lst = tmp_path / "list.csv"
+    lst.write_text(LIST_HEAD + '0,conv1,"(3, 0, 2, 1)",15,10,10,0,0\n')
+    with pytest.raises(ConfigError, match=f"^{opt} {re.escape(str(lst))}/x: cannot write"):
+        main(["compare", str(lst), str(lst), opt, str(lst / "x")])
