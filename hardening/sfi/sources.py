@@ -155,6 +155,9 @@ LABEL = re.compile(r"_(\d+)$")
 def _image_folder(args: argparse.Namespace, target: Target) -> Images:
     from diehardlab.hardening.data import GTSRB_SIZE, fixed_normalisation, read_images
 
+    if not args.image_dir.is_dir():
+        what = "is not a folder" if args.image_dir.exists() else "no such folder"
+        raise DataError(f"--image-dir {args.image_dir}: {what}")
     files = sorted(args.image_dir.glob(args.image_glob))
     if not files:
         raise DataError(f"--image-dir: no file matches {args.image_glob!r} in {args.image_dir}")

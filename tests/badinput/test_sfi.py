@@ -315,3 +315,15 @@ def test_sfi_compare_checks_its_outputs_before_comparing(tmp_path, opt):
     lst.write_text(LIST_HEAD + '0,conv1,"(3, 0, 2, 1)",15,10,10,0,0\n')
     with pytest.raises(ConfigError, match=f"^{opt} {re.escape(str(lst))}/x: cannot write"):
         main(["compare", str(lst), str(lst), opt, str(lst / "x")])
+
+
+def test_an_image_dir_that_is_not_a_folder_is_named(tmp_path):
+    from diehardlab.hardening.sfi.sources import image_dir_images
+
+    from diehardlab.errors import DataError
+
+    with pytest.raises(DataError, match=r"--image-dir .*nowhere: no such folder"):
+        image_dir_images(tmp_path / "nowhere")
+    (tmp_path / "file.png").write_bytes(b"x")
+    with pytest.raises(DataError, match=r"--image-dir .*file.png: is not a folder"):
+        image_dir_images(tmp_path / "file.png")
